@@ -1,0 +1,1 @@
+"""The driver: config, tasks and data, the pipeline, the Optuna outer loop, selection, MLflow."""

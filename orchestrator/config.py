@@ -1,0 +1,228 @@
+"""The job-file schema: the layer configs composed into one validated document.
+
+Each layer owns its config (search_space/, workers/, cluster/, orchestrator/tasks.py); this
+module only composes them, adds the orchestrator's own (outer loop, tracking, budget) and turns
+validation failures into one-line errors with "did you mean" suggestions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cluster.config import ClusterConfig
+from orchestrator.errors import AdarayError
+from orchestrator.tasks import TaskConfig
+from search_space.config import SearchSpaceConfig
+from workers.config import CacheConfig, RetrainConfig, SearchConfig, TeacherConfig
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamRange(_Config):
+    """A searched parameter: a float/int range (optionally log-scaled) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    int: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamRange:
+        if self.choices is None and (self.low is None or self.high is None):
+            raise ValueError("give either choices: [...] or low: and high:")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices must not be empty")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low is not None and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+# The parameters the outer loop may search, and where each one lands in a trial's configs.
+SEARCHABLE = {
+    "beta": ("search", "beta"),
+    "gamma": ("search", "gamma"),
+    "lr_weights": ("search", "lr_weights"),
+    "lr_alpha": ("search", "lr_alpha"),
+    "kd_temperature": ("search", "kd_temperature"),
+    "tau_start": ("search", "tau_start"),
+    "tau_end": ("search", "tau_end"),
+    "k_max": ("space", "k_max"),
+    "embed_dim": ("space", "embed_dim"),
+}
+
+
+def _default_params() -> dict[str, ParamRange]:
+    return {
+        "beta": ParamRange(low=0.5, high=8.0, log=True),
+        "gamma": ParamRange(low=0.5, high=0.95),
+        "lr_weights": ParamRange(low=5e-4, high=5e-3, log=True),
+        "tau_end": ParamRange(low=0.05, high=0.3, log=True),
+    }
+
+
+class OuterLoopConfig(_Config):
+    study_name: str | None = Field(None, description="default: the job name")
+    rounds: int = Field(2, ge=1)
+    configs_per_round: int = Field(2, ge=1)
+    seeds: int = Field(2, ge=1, description="Tune trials per configuration")
+    objectives: tuple[Literal["accuracy"], Literal["latency", "params"]] = ("accuracy", "latency")
+    params: dict[str, ParamRange] = Field(default_factory=_default_params)
+    sampler_seed: int = 0
+    max_trials: int | None = Field(None, ge=1, description="stop once this many trials ran")
+    max_wall_minutes: float | None = Field(None, gt=0, description="stop starting rounds after this")
+
+    @model_validator(mode="after")
+    def _known_params(self) -> OuterLoopConfig:
+        for name in self.params:
+            if name not in SEARCHABLE:
+                raise ValueError(f"unknown searched parameter {name!r}{_suggest(name, SEARCHABLE)}; "
+                                 f"allowed: {', '.join(SEARCHABLE)}")
+        return self
+
+
+class TrackingConfig(_Config):
+    # None: MLflow with a SQLite store in the workspace (or $MLFLOW_TRACKING_URI when set).
+    uri: str | None = None
+    experiment: str | None = Field(None, description="default: adaray-<job name>")
+    model_name: str | None = Field(None, description="default: <task>-student")
+
+
+class BudgetConfig(_Config):
+    """How the champion is picked from the Pareto front of retrained students."""
+
+    max_latency_ms: float | None = Field(None, gt=0, description="best accuracy under this p95 latency")
+    latency_batch: Literal[1, 128] = 1
+    max_params: int | None = Field(None, ge=1)
+    within_teacher_points: float | None = Field(
+        None, ge=0, description="smallest student within this many accuracy points of the teacher"
+    )
+    register_top: int = Field(3, ge=1, description="how many Pareto-front students to register")
+
+
+class JobConfig(_Config):
+    name: str = Field(..., description="job name: names the Optuna study, MLflow experiment and run folder")
+    workspace: str = ".adaray"
+    task: TaskConfig
+    teacher: TeacherConfig = TeacherConfig()
+    cache: CacheConfig = CacheConfig()
+    space: SearchSpaceConfig = SearchSpaceConfig()
+    search: SearchConfig = SearchConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    outer_loop: OuterLoopConfig = OuterLoopConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    budget: BudgetConfig = BudgetConfig()
+
+    @model_validator(mode="after")
+    def _name(self) -> JobConfig:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ValueError("name may hold letters, digits, '.', '_' and '-' only")
+        return self
+
+    @property
+    def workspace_path(self) -> Path:
+        return Path(self.workspace).expanduser()
+
+    @property
+    def study_name(self) -> str:
+        return self.outer_loop.study_name or self.name
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workspace_path / "runs" / self.name
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model (or dataclass) whose fields a validation-error location points into."""
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", None) or getattr(model, "__dataclass_fields__", {})
+        field = fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        model = getattr(field, "annotation", None) or getattr(field, "type", None)
+    return model
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
+    where = ".".join(str(p) for p in loc) or "job"
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        model = _model_at(loc)
+        fields = getattr(model, "model_fields", None) or getattr(model, "__dataclass_fields__", {}) or {}
+        fields = [f for f in fields if not f.startswith("_")]
+        hint = _suggest(loc[-1], fields)
+        allowed = f"; allowed keys: {', '.join(fields)}" if fields else ""
+        return f"{source}: unknown key '{where}'{hint}{allowed}"
+    if err["type"] == "missing":
+        return f"{source}: missing required key '{where}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    ctx = err.get("ctx", {})
+    if "expected" in ctx:
+        msg = f"{msg} (got {err.get('input')!r})"
+    return f"{source}: {where}: {msg}"
+
+
+def parse_job(data: dict, *, source: str = "job") -> JobConfig:
+    if not isinstance(data, dict):
+        raise AdarayError(f"{source}: a job file must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise AdarayError(_one_line(exc, source)) from None
+    except (TypeError, ValueError) as exc:  # dataclass configs raise these from __post_init__
+        raise AdarayError(f"{source}: {exc}") from None
+
+
+def load_job(path: str | Path) -> JobConfig:
+    """Read and validate a job file; every problem is a one-line AdarayError."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdarayError(f"job file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise AdarayError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    job = parse_job(data, source=str(path))
+    # Relative workspaces and data paths are relative to the job file, not the shell's cwd.
+    return resolve_paths(job, base=path.parent)
+
+
+def resolve_paths(job: JobConfig, *, base: Path) -> JobConfig:
+    def rel(p: str | None) -> str | None:
+        if p is None or "://" in p or Path(p).expanduser().is_absolute():
+            return p
+        return str((base / p).resolve())
+
+    task = job.task.model_copy(
+        update={"path": rel(job.task.path), "files": {k: rel(v) for k, v in job.task.files.items()}
+                if job.task.files else None}
+    )
+    teacher = job.teacher
+    if teacher.model != "minilm" and (base / teacher.model).exists():
+        teacher = teacher.model_copy(update={"model": rel(teacher.model)})
+    # The workspace stays relative to the current directory, like git's or MLflow's folders.
+    return job.model_copy(update={"task": task, "teacher": teacher})
+
+
+def dump_job(job: JobConfig) -> str:
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,50 @@
+"""The data-side stages of a job: prepare → teacher → cache.
+
+Each stage is keyed by its inputs and is a cache hit when its output already exists. The CLI's
+single-stage commands (`adaray teacher`, `adaray cache ...`, `adaray search`) and the full
+pipeline call these same functions, so a stage computed by one is reused by the other.
+"""
+
+from __future__ import annotations
+
+from cluster.connect import ensure_ray
+from orchestrator.config import JobConfig
+from orchestrator.data import PreparedData, prepare, resolve_teacher_source
+from workers.cache import CacheInfo, build_cache
+from workers.teacher import TeacherArtifacts, prepare_teacher
+
+
+def prepare_stage(job: JobConfig, *, progress: bool = True) -> PreparedData:
+    return prepare(
+        job.task, tokenizer_source=resolve_teacher_source(job.teacher.model), workspace=job.workspace_path,
+        progress=progress,
+    )
+
+
+def teacher_stage(job: JobConfig, prepared: PreparedData, *, progress: bool = True) -> TeacherArtifacts:
+    return prepare_teacher(
+        source=resolve_teacher_source(job.teacher.model), cfg=job.teacher, prepared_dir=prepared.folder,
+        out_root=job.workspace_path / "teachers", progress=progress,
+    )
+
+
+def cache_root(job: JobConfig) -> str:
+    return job.cache.uri or str((job.workspace_path / "cache").resolve())
+
+
+def cache_stage(
+    job: JobConfig, prepared: PreparedData, teacher: TeacherArtifacts, *, progress: bool = True
+) -> CacheInfo:
+    ensure_ray(job.cluster)
+    return build_cache(
+        teacher_dir=teacher.dir, prepared_dir=prepared.folder, cfg=job.cache, root_uri=cache_root(job),
+        progress=progress,
+    )
+
+
+def data_stages(job: JobConfig, *, progress: bool = True) -> tuple[PreparedData, TeacherArtifacts, CacheInfo]:
+    """prepare → teacher → cache, each a cache hit when already done."""
+    prepared = prepare_stage(job, progress=progress)
+    teacher = teacher_stage(job, prepared, progress=progress)
+    return prepared, teacher, cache_stage(job, prepared, teacher, progress=progress)
+

