@@ -1,0 +1,148 @@
+"""`adaray run | resume | status | pull | predict`: the job and its students."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.app import app
+from orchestrator.config import load_job
+from orchestrator.errors import AdarayError
+
+
+@app.command()
+def run(job_file: Path = typer.Argument(..., help="The job YAML file."),
+        quiet: bool = typer.Option(False, "--quiet", help="No per-trial lines or progress bars.")) -> None:
+    """Run the whole flow: prepare, teacher, cache, search, retrain, select, register."""
+    from orchestrator.pipeline import run_pipeline
+
+    run_pipeline(load_job(job_file), progress=not quiet)
+
+
+@app.command()
+def resume(job_file: Path = typer.Argument(..., help="The job YAML file of a job whose driver died."),
+           quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """Pick a job up where its driver stopped: restores the Optuna study and Tune experiments,
+    without duplicating MLflow runs or registry versions."""
+    from orchestrator.pipeline import StatusFile, run_pipeline
+
+    job = load_job(job_file)
+    status = StatusFile(job)
+    if "stage" not in status.state:
+        raise AdarayError(f"job {job.name!r} has not run yet in {job.workspace_path}; start it with `adaray run`")
+    Console().print(f"resuming job [cyan]{job.name}[/] from stage {status.state['stage']}")
+    run_pipeline(job, progress=not quiet)
+
+
+@app.command()
+def status(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> None:
+    """Show where a job stands: its stage, the outer loop's configurations, the champion."""
+    from orchestrator.outer_loop import study_summary
+    from orchestrator.pipeline import StatusFile
+
+    job = load_job(job_file)
+    state = StatusFile(job).state
+    console = Console()
+    if "stage" not in state:
+        console.print(f"job {job.name}: not started (workspace {job.workspace_path})")
+        return
+    console.print(f"job [cyan]{job.name}[/]: stage [bold]{state['stage']}[/], updated {state.get('updated')}")
+    if "round" in state:
+        console.print(f"  outer loop round {state['round']}/{state.get('rounds')}")
+    configs = study_summary(job)
+    if configs:
+        table = Table(title=f"Optuna study {job.study_name}")
+        for col in ("config", "round", "state", "accuracy", "cost", "agreement", "collapse", "params"):
+            table.add_column(col)
+        for c in configs:
+            values = c["values"] or [None, None]
+            table.add_row(str(c["number"]), str(c["round"]), c["state"], _fmt(values[0]), _fmt(values[1]),
+                          _fmt(c["agreement"]), str(c["collapse"]), json.dumps(c["params"], default=str))
+        console.print(table)
+    if state.get("champion"):
+        console.print(f"champion: {state['model']} version {state['champion_version']} (student {state['champion']})")
+    if state.get("tracking_uri"):
+        console.print(f"tracking: {state['tracking_uri']}  parent run {state.get('parent_run_id')}")
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def pull(
+    ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION, NAME (latest) or a models:/ URI."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder to write the student to."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                     help="MLflow tracking URI (default: the workspace's SQLite store)."),
+    workspace: Path = typer.Option(Path(".adaray"), "--workspace", help="Workspace whose MLflow store to use."),
+) -> None:
+    """Write a registered student to a folder that `Student.from_pretrained` loads."""
+    from orchestrator.tracking import pull_student
+
+    uri = _tracking_uri(tracking_uri, workspace)
+    try:
+        folder = pull_student(ref, dst=output, tracking_uri=uri)
+    except (LookupError, FileNotFoundError) as exc:
+        raise AdarayError(str(exc)) from None
+    except Exception as exc:  # MLflow raises its own exception types for unknown names/aliases
+        raise AdarayError(f"could not pull {ref!r} from {uri}: {str(exc).splitlines()[0]}") from None
+    Console().print(f"[green]✓[/] {ref} → {folder}  (load with workers.student.Student.from_pretrained)")
+
+
+@app.command()
+def predict(
+    student: str = typer.Argument(..., help="A student folder, or a registered model (NAME@ALIAS / models:/...)."),
+    text: list[str] = typer.Option(None, "--text", help="A text to classify (repeatable)."),
+    file: Path = typer.Option(None, "--file", help="A file with one text per line."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI"),
+    workspace: Path = typer.Option(Path(".adaray"), "--workspace"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+) -> None:
+    """Classify texts with a student."""
+    texts = list(text or [])
+    if file is not None:
+        if not file.is_file():
+            raise AdarayError(f"--file {file} does not exist")
+        texts += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise AdarayError("nothing to predict: give --text TEXT (repeatable) or --file FILE")
+    folder = Path(student)
+    if not folder.is_dir():
+        import tempfile
+
+        from orchestrator.tracking import pull_student
+
+        uri = _tracking_uri(tracking_uri, workspace)
+        try:
+            folder = pull_student(student, dst=Path(tempfile.mkdtemp()) / "student", tracking_uri=uri)
+        except Exception as exc:
+            raise AdarayError(f"{student!r} is neither a student folder nor a registered model in {uri}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    from workers.student import StudentPredictor
+
+    predictions = StudentPredictor.from_pretrained(folder).predict(texts)
+    if as_json:
+        for t, p in zip(texts, predictions):
+            print(json.dumps({"text": t, **p}))
+        return
+    table = Table()
+    table.add_column("text")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for t, p in zip(texts, predictions):
+        table.add_row(t, p["label"], f"{p['probabilities'][p['label']]:.3f}")
+    Console().print(table)
+
+
+def _tracking_uri(explicit: str | None, workspace: Path) -> str:
+    if explicit:
+        return explicit
+    db = workspace.expanduser().resolve() / "mlflow" / "mlflow.db"
+    if not db.is_file():
+        raise AdarayError(f"no MLflow store at {db}; pass --tracking-uri or --workspace")
+    return f"sqlite:///{db}"

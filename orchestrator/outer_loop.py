@@ -1,0 +1,288 @@
+"""The Optuna outer loop: ask K configurations per round, run each over S seeds as Tune trials,
+tell the aggregated result back.
+
+Explicit ask/tell keeps Optuna on the driver and Tune flat: one Tune experiment per round, a grid
+over the round's (configuration, seed) pairs. Everything is resumable: the study lives in
+persistent storage and records each configuration's round; a round whose Tune experiment exists
+on disk is restored (finished trials are not rerun, crashed ones resume from their checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from ray import tune
+
+from cluster.connect import trial_resources
+from orchestrator.config import SEARCHABLE, JobConfig, ParamRange
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "params": "minimize"}
+# The search-time cost told to Optuna: the derived genotype's FLOPs stand in for latency (measured
+# latency needs a retrained student; selection uses the measured figures).
+COST_METRIC = {"latency": "derived_flops", "params": "derived_params"}
+
+
+@dataclass(frozen=True)
+class DataRefs:
+    """Where trials find their data: paths and URIs only, never the data itself."""
+
+    cache_uri: str
+    prepared_dir: str
+    teacher_dir: str
+
+
+@dataclass(frozen=True)
+class ConfigOutcome:
+    """One configuration's result, aggregated over its seeds."""
+
+    number: int  # Optuna trial number
+    round: int
+    params: dict
+    space: dict
+    search: dict
+    accuracy: float  # median search-valid accuracy over seeds
+    cost: float  # median COST_METRIC over seeds
+    agreement: float  # share of seeds that derived the modal genotype
+    collapse: bool  # majority of seeds flagged collapse
+    genotype: str  # the modal genotype (JSON)
+    seeds: tuple[dict, ...]  # each seed's last metrics
+
+
+def storage_url(job: JobConfig) -> str:
+    job.workspace_path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(job.workspace_path / 'optuna.db').resolve()}"
+
+
+def open_study(job: JobConfig) -> optuna.Study:
+    return optuna.create_study(
+        study_name=job.study_name, storage=storage_url(job), load_if_exists=True,
+        directions=[DIRECTIONS[o] for o in job.outer_loop.objectives],
+        sampler=optuna.samplers.TPESampler(seed=job.outer_loop.sampler_seed),
+    )
+
+
+def distribution(r: ParamRange) -> optuna.distributions.BaseDistribution:
+    if r.choices is not None:
+        return optuna.distributions.CategoricalDistribution(r.choices)
+    if r.int:
+        return optuna.distributions.IntDistribution(int(r.low), int(r.high), log=r.log)
+    return optuna.distributions.FloatDistribution(r.low, r.high, log=r.log)
+
+
+def trial_configs(job: JobConfig, *, number: int, round_index: int, params: dict, refs: DataRefs) -> list[dict]:
+    """The S Tune-trial configs of one configuration: job defaults + the sampled params + a seed."""
+    layers = {"search": job.search.model_dump(), "space": _space_dict(job)}
+    for name, value in params.items():
+        layer, field = SEARCHABLE[name]
+        layers[layer][field] = value
+    return [
+        {
+            "config_number": number, "round": round_index, "seed_index": s,
+            "space": layers["space"], "search": {**layers["search"], "seed": job.search.seed + s},
+            "cache_uri": refs.cache_uri, "prepared_dir": refs.prepared_dir, "teacher_dir": refs.teacher_dir,
+            "max_train_examples": job.search.max_train_examples,
+        }
+        for s in range(job.outer_loop.seeds)
+    ]
+
+
+def _space_dict(job: JobConfig) -> dict:
+    space = job.space.to_dict()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in space.items()}
+
+
+def _run_trial(config: dict) -> None:
+    from workers.search import search_trainable  # imported in the trial's worker process
+
+    search_trainable(config["trial"])
+
+
+def _trial_dirname(trial) -> str:
+    t = trial.config["trial"]
+    return f"config{t['config_number']}-seed{t['seed_index']}"
+
+
+class TrialProgress(tune.Callback):
+    """Forwards Tune trial events to a callable (the CLI's progress display)."""
+
+    def __init__(self, on_event: Callable[[str, dict], None]) -> None:
+        self.on_event = on_event
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.on_event("result", {"trial": trial.config["trial"], "result": result})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.on_event("complete", {"trial": trial.config["trial"]})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.on_event("error", {"trial": trial.config["trial"]})
+
+
+def run_round(
+    job: JobConfig, *, round_index: int, trial_dicts: list[dict], callbacks: list | None = None
+) -> list[tuple[dict, dict | None, list[dict]]]:
+    """Run (or restore) one round's Tune experiment. Returns (trial config, last metrics, history)."""
+    storage = (job.run_dir / "tune").resolve()
+    name = f"round-{round_index}"
+    trainable = tune.with_resources(_run_trial, trial_resources(job.cluster))
+    if tune.Tuner.can_restore(str(storage / name)):
+        tuner = tune.Tuner.restore(str(storage / name), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(trial_dicts)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=job.cluster.max_concurrent_trials, trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), verbose=0, callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=job.cluster.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    grid = tuner.fit()
+    out = []
+    for result in grid:
+        history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
+        metrics = None if result.error is not None or not result.metrics else dict(result.metrics)
+        out.append((result.config["trial"], metrics, history))
+    return out
+
+
+def aggregate(job: JobConfig, *, trial_dicts: list[dict], seeds: list[dict | None], number: int, round_index: int,
+              params: dict) -> ConfigOutcome | None:
+    """Median over seeds, genotype agreement and collapse; None when every seed failed."""
+    done = [m for m in seeds if m is not None]
+    if not done:
+        return None
+    genotypes = Counter(m["genotype"] for m in done)
+    modal, count = genotypes.most_common(1)[0]
+    cost_key = COST_METRIC[job.outer_loop.objectives[1]]
+    return ConfigOutcome(
+        number=number, round=round_index, params=params, space=trial_dicts[0]["space"],
+        search={k: v for k, v in trial_dicts[0]["search"].items() if k != "seed"},
+        accuracy=statistics.median(m["search_valid_acc"] for m in done),
+        cost=statistics.median(m[cost_key] for m in done),
+        agreement=count / len(seeds), collapse=sum(bool(m.get("collapse")) for m in done) * 2 > len(done),
+        genotype=modal,
+        seeds=tuple({**_summary(m), "seed": t["search"]["seed"]} for t, m in zip(trial_dicts, seeds) if m),
+    )
+
+
+_SUMMARY_KEYS = ("search_valid_acc", "derived_params", "derived_flops", "genotype", "collapse", "collapse_reason",
+                 "alpha_entropy", "skip_share", "zero_share", "epoch")
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: metrics[k] for k in _SUMMARY_KEYS if k in metrics}
+
+
+def _outcome_from_trial(t: optuna.trial.FrozenTrial) -> ConfigOutcome:
+    a = t.user_attrs
+    return ConfigOutcome(
+        number=t.number, round=a["round"], params=t.params, space=a["space"], search=a["search"],
+        accuracy=t.values[0], cost=t.values[1], agreement=a["agreement"], collapse=a["collapse"],
+        genotype=a["genotype"], seeds=tuple(a["seeds"]),
+    )
+
+
+@dataclass
+class LoopHooks:
+    """What the pipeline wants to hear about while the loop runs (all optional)."""
+
+    on_round_start: Callable[[int, int, int], None] | None = None  # (round, configs, trials)
+    on_round_done: Callable[[int, list[tuple[dict, dict | None, list[dict]]], list[ConfigOutcome]], None] | None = None
+    on_skip: Callable[[str], None] | None = None
+    tune_callbacks: list | None = None
+
+
+def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = None) -> list[ConfigOutcome]:
+    """All rounds, resuming whatever a previous driver left. Returns every configuration's outcome."""
+    hooks = hooks or LoopHooks()
+    loop = job.outer_loop
+    study = open_study(job)
+    dists = {name: distribution(r) for name, r in loop.params.items()}
+    outcomes: list[ConfigOutcome] = []
+    started, trials_run = time.monotonic(), 0
+    for r in range(loop.rounds):
+        mine = [t for t in study.trials if t.user_attrs.get("round") == r]
+        finished = [t for t in mine if t.state.is_finished()]
+        if mine and len(finished) == len(mine) and len(mine) >= loop.configs_per_round:
+            outcomes += [_outcome_from_trial(t) for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+            trials_run += len(mine) * loop.seeds
+            continue
+        if not mine:  # a round not yet begun: check the budget first
+            if loop.max_trials is not None and trials_run + loop.configs_per_round * loop.seeds > loop.max_trials:
+                _say(hooks, f"budget: {trials_run} trials ran; another round would pass max_trials={loop.max_trials}")
+                break
+            if loop.max_wall_minutes is not None and (time.monotonic() - started) / 60 >= loop.max_wall_minutes:
+                _say(hooks, f"budget: {loop.max_wall_minutes} minutes of wall time spent")
+                break
+        # Configurations a dead driver asked but never told are rerun with the same params.
+        pending = [optuna.Trial(study, t._trial_id) for t in mine if not t.state.is_finished()]
+        for _ in range(loop.configs_per_round - len(mine)):
+            trial = study.ask(dists)
+            trial.set_user_attr("round", r)
+            pending.append(trial)
+        refs_dicts = {t.number: trial_configs(job, number=t.number, round_index=r, params=t.params, refs=refs)
+                      for t in pending}
+        all_dicts = [d for ds in refs_dicts.values() for d in ds]
+        if hooks.on_round_start:
+            hooks.on_round_start(r, len(pending), len(all_dicts))
+        results = run_round(job, round_index=r, trial_dicts=all_dicts, callbacks=hooks.tune_callbacks)
+        by_key = {(c["config_number"], c["seed_index"]): m for c, m, _ in results}
+        round_outcomes = []
+        for trial in pending:
+            dicts = refs_dicts[trial.number]
+            seeds = [by_key.get((trial.number, d["seed_index"])) for d in dicts]
+            outcome = aggregate(job, trial_dicts=dicts, seeds=seeds, number=trial.number, round_index=r,
+                                params=trial.params)
+            if outcome is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            for key, value in (("space", outcome.space), ("search", outcome.search), ("genotype", outcome.genotype),
+                               ("agreement", outcome.agreement), ("collapse", outcome.collapse),
+                               ("seeds", list(outcome.seeds))):
+                trial.set_user_attr(key, value)
+            study.tell(trial, [outcome.accuracy, outcome.cost])
+            round_outcomes.append(outcome)
+        trials_run += len(all_dicts)
+        if hooks.on_round_done:
+            hooks.on_round_done(r, results, round_outcomes)
+        outcomes += round_outcomes
+    return outcomes
+
+
+def _say(hooks: LoopHooks, message: str) -> None:
+    if hooks.on_skip:
+        hooks.on_skip(message)
+
+
+def study_summary(job: JobConfig) -> list[dict]:
+    """Every configuration in the study, for `adaray status`."""
+    try:
+        study = optuna.load_study(study_name=job.study_name, storage=storage_url(job))
+    except KeyError:
+        return []
+    return [
+        {"number": t.number, "round": t.user_attrs.get("round"), "state": t.state.name, "values": t.values,
+         "params": t.params, "agreement": t.user_attrs.get("agreement"), "collapse": t.user_attrs.get("collapse")}
+        for t in study.trials
+    ]
+
+
+def outcome_json(outcome: ConfigOutcome) -> str:
+    return json.dumps(outcome.__dict__, default=list)
+
+
+def tune_dir(job: JobConfig) -> Path:
+    return job.run_dir / "tune"

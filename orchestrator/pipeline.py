@@ -1,0 +1,289 @@
+"""The whole job: prepare → teacher → cache → outer loop → retrain → select → register.
+
+Every stage is keyed by its inputs, so running a finished job again is a string of cache hits,
+and `adaray resume` after a dead driver is the same call: the study, the Tune experiments, the
+MLflow runs (looked up by key) and the registry versions (looked up by key) all carry on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from cluster.connect import ensure_ray
+from orchestrator.config import JobConfig, dump_job
+from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
+from orchestrator.plots import cell_plot, pareto_plot
+from orchestrator.retrain_stage import StudentSpec, retrain_students, student_specs
+from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
+from orchestrator.stages import data_stages
+from orchestrator.tracking import Tracker, ui_command
+from search_space.genotype import Genotype
+from workers.latency import hardware_name, student_latency, teacher_latency
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    champion: Candidate
+    choice: Choice
+    front: list[Candidate]
+    candidates: list[Candidate]
+    teacher_accuracy: float
+    teacher_latency_ms: float
+    teacher_params: int
+    model_name: str
+    champion_version: str
+    parent_run_id: str
+
+
+class StatusFile:
+    """<run_dir>/status.json: where the job stands, for `adaray status` (written atomically)."""
+
+    def __init__(self, job: JobConfig) -> None:
+        self.path = job.run_dir / "status.json"
+        self.state = json.loads(self.path.read_text()) if self.path.is_file() else {"job": job.name}
+
+    def update(self, **fields) -> None:
+        self.state.update(fields, updated=time.strftime("%Y-%m-%d %H:%M:%S"))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        os.replace(tmp, self.path)
+
+
+def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbacks: list | None = None,
+                 progress: bool = True) -> PipelineResult:
+    console = console or Console()
+    status = StatusFile(job)
+    status.update(stage="start", pid=os.getpid())
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    (job.run_dir / "job.yaml").write_text(dump_job(job))
+    resources = ensure_ray(job.cluster)
+    console.print(f"[bold]adaray[/] job [cyan]{job.name}[/]: Ray with {resources['cpus']:g} CPUs, "
+                  f"{resources['gpus']:g} GPUs")
+
+    # -- prepare, teacher, cache ------------------------------------------------------------
+    status.update(stage="data")
+    prepared, teacher, cache = data_stages(job, progress=progress)
+    console.print(f"[green]✓[/] prepare  {prepared.meta.sizes}  fingerprint {prepared.meta.fingerprint[:12]}")
+    console.print(f"[green]✓[/] teacher  dev accuracy {teacher.dev_accuracy:.4f}"
+                  f"{'  (cache hit)' if teacher.cache_hit else ''}")
+    console.print(f"[green]✓[/] cache    {cache.rows}  key {cache.key[:12]}{'  (cache hit)' if cache.cache_hit else ''}")
+    tracker = Tracker(job, task_name=prepared.meta.task)
+    parent = tracker.parent_run()
+    status.update(parent_run_id=parent, tracking_uri=tracker.uri, study=job.study_name)
+    _log_parent(tracker, parent, job=job, prepared=prepared, teacher=teacher, cache=cache)
+    refs = DataRefs(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir))
+
+    # -- outer loop -----------------------------------------------------------------------
+    status.update(stage="outer_loop")
+    hooks = LoopHooks(
+        on_round_start=lambda r, k, n: (
+            status.update(round=r + 1, rounds=job.outer_loop.rounds),
+            console.print(f"[bold]round {r + 1}/{job.outer_loop.rounds}[/]: {k} configurations × "
+                          f"{job.outer_loop.seeds} seeds = {n} Tune trials"),
+        ),
+        on_round_done=lambda r, results, outs: _log_round(tracker, parent, job=job, results=results, outcomes=outs,
+                                                          console=console),
+        on_skip=lambda msg: console.print(f"[yellow]{msg}[/]"),
+        tune_callbacks=[*(tune_callbacks or []), *( [_progress_callback(console)] if progress else [])],
+    )
+    outcomes = run_outer_loop(job, refs=refs, hooks=hooks)
+    if not outcomes:
+        raise RuntimeError("the outer loop produced no successful configuration; see the Tune logs in "
+                           f"{job.run_dir / 'tune'}")
+
+    # -- retrain ----------------------------------------------------------------------------
+    status.update(stage="retrain")
+    specs = student_specs(job, outcomes, cache_key=cache.key)
+    console.print(f"[bold]retrain[/]: {len(specs)} distinct students from {len(outcomes)} configurations")
+    metrics = retrain_students(
+        job, specs, refs=refs,
+        on_done=lambda s, m, hit: console.print(
+            f"  [green]✓[/] student {s.key} (config {s.outcome.number}): dev {m.get('dev_acc', float('nan')):.4f}"
+            f"{'  (cache hit)' if hit else ''}"),
+    )
+
+    # -- latency, select ---------------------------------------------------------------------
+    status.update(stage="select")
+    seq_len = prepared.meta.max_length
+    teacher_lat = teacher_latency(teacher.dir, seq_len=seq_len, cache_dir=job.run_dir)
+    candidates = []
+    for spec in specs:
+        lat = student_latency(spec.out_dir, seq_len=seq_len, repeats=job.retrain.latency_repeats)
+        candidates.append(_candidate(spec, {**metrics[spec.key], **lat}, metric=prepared.meta.metric,
+                                     batch=job.budget.latency_batch))
+    front = pareto_front(candidates)
+    teacher_acc = teacher.dev_accuracy
+    choice = pick_champion(front, budget=job.budget, teacher_accuracy=teacher_acc)
+    b = job.budget.latency_batch
+    plot = pareto_plot(candidates, front, choice.champion, job.run_dir / "pareto.png", teacher_accuracy=teacher_acc,
+                       teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], latency_batch=b)
+    table = selection_table(candidates, front, choice.champion, latency_batch=b)
+    console.print(table)
+    console.print(f"champion: {choice.reason}" + ("" if choice.met_budget else "  [yellow](budget not met)[/]"))
+    tracker.log_artifact(parent, plot)
+    tracker.log_text(parent, json.dumps([c.__dict__ for c in candidates], indent=2, default=str), "selection.json")
+
+    # -- register -----------------------------------------------------------------------------
+    status.update(stage="register")
+    to_register = [choice.champion] + [c for c in front if c is not choice.champion][: job.budget.register_top - 1]
+    versions = {}
+    for c in to_register:
+        spec = next(s for s in specs if s.key == c.key)
+        run_id = _retrain_run(tracker, parent, job=job, spec=spec, metrics=c.metrics)
+        versions[c.key] = tracker.register_student(
+            run_id=run_id, student_dir=spec.out_dir, key=f"{job.name}/{c.key}", input_example=["a great movie"],
+            tags=_lineage(job, c, spec=spec, teacher_dir=teacher.dir, cache_key=cache.key,
+                          fingerprint=prepared.meta.fingerprint),
+        )
+    tracker.set_alias("champion", versions[choice.champion.key])
+    tracker.log_metrics(parent, {"champion_dev_accuracy": choice.champion.accuracy,
+                                 "champion_latency_ms": choice.champion.latency_ms,
+                                 "champion_params": choice.champion.params,
+                                 "teacher_latency_ms": teacher_lat[f"latency_b{b}_ms"]})
+    tracker.finish(parent)
+    result = PipelineResult(
+        champion=choice.champion, choice=choice, front=front, candidates=candidates, teacher_accuracy=teacher_acc,
+        teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], teacher_params=teacher_lat["params"],
+        model_name=tracker.model_name, champion_version=versions[choice.champion.key], parent_run_id=parent,
+    )
+    status.update(stage="done", champion=choice.champion.key, champion_version=result.champion_version,
+                  model=tracker.model_name)
+    _print_summary(console, job, result)
+    return result
+
+
+def _progress_callback(console: Console) -> TrialProgress:
+    def on_event(kind: str, info: dict) -> None:
+        t = info["trial"]
+        name = f"config {t['config_number']} seed {t['search']['seed']}"
+        if kind == "result":
+            r = info["result"]
+            console.print(f"  {name}: epoch {r.get('epoch')} search-valid acc {r.get('search_valid_acc', 0):.4f} "
+                          f"derived params {r.get('derived_params', 0):,.0f}"
+                          f"{'  [yellow]collapse: ' + str(r.get('collapse_reason')) + '[/]' if r.get('collapse') else ''}")
+        elif kind == "error":
+            console.print(f"  [red]{name}: trial failed (Tune retries it from its checkpoint)[/]")
+
+    return TrialProgress(on_event)
+
+
+def _log_parent(tracker: Tracker, run_id: str, *, job, prepared, teacher, cache) -> None:
+    tracker.log_params(run_id, {"job": job.model_dump(mode="json")})
+    tracker.set_tags(run_id, {"adaray.teacher": str(teacher.dir), "adaray.teacher_key": teacher.key,
+                              "adaray.cache_key": cache.key, "adaray.cache_uri": cache.uri,
+                              "adaray.data_fingerprint": prepared.meta.fingerprint, "adaray.task": prepared.meta.task})
+    tracker.log_metrics(run_id, {"teacher_dev_accuracy": teacher.dev_accuracy,
+                                 **{f"probe_acc_layer_{i}": a for i, a in enumerate(teacher.probe_accuracies)}})
+    for name in ("probes.png", "probes.json"):
+        if (teacher.dir / name).is_file() and tracker.find_run(f"{job.name}/parent/{name}") is None:
+            tracker.log_artifact(run_id, teacher.dir / name, artifact_path="teacher")
+
+
+def _log_round(tracker: Tracker, parent: str, *, job: JobConfig, results, outcomes: list[ConfigOutcome],
+               console: Console) -> None:
+    """Child run per configuration, nested run per trial (params, per-epoch metrics, genotype, cell)."""
+    by_config = {o.number: o for o in outcomes}
+    for number, outcome in by_config.items():
+        config_run, created = tracker.ensure_run(f"{job.name}/config-{number}", name=f"config-{number}",
+                                                 role="config", parent_id=parent)
+        if created:
+            tracker.log_params(config_run, {**outcome.params, "round": outcome.round})
+            tracker.log_metrics(config_run, {"median_search_valid_acc": outcome.accuracy, "median_cost": outcome.cost,
+                                             "genotype_agreement": outcome.agreement, "collapse": outcome.collapse})
+            tracker.log_text(config_run, outcome.genotype, "genotype.json")
+            tracker.finish(config_run)
+        console.print(f"  config {number}: median acc {outcome.accuracy:.4f}, agreement {outcome.agreement:.2f}"
+                      f"{', collapse' if outcome.collapse else ''}  {outcome.params}")
+    for trial, metrics, history in results:
+        number = trial["config_number"]
+        config_run, _ = tracker.ensure_run(f"{job.name}/config-{number}", name=f"config-{number}", role="config",
+                                           parent_id=parent)
+        key = f"{job.name}/config-{number}/seed-{trial['seed_index']}"
+        run_id, created = tracker.ensure_run(key, name=f"config-{number}-seed-{trial['search']['seed']}",
+                                             role="trial", parent_id=config_run)
+        if not created:
+            continue
+        tracker.log_params(run_id, {"search": trial["search"], "space": trial["space"]})
+        for row in history:
+            tracker.log_metrics(run_id, {k: v for k, v in row.items() if k in _EPOCH_METRICS}, step=int(row.get("epoch", 0)))
+        if metrics:
+            tracker.log_text(run_id, metrics["genotype"], "genotype.json")
+            picture = Path(trial.get("_tmp", job.run_dir / "cells")) / f"config{number}-seed{trial['seed_index']}.png"
+            tracker.log_artifact(run_id, cell_plot(Genotype.from_json(metrics["genotype"]), picture))
+        tracker.finish(run_id, failed=metrics is None)
+
+
+_EPOCH_METRICS = {"search_valid_acc", "expected_params", "expected_flops", "expected_latency_ms", "derived_params",
+                  "derived_flops", "alpha_entropy", "skip_share", "zero_share", "collapse", "tau", "loss", "loss_ce",
+                  "loss_kd", "loss_eff"}
+
+
+def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: StudentSpec, metrics: dict) -> str:
+    config_run, _ = tracker.ensure_run(f"{job.name}/config-{spec.outcome.number}",
+                                       name=f"config-{spec.outcome.number}", role="config", parent_id=parent)
+    run_id, created = tracker.ensure_run(f"{job.name}/student-{spec.key}", name=f"student-{spec.key}",
+                                         role="retrain", parent_id=config_run)
+    if created:
+        tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), "space": spec.outcome.space})
+        tracker.log_metrics(run_id, metrics)
+        tracker.log_text(run_id, spec.outcome.genotype, "genotype.json")
+        tracker.finish(run_id)
+    return run_id
+
+
+def _candidate(spec: StudentSpec, metrics: dict, *, metric: str, batch: int) -> Candidate:
+    accuracy = metrics["dev_f1_macro"] if metric == "f1_macro" else metrics["dev_acc"]
+    return Candidate(
+        key=spec.key, config_number=spec.outcome.number, genotype=spec.outcome.genotype, accuracy=accuracy,
+        latency_ms=metrics[f"latency_b{batch}_ms"], latency_p95_ms=metrics[f"latency_b{batch}_p95_ms"],
+        params=int(metrics["params"]), metrics=metrics, student_dir=str(spec.out_dir),
+        params_of_config=spec.outcome.params,
+    )
+
+
+def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Path, cache_key: str,
+             fingerprint: str) -> dict:
+    search = spec.outcome.search
+    seeds = [s["seed"] for s in spec.outcome.seeds if s.get("genotype") == spec.outcome.genotype]
+    return {
+        "teacher": str(teacher_dir), "cache_key": cache_key, "data_fingerprint": fingerprint,
+        "genotype": spec.outcome.genotype, "beta": search["beta"], "gamma": search["gamma"],
+        "seed": seeds[0] if seeds else search.get("seed", ""), "config_number": spec.outcome.number,
+        "dev_accuracy": c.accuracy, "test_accuracy": c.metrics.get("test_acc"), "params": c.params,
+        "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,
+        "latency_hardware": c.metrics.get("hardware") or hardware_name("cpu"), "job": job.name,
+    }
+
+
+def selection_table(candidates: list[Candidate], front: list[Candidate], champion: Candidate, *,
+                    latency_batch: int) -> Table:
+    table = Table(title="Retrained students")
+    for col in ("student", "config", "dev acc", f"b{latency_batch} ms (p50/p95)", "params", "front"):
+        table.add_column(col, justify="right" if col not in ("student", "front") else "left")
+    on_front = {c.key for c in front}
+    for c in sorted(candidates, key=lambda c: -c.accuracy):
+        mark = "★ champion" if c.key == champion.key else ("✓" if c.key in on_front else "")
+        table.add_row(c.key, str(c.config_number), f"{100 * c.accuracy:.2f}",
+                      f"{c.latency_ms:.2f}/{c.latency_p95_ms:.2f}", f"{c.params:,}", mark)
+    return table
+
+
+def _print_summary(console: Console, job: JobConfig, r: PipelineResult) -> None:
+    c = r.champion
+    console.rule("[bold]done")
+    console.print(f"champion: [bold]{r.model_name}@champion[/] (version {r.champion_version}, student {c.key})")
+    console.print(f"  dev accuracy {100 * c.accuracy:.2f}% (teacher {100 * r.teacher_accuracy:.2f}%, "
+                  f"{100 * c.accuracy / r.teacher_accuracy:.1f}% retained)")
+    console.print(f"  {r.teacher_latency_ms / c.latency_ms:.1f}x faster than the teacher at batch "
+                  f"{job.budget.latency_batch} ({c.latency_ms:.2f} ms vs {r.teacher_latency_ms:.2f} ms), "
+                  f"{c.params / 1e6:.2f}M params ({r.teacher_params / max(c.params, 1):.1f}x smaller)")
+    console.print(f"  pull it:      adaray pull {r.model_name}@champion -o student/")
+    console.print(f"  MLflow UI:    {ui_command(job)}")

@@ -1,0 +1,76 @@
+"""PNG pictures: the Pareto plot of retrained students and a derived cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from orchestrator.selection import Candidate  # noqa: E402
+from search_space.genotype import Genotype  # noqa: E402
+
+
+def pareto_plot(
+    candidates: list[Candidate], front: list[Candidate], champion: Candidate, path: Path, *,
+    teacher_accuracy: float | None = None, teacher_latency_ms: float | None = None, latency_batch: int = 1,
+) -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    on_front = {c.key for c in front}
+    rest = [c for c in candidates if c.key not in on_front]
+    size = lambda cs: [30 + 200 * c.params / max(x.params for x in candidates) for c in cs]  # noqa: E731
+    ax.scatter([c.latency_ms for c in rest], [100 * c.accuracy for c in rest], s=size(rest), c="0.7",
+               label="dominated")
+    ax.scatter([c.latency_ms for c in front], [100 * c.accuracy for c in front], s=size(front), c="tab:blue",
+               label="Pareto front")
+    ax.scatter([champion.latency_ms], [100 * champion.accuracy], s=260, facecolors="none", edgecolors="tab:red",
+               linewidths=2, label="champion")
+    if teacher_accuracy is not None:
+        ax.axhline(100 * teacher_accuracy, ls="--", c="tab:green", lw=1, label="teacher accuracy")
+    if teacher_latency_ms is not None:
+        ax.axvline(teacher_latency_ms, ls=":", c="tab:green", lw=1, label="teacher latency")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"median latency, batch {latency_batch} (ms, log)")
+    ax.set_ylabel("dev accuracy (%)")
+    ax.set_title("Retrained students (marker size = parameters)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def cell_plot(genotype: Genotype, path: Path) -> Path:
+    """The derived cell as a small DAG: inputs c_{k-2}, c_{k-1}, intermediate nodes, output."""
+    names = ["c_{k-2}", "c_{k-1}"] + [f"n{j}" for j in range(len(genotype.nodes))]
+    x = {0: 0.0, 1: 0.0}
+    y = {0: 0.75, 1: 0.25}
+    for j in range(len(genotype.nodes)):
+        x[2 + j] = 1.0 + j
+        y[2 + j] = 0.5 + (0.25 if j % 2 else -0.25) * (j > 0)
+    out = len(names)
+    x[out], y[out] = 1.0 + len(genotype.nodes), 0.5
+    fig, ax = plt.subplots(figsize=(2.2 * (len(genotype.nodes) + 2), 3.2), dpi=120)
+    for j, edges in enumerate(genotype.nodes):
+        for op, src in edges:
+            ax.annotate("", xy=(x[2 + j], y[2 + j]), xytext=(x[src], y[src]),
+                        arrowprops={"arrowstyle": "->", "color": "0.4"})
+            ax.text((x[src] + x[2 + j]) / 2, (y[src] + y[2 + j]) / 2, op, fontsize=8, ha="center",
+                    bbox={"boxstyle": "round", "fc": "lightyellow", "ec": "0.6"})
+        ax.annotate("", xy=(x[out], y[out]), xytext=(x[2 + j], y[2 + j]),
+                    arrowprops={"arrowstyle": "->", "color": "tab:blue", "ls": "--"})
+    for i, name in enumerate([*names, "out (attn)"]):
+        ax.text(x[i], y[i], name, ha="center", va="center", fontsize=9,
+                bbox={"boxstyle": "circle", "fc": "lightblue" if i < 2 else "white", "ec": "0.3"})
+    ax.set_xlim(-0.5, x[out] + 0.5)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    ax.set_title(f"derived cell (depth K = {genotype.depth})", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

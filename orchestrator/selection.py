@@ -1,0 +1,74 @@
+"""Pick students: the Pareto front over (accuracy up, latency down, params down) and the champion.
+
+Pure functions over plain records, so they are easy to test; plotting lives in plots.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.config import BudgetConfig
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One retrained student."""
+
+    key: str  # stable id: hash of genotype + space + cache key + retrain config
+    config_number: int  # the Optuna trial (configuration) it came from
+    genotype: str  # JSON
+    accuracy: float  # the task metric on dev, in [0, 1]
+    latency_ms: float  # median at the budget's batch size
+    latency_p95_ms: float
+    params: int
+    metrics: dict = field(default_factory=dict, compare=False)
+    student_dir: str = ""
+    params_of_config: dict = field(default_factory=dict, compare=False)
+
+
+def dominates(a: Candidate, b: Candidate) -> bool:
+    no_worse = a.accuracy >= b.accuracy and a.latency_ms <= b.latency_ms and a.params <= b.params
+    better = a.accuracy > b.accuracy or a.latency_ms < b.latency_ms or a.params < b.params
+    return no_worse and better
+
+
+def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
+    """Non-dominated candidates, best accuracy first."""
+    front = [c for c in candidates if not any(dominates(o, c) for o in candidates if o is not c)]
+    return sorted(front, key=lambda c: (-c.accuracy, c.latency_ms, c.params))
+
+
+@dataclass(frozen=True)
+class Choice:
+    champion: Candidate
+    reason: str
+    met_budget: bool
+
+
+def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_accuracy: float | None) -> Choice:
+    """The budget's pick from the front. When no student meets the budget, the closest one, flagged."""
+    if not front:
+        raise ValueError("no retrained students to choose from")
+    rules = []
+    ok = list(front)
+    if budget.max_latency_ms is not None:
+        ok = [c for c in ok if c.latency_p95_ms <= budget.max_latency_ms]
+        rules.append(f"p95 batch-{budget.latency_batch} latency <= {budget.max_latency_ms} ms")
+    if budget.max_params is not None:
+        ok = [c for c in ok if c.params <= budget.max_params]
+        rules.append(f"params <= {budget.max_params:,}")
+    smallest = budget.within_teacher_points is not None and teacher_accuracy is not None
+    if smallest:
+        floor = teacher_accuracy - budget.within_teacher_points / 100
+        ok = [c for c in ok if c.accuracy >= floor]
+        rules.append(f"accuracy >= teacher - {budget.within_teacher_points} points ({floor:.4f})")
+    goal = "smallest" if smallest else "best accuracy"
+    if ok:
+        pick = min(ok, key=lambda c: (c.params, -c.accuracy)) if smallest else max(ok, key=lambda c: c.accuracy)
+        return Choice(pick, f"{goal} with {' and '.join(rules)}" if rules else goal, True)
+    # Nothing meets the budget: the fastest student when latency is bounded, else the best.
+    if budget.max_latency_ms is not None:
+        pick = min(front, key=lambda c: c.latency_p95_ms)
+        return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest", False)
+    pick = max(front, key=lambda c: c.accuracy)
+    return Choice(pick, f"no student meets {' and '.join(rules)}; picked the most accurate", False)

@@ -1,0 +1,223 @@
+"""MLflow: runs, artifacts, the Model Registry and the student pyfunc. The only module that imports mlflow.
+
+Run layout per job: one parent run; one child run per outer-loop configuration; one nested
+run per Tune trial (under its configuration) and one per retrained student. Every run carries an
+`adaray.key` tag, and every "start" looks that key up first, so a resumed job never duplicates a
+run or a registry version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.pyfunc import PythonModel
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from orchestrator.config import JobConfig
+
+KEY_TAG = "adaray.key"
+ROLE_TAG = "adaray.role"
+
+
+def default_tracking_uri(job: JobConfig) -> str:
+    if job.tracking.uri:
+        return job.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    folder = (job.workspace_path / "mlflow").resolve()
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def ui_command(job: JobConfig) -> str:
+    uri = default_tracking_uri(job)
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri} --port 5000"
+    return f"open {uri}"
+
+
+class Prediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class StudentPyfunc(PythonModel):
+    """The registered model: tokenizer + student in one artifact folder; text in, labels out."""
+
+    def load_context(self, context) -> None:
+        from workers.student import StudentPredictor
+
+        self._predictor = StudentPredictor.from_pretrained(context.artifacts["student"])
+
+    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[Prediction]:
+        return [Prediction(**p) for p in self._predictor.predict(list(model_input))]
+
+
+class Tracker:
+    """One job's view of MLflow. Create it on the driver only."""
+
+    def __init__(self, job: JobConfig, *, task_name: str) -> None:
+        self.job = job
+        self.uri = default_tracking_uri(job)
+        if self.uri.startswith("sqlite:"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        self.model_name = job.tracking.model_name or f"{task_name}-student"
+        self.experiment_id = self._experiment(job.tracking.experiment or f"adaray-{job.name}")
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):  # artifacts next to the store, not in the cwd
+            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    # -- runs ---------------------------------------------------------------------------------
+    def find_run(self, key: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
+    def ensure_run(
+        self, key: str, *, name: str, role: str, parent_id: str | None = None, tags: dict | None = None
+    ) -> tuple[str, bool]:
+        """The run with this key, created if missing. Returns (run_id, created)."""
+        if (run_id := self.find_run(key)) is not None:
+            return run_id, False
+        all_tags = {KEY_TAG: key, ROLE_TAG: role, "adaray.job": self.job.name, **(tags or {})}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id, True
+
+    def parent_run(self) -> str:
+        run_id, _ = self.ensure_run(f"{self.job.name}/parent", name=self.job.name, role="parent")
+        return run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        existing = self.client.get_run(run_id).data.params
+        for k, v in _flatten(params).items():
+            if k not in existing:
+                self.client.log_param(run_id, k, _short(v))
+
+    def log_metrics(self, run_id: str, metrics: dict, *, step: int | None = None) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, bool):
+                v = int(v)
+            if isinstance(v, int | float) and v == v:  # skip NaN
+                self.client.log_metric(run_id, k, float(v), step=step or 0)
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, _short(v))
+
+    def log_artifact(self, run_id: str, path: Path, *, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def finish(self, run_id: str, *, failed: bool = False) -> None:
+        status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+        self.client.set_terminated(run_id, status=status)
+
+    def runs_by_role(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.client.search_runs([self.experiment_id], max_results=10_000):
+            role = run.data.tags.get(ROLE_TAG, "?")
+            counts[role] = counts.get(role, 0) + 1
+        return counts
+
+    # -- registry -----------------------------------------------------------------------------
+    def register_student(
+        self, *, run_id: str, student_dir: Path, key: str, tags: dict[str, Any], input_example: list[str]
+    ) -> str:
+        """Log the student as a pyfunc on `run_id` and register it; returns the version.
+
+        Idempotent: a version tagged with this key already in the registry is returned as is.
+        """
+        for mv in self.client.search_model_versions(f"name = '{self.model_name}'"):
+            if mv.tags.get(KEY_TAG) == key:
+                return mv.version
+        with _active_run(run_id):
+            info = mlflow.pyfunc.log_model(
+                name="student", python_model=StudentPyfunc(), artifacts={"student": str(student_dir)},
+                input_example=input_example,
+            )
+        mv = mlflow.register_model(
+            info.model_uri, self.model_name, tags={KEY_TAG: key, **{k: _short(v) for k, v in tags.items()}}
+        )
+        return mv.version
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, version)
+
+
+def pull_student(ref: str, *, dst: Path, tracking_uri: str) -> Path:
+    """Fetch a registered student (NAME@ALIAS, NAME/VERSION, NAME or a models:/ URI) as a plain folder."""
+    mlflow.set_tracking_uri(tracking_uri)
+    model_uri = resolve_model_uri(ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        found = [p for p in local.rglob("config.json") if (p.parent / "model.safetensors").exists()]
+        if not found:
+            raise FileNotFoundError(f"{model_uri} holds no student folder (config.json + model.safetensors)")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent)) / "student"
+        shutil.copytree(found[0].parent, staging)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(staging, dst)
+        staging.parent.rmdir()
+    return dst
+
+
+def resolve_model_uri(ref: str) -> str:
+    """`NAME@ALIAS`, `NAME/VERSION`, `NAME` (latest) or a full `models:/` / `runs:/` URI."""
+    if "://" in ref or ref.startswith(("models:/", "runs:/")):
+        return ref
+    if "@" in ref or "/" in ref:
+        return f"models:/{ref}"
+    versions = MlflowClient().search_model_versions(f"name = '{ref}'")
+    if not versions:
+        raise LookupError(f"no registered model named {ref!r}")
+    return f"models:/{ref}/{max(int(v.version) for v in versions)}"
+
+
+@contextmanager
+def _active_run(run_id: str) -> Iterator[None]:
+    # log_model needs an active run; resume ours without ending it (its owner ends it).
+    with mlflow.start_run(run_id=run_id):
+        yield
+    # start_run(...) as a context manager sets the run FINISHED on exit; the caller finishes again.
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s[:5000]

@@ -1,0 +1,63 @@
+"""The search-space config: the one typed config this layer owns (orchestrator/ composes it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+from search_space.ops import OPS, PRIMITIVES, ZERO
+
+MAX_CELLS = 16
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SearchSpaceConfig:
+    """Width, maximum depth, cell size and candidate ops of the search space."""
+
+    # Read by pydantic when this dataclass is a field of the job schema: unknown keys fail.
+    # A plain dict so this layer need not import pydantic.
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+
+    embed_dim: int = 128
+    k_max: int = 8
+    num_nodes: int = 3
+    primitives: tuple[str, ...] = PRIMITIVES
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.primitives, str):
+            raise ValueError("primitives must be a list of op names, not one string")
+        # YAML and JSON give lists; a tuple keeps the frozen config hashable.
+        object.__setattr__(self, "primitives", tuple(self.primitives))
+        if not _is_int(self.embed_dim) or self.embed_dim <= 0:
+            raise ValueError(f"embed_dim must be a positive int, got {self.embed_dim!r}")
+        if not _is_int(self.k_max) or not 1 <= self.k_max <= MAX_CELLS:
+            raise ValueError(f"k_max must be an int in 1..{MAX_CELLS}, got {self.k_max!r}")
+        if not _is_int(self.num_nodes) or self.num_nodes < 1:
+            raise ValueError(f"num_nodes must be an int >= 1, got {self.num_nodes!r}")
+        unknown = [p for p in self.primitives if p not in OPS]
+        if unknown:
+            raise ValueError(f"unknown primitives {unknown}; known: {list(OPS)}")
+        if len(set(self.primitives)) != len(self.primitives):
+            raise ValueError(f"primitives has duplicates: {list(self.primitives)}")
+        if not any(p != ZERO for p in self.primitives):
+            raise ValueError(f"primitives needs at least one op other than {ZERO!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["primitives"] = list(self.primitives)  # JSON-friendly
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSpaceConfig:
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ValueError(f"unknown search-space keys {extra}; known: {sorted(known)}")
+        return cls(**d)

@@ -1,0 +1,141 @@
+"""Building blocks shared by the supernet and the derived student, so both count alike."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def project_embeddings(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
+    """Teacher word embeddings `(V, H)` projected onto their top-`dim` principal directions.
+
+    Returns the centred table times those directions, `(V, dim)`: the width-`dim` table that
+    keeps the most variance of the teacher's (the mean row carries nothing that tells tokens
+    apart, so it is dropped).
+    """
+    vocab, hidden = embeddings.shape
+    if not 0 < dim <= min(vocab, hidden):
+        raise ValueError(
+            f"cannot project ({vocab}, {hidden}) embeddings to width {dim}: need 0 < dim <= {min(vocab, hidden)}"
+        )
+    centred = embeddings.detach().float()
+    centred = centred - centred.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (min(V, H), H)
+    directions = vh[:dim].T  # (H, dim)
+    # SVD signs are arbitrary: fix them so the init is the same on every backend.
+    pivot = directions.gather(0, directions.abs().argmax(dim=0, keepdim=True))  # (1, dim)
+    directions = directions * torch.where(pivot < 0, -1.0, 1.0)
+    return centred @ directions  # (V, dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens: x (..., T, D), mask (..., T) -> (..., D)."""
+    m = mask.to(dtype=x.dtype).unsqueeze(-1)  # (..., T, 1)
+    return (x * m).sum(dim=-2) / m.sum(dim=-2).clamp_min(1.0)
+
+
+def _right_pad(
+    ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = length - ids.shape[1]
+    if extra == 0:
+        return ids, mask
+    return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
+
+
+class PairEmbedding(nn.Module):
+    """Token table of width d; embeds one sentence, or a pair separately, for the first cell."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        dim: int,
+        pad_id: int = 0,
+        dropout: float = 0.0,
+        init: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        # Stored at width d directly (not H then a projection) to keep the student small.
+        self.table = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        if init is not None:
+            if tuple(init.shape) != (vocab_size, dim):
+                raise ValueError(f"embedding init must be ({vocab_size}, {dim}), got {tuple(init.shape)}")
+            with torch.no_grad():
+                self.table.weight.copy_(init)
+                self.table.weight[pad_id].zero_()
+        self.dropout = nn.Dropout(dropout)
+
+    def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.table(ids))  # (B, T, D)
+        return x * mask.to(dtype=x.dtype).unsqueeze(-1)
+
+    def forward(
+        self,
+        ids_a: torch.Tensor,
+        mask_a: torch.Tensor | None,
+        ids_b: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (s0, s1, mask): the first cell's two inputs (B, T, D) and the real-token mask (B, T)."""
+        if mask_a is None:
+            mask_a = ids_a != self.pad_id
+        mask_a = mask_a.to(torch.bool)
+        if ids_b is None:
+            x = self._embed(ids_a, mask_a)
+            return x, x, mask_a
+        mask_b = (ids_b != self.pad_id) if mask_b is None else mask_b.to(torch.bool)
+        # Sentences padded to different lengths: right-pad the shorter with masked pads.
+        length = max(ids_a.shape[1], ids_b.shape[1])
+        ids_a, mask_a = _right_pad(ids_a, mask_a, length, self.pad_id)
+        ids_b, mask_b = _right_pad(ids_b, mask_b, length, self.pad_id)
+        # Cells add the two sentences position-wise: a position is real if it is in either.
+        return self._embed(ids_a, mask_a), self._embed(ids_b, mask_b), mask_a | mask_b
+
+
+class CellOutput(nn.Module):
+    """Attention-weighted sum of a cell's intermediate nodes, scored from their mean-pooled states."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+        # Stacked cells add several op outputs per node; the norm keeps the scale from drifting.
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, nodes: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack(nodes, dim=1)  # (B, N, T, D)
+        summary = masked_mean(stacked, mask.unsqueeze(1))  # (B, N, D)
+        weights = self.score(summary).squeeze(-1).softmax(dim=-1)  # (B, N)
+        out = torch.einsum("bn,bntd->btd", weights, stacked)  # (B, T, D)
+        return self.norm(out) * mask.to(dtype=out.dtype).unsqueeze(-1)
+
+
+class Probe(nn.Module):
+    """A cell's own classifier for the KD hints: mean pool, tanh, linear."""
+
+    def __init__(self, dim: int, *, num_labels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, num_labels)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.tanh(masked_mean(h, mask)))  # (B, C)
+
+
+class Head(nn.Module):
+    """Attention over the cells' pooled outputs, then dense, tanh and the classifier."""
+
+    def __init__(self, dim: int, *, num_labels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+        self.dense = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(dim, num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled: (B, K, D), each active cell's output mean-pooled over real tokens -> (B, C)."""
+        weights = self.score(pooled).squeeze(-1).softmax(dim=-1)  # (B, K)
+        summary = torch.einsum("bk,bkd->bd", weights, pooled)  # (B, D)
+        # dense before tanh (as BERT's pooler) so the two linears do not collapse into one
+        return self.classifier(self.dropout(torch.tanh(self.dense(summary))))

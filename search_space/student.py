@@ -1,0 +1,115 @@
+"""The derived student: the supernet's design with only the genotype's ops and depth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from search_space.config import SearchSpaceConfig
+from search_space.genotype import Genotype
+from search_space.layers import CellOutput, Head, PairEmbedding, Probe, masked_mean
+from search_space.ops import OPS
+
+
+class StudentCell(nn.Module):
+    """A cell whose nodes each sum their two kept edges."""
+
+    def __init__(self, genotype: Genotype, *, dim: int) -> None:
+        super().__init__()
+        self.inputs = [[i for _, i in node] for node in genotype.nodes]
+        self.nodes = nn.ModuleList(nn.ModuleList(OPS[op](dim) for op, _ in node) for node in genotype.nodes)
+        self.output = CellOutput(dim)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states = [s0, s1]  # (B, T, D) each
+        for ops, inputs in zip(self.nodes, self.inputs, strict=True):
+            states.append(sum(op(states[i], mask) for op, i in zip(ops, inputs, strict=True)))
+        return self.output(states[2:], mask)
+
+
+@dataclass
+class StudentOutput:
+    logits: torch.Tensor  # (B, C)
+    cell_probe_logits: list[torch.Tensor] = field(
+        default_factory=list
+    )  # (B, C) per cell; empty without probes
+
+
+class Student(nn.Module):
+    def __init__(
+        self,
+        genotype: Genotype,
+        *,
+        space: SearchSpaceConfig,
+        vocab_size: int,
+        num_labels: int,
+        pad_id: int = 0,
+        with_probes: bool = True,
+        embedding_init: torch.Tensor | None = None,
+    ) -> None:
+        """`embedding_init`: an already projected `(vocab_size, embed_dim)` table (e.g. from
+        `project_embeddings`); weights are not part of `config_dict`."""
+        super().__init__()
+        if genotype.num_nodes != space.num_nodes:
+            raise ValueError(f"genotype has {genotype.num_nodes} nodes, the space {space.num_nodes}")
+        foreign = sorted({op for node in genotype.nodes for op, _ in node} - set(space.primitives))
+        if foreign:
+            raise ValueError(f"genotype uses ops {foreign} outside the space's primitives")
+        self.genotype, self.space = genotype, space
+        self.vocab_size, self.num_labels, self.pad_id, self.with_probes = (
+            vocab_size,
+            num_labels,
+            pad_id,
+            with_probes,
+        )
+        d = space.embed_dim
+        self.embedding = PairEmbedding(
+            vocab_size, dim=d, pad_id=pad_id, dropout=space.dropout, init=embedding_init
+        )
+        self.cells = nn.ModuleList(StudentCell(genotype, dim=d) for _ in range(genotype.depth))
+        self.probes = nn.ModuleList(
+            Probe(d, num_labels=num_labels) for _ in range(genotype.depth) if with_probes
+        )
+        self.head = Head(d, num_labels=num_labels, dropout=space.dropout)
+
+    def forward(
+        self,
+        ids_a: torch.Tensor,
+        mask_a: torch.Tensor | None,
+        ids_b: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+    ) -> StudentOutput:
+        """ids/masks (B, T); a single sentence feeds both inputs of the first cell."""
+        s0, s1, mask = self.embedding(ids_a, mask_a, ids_b, mask_b)  # (B, T, D) x2, (B, T)
+        outputs = []
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, mask)
+            outputs.append(s1)
+        pooled = torch.stack([masked_mean(h, mask) for h in outputs], dim=1)  # (B, K, D)
+        probes = [probe(h, mask) for probe, h in zip(self.probes, outputs, strict=False)]
+        return StudentOutput(logits=self.head(pooled), cell_probe_logits=probes)
+
+    def config_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this architecture (JSON-serialisable; no weights)."""
+        return {
+            "genotype": self.genotype.to_dict(),
+            "space": self.space.to_dict(),
+            "vocab_size": self.vocab_size,
+            "num_labels": self.num_labels,
+            "pad_id": self.pad_id,
+            "with_probes": self.with_probes,
+        }
+
+    @classmethod
+    def from_config_dict(cls, d: dict[str, Any]) -> Student:
+        return cls(
+            Genotype.from_dict(d["genotype"]),
+            space=SearchSpaceConfig.from_dict(d["space"]),
+            vocab_size=d["vocab_size"],
+            num_labels=d["num_labels"],
+            pad_id=d.get("pad_id", 0),
+            with_probes=d.get("with_probes", True),
+        )
