@@ -1,0 +1,52 @@
+import pytest
+
+from orchestrator.config import BudgetConfig
+from orchestrator.selection import Candidate, dominates, pareto_front, pick_champion
+
+
+def cand(key, acc, lat, params, p95=None):
+    return Candidate(key=key, config_number=0, genotype="{}", accuracy=acc, latency_ms=lat,
+                     latency_p95_ms=p95 if p95 is not None else lat * 1.2, params=params)
+
+
+CANDS = [
+    cand("big", 0.86, 8.0, 5_000_000),
+    cand("mid", 0.84, 3.0, 2_000_000),
+    cand("small", 0.80, 1.0, 800_000),
+    cand("bad", 0.79, 4.0, 3_000_000),  # dominated by "mid"
+    cand("tie", 0.84, 3.0, 2_500_000),  # dominated by "mid" (same acc and latency, more params)
+]
+
+
+def test_dominates_needs_one_strictly_better():
+    assert dominates(CANDS[1], CANDS[3])
+    assert not dominates(CANDS[1], CANDS[1])
+    assert not dominates(CANDS[0], CANDS[2]) and not dominates(CANDS[2], CANDS[0])
+
+
+def test_pareto_front_drops_dominated_and_sorts_by_accuracy():
+    assert [c.key for c in pareto_front(CANDS)] == ["big", "mid", "small"]
+
+
+@pytest.mark.parametrize(
+    "budget, teacher, expected, met",
+    [
+        (BudgetConfig(), None, "big", True),
+        (BudgetConfig(max_latency_ms=5.0), None, "mid", True),  # big's p95 is 9.6 ms
+        (BudgetConfig(max_latency_ms=0.5), None, "small", False),  # nothing fits: the fastest, flagged
+        (BudgetConfig(max_params=1_000_000), None, "small", True),
+        (BudgetConfig(within_teacher_points=3.0), 0.86, "mid", True),  # smallest with acc >= 0.83
+        (BudgetConfig(within_teacher_points=10.0), 0.86, "small", True),
+        (BudgetConfig(within_teacher_points=0.1, max_latency_ms=5.0), 0.90, "small", False),  # fastest
+    ],
+)
+def test_pick_champion_follows_the_budget(budget, teacher, expected, met):
+    choice = pick_champion(pareto_front(CANDS), budget=budget, teacher_accuracy=teacher)
+    assert choice.champion.key == expected
+    assert choice.met_budget is met
+    assert choice.reason
+
+
+def test_pick_champion_needs_candidates():
+    with pytest.raises(ValueError, match="no retrained students"):
+        pick_champion([], budget=BudgetConfig(), teacher_accuracy=None)
