@@ -9,13 +9,11 @@ on disk is restored (finished trials are not rerun, crashed ones resume from the
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from ray import tune
@@ -240,12 +238,19 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
             hooks.on_round_start(r, len(pending), len(all_dicts))
         results = run_round(job, round_index=r, trial_dicts=all_dicts, callbacks=hooks.tune_callbacks)
         by_key = {(c["config_number"], c["seed_index"]): m for c, m, _ in results}
-        round_outcomes = []
+        told = {}
         for trial in pending:
             dicts = refs_dicts[trial.number]
             seeds = [by_key.get((trial.number, d["seed_index"])) for d in dicts]
-            outcome = aggregate(job, trial_dicts=dicts, seeds=seeds, number=trial.number, round_index=r,
-                                params=trial.params)
+            told[trial.number] = aggregate(job, trial_dicts=dicts, seeds=seeds, number=trial.number,
+                                           round_index=r, params=trial.params)
+        round_outcomes = [o for o in told.values() if o is not None]
+        # Log before telling: a driver that dies in between reruns this round from Tune's state on
+        # disk (no retraining) and the idempotent logging fills in whatever is missing.
+        if hooks.on_round_done:
+            hooks.on_round_done(r, results, round_outcomes)
+        for trial in pending:
+            outcome = told[trial.number]
             if outcome is None:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
@@ -254,10 +259,7 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
                                ("seeds", list(outcome.seeds))):
                 trial.set_user_attr(key, value)
             study.tell(trial, [outcome.accuracy, outcome.cost])
-            round_outcomes.append(outcome)
         trials_run += len(all_dicts)
-        if hooks.on_round_done:
-            hooks.on_round_done(r, results, round_outcomes)
         outcomes += round_outcomes
     return outcomes
 
@@ -278,11 +280,3 @@ def study_summary(job: JobConfig) -> list[dict]:
          "params": t.params, "agreement": t.user_attrs.get("agreement"), "collapse": t.user_attrs.get("collapse")}
         for t in study.trials
     ]
-
-
-def outcome_json(outcome: ConfigOutcome) -> str:
-    return json.dumps(outcome.__dict__, default=list)
-
-
-def tune_dir(job: JobConfig) -> Path:
-    return job.run_dir / "tune"

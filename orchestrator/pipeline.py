@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cluster.connect import ensure_ray
 from orchestrator.config import JobConfig, dump_job
+from orchestrator.measure import student_latency, teacher_latency
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
 from orchestrator.plots import cell_plot, pareto_plot
 from orchestrator.retrain_stage import StudentSpec, retrain_students, student_specs
@@ -25,7 +26,7 @@ from orchestrator.selection import Candidate, Choice, pareto_front, pick_champio
 from orchestrator.stages import data_stages
 from orchestrator.tracking import Tracker, ui_command
 from search_space.genotype import Genotype
-from workers.latency import hardware_name, student_latency, teacher_latency
+from workers.latency import hardware_name
 
 
 @dataclass(frozen=True)

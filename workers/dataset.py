@@ -96,6 +96,7 @@ def write_prepared(out_dir: str | Path, *, meta: PreparedMeta, tables: dict[str,
         raise ValueError(f"write_prepared needs every split; missing {sorted(missing)}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; other users and nodes of a shared workspace read it
     try:
         for split in SPLITS:
             with pa.OSFile(str(tmp / f"{split}.arrow"), "wb") as sink, ipc.new_file(sink, SPLIT_SCHEMA) as w:

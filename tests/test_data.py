@@ -1,0 +1,140 @@
+"""The prepare stage with the real MiniLM tokenizer, the fingerprint, and the data commands."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.cli import main
+from orchestrator.data import (
+    MINILM,
+    fingerprint,
+    load_tokenizer,
+    prepare,
+    resolve_teacher_source,
+    token_budget,
+    tokenize,
+)
+from orchestrator.tasks import TaskConfig, load_task
+from workers.dataset import SPLITS, is_prepared, load_split, read_split_table, teacher_inputs
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(MINILM)
+
+
+def _write_tsv(path: Path, rows: list[tuple[str, str]]) -> str:
+    path.write_text("sentence\tsentiment\n" + "".join(f"{t}\t{label}\n" for t, label in rows))
+    return str(path)
+
+
+def _user_files(tmp_path: Path) -> dict[str, str]:
+    (tmp_path := tmp_path / "movies").mkdir()
+    words = "a rather long and winding review that keeps going on and on about the film".split()
+    train = [(f"{' '.join(words[: 3 + i % 14])} number {i}", "positive" if i % 2 else "negative") for i in range(80)]
+    test = [(f'short "test" review {i}', "positive" if i % 2 else "negative") for i in range(10)]
+    return {"train": _write_tsv(tmp_path / "train.tsv", train), "test": _write_tsv(tmp_path / "test.tsv", test)}
+
+
+def test_resolve_teacher_source():
+    folder = Path(resolve_teacher_source(MINILM))
+    assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
+    assert resolve_teacher_source("bert-base-uncased") == "bert-base-uncased"  # a hub id: loaded later
+    assert resolve_teacher_source(str(folder)) == str(folder)
+
+
+def test_user_tsv_with_string_labels_end_to_end(tmp_path, tokenizer):
+    task = TaskConfig(files=_user_files(tmp_path), text_column="sentence", label_column="sentiment", max_length=12)
+    ws = tmp_path / "ws"
+    prepared = prepare(task, tokenizer_source=MINILM, workspace=ws, progress=False)
+    meta = prepared.meta
+    assert not prepared.cache_hit and is_prepared(prepared.folder)
+    assert prepared.folder == ws / "prepared" / meta.fingerprint
+    assert meta.label_names == ("negative", "positive") and meta.task == "movies" and not meta.pair
+    assert (meta.pad_id, meta.cls_id, meta.sep_id, meta.vocab_size) == (0, 101, 102, 30522)
+    assert meta.sizes == {"train": 70, "search_valid": 4, "dev": 6, "test": 10}
+    assert json.loads((prepared.folder / "meta.json").read_text())["fingerprint"] == meta.fingerprint
+
+    test = read_split_table(prepared.folder, "test").to_pydict()
+    assert test["text_a"][3] == 'short "test" review 3' and test["label"][3] == 1  # TSV: quotes are text
+    assert test["ids_a"][3] == tokenizer('short "test" review 3', add_special_tokens=False)["input_ids"]
+
+    train = load_split(prepared.folder, "train")
+    assert len(train) == 70 and int(train.len_a.max()) == 10  # long reviews cut to 12 - 2
+    assert set(train.labels.tolist()) == {0, 1}
+    batch = train.batch(torch.arange(8))
+    joint = teacher_inputs(batch, cls_id=meta.cls_id, sep_id=meta.sep_id, pad_id=meta.pad_id)
+    assert joint["input_ids"].shape[1] <= 12 and (joint["input_ids"][:, 0] == 101).all()
+
+    again = prepare(task, tokenizer_source=MINILM, workspace=ws, progress=False)
+    assert again.cache_hit and again.folder == prepared.folder and again.meta == meta
+    assert sorted(p.name for p in (ws / "prepared").iterdir()) == [meta.fingerprint]  # no temp left
+
+
+def test_pair_task_truncates_each_side_to_half_the_budget(tmp_path):
+    long = "one two three four five six seven eight nine ten eleven twelve"
+    df = pd.DataFrame({"q": [f"{long} {i}" for i in range(40)], "a": ["short"] * 40, "label": [0, 1] * 20})
+    df.to_csv(tmp_path / "pairs.csv", index=False)
+    task = TaskConfig(path=str(tmp_path / "pairs.csv"), text_column="q", text_pair_column="a", max_length=16)
+    prepared = prepare(task, tokenizer_source=MINILM, workspace=tmp_path / "ws", progress=False)
+    assert prepared.meta.pair and token_budget(16, pair=True) == 6
+    split = load_split(prepared.folder, "train")
+    assert int(split.len_a.max()) == 6 and int(split.len_b.max()) == 1
+    joint = teacher_inputs(split.batch(torch.arange(4)), cls_id=101, sep_id=102, pad_id=0)
+    assert joint["input_ids"].shape[1] == 1 + 6 + 1 + 1 + 1
+    assert joint["token_type_ids"][0].tolist() == [0] * 8 + [1] * 2
+
+
+def test_fingerprint_is_stable_and_sensitive(tmp_path, tokenizer):
+    df = pd.DataFrame({"text": [f"text number {i}" for i in range(80)], "label": ["a", "b"] * 40})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    task = TaskConfig(path=str(tmp_path / "d.csv"))
+
+    def key(t=task, **kwargs):
+        spec, splits = load_task(t)
+        return fingerprint(spec, splits, tokenizer=tokenizer, max_length=kwargs.get("max_length", t.max_length))
+
+    base = key()
+    assert key() == base and len(base) == 16
+    assert key(max_length=32) != base
+    assert key(task.model_copy(update={"split_seed": 1})) != base
+    df.loc[5, "label"] = "a" if df.loc[5, "label"] == "b" else "b"
+    df.to_csv(tmp_path / "d.csv", index=False)
+    assert key() != base
+    df.loc[5, "label"] = "b" if df.loc[5, "label"] == "a" else "a"  # back as it was: the same key again
+    df.to_csv(tmp_path / "d.csv", index=False)
+    assert key() == base
+    df.loc[7, "text"] = "text number 7!"
+    df.to_csv(tmp_path / "d.csv", index=False)
+    assert key() != base
+
+
+def test_tokenize_without_budget_keeps_full_length(tokenizer):
+    text = "word " * 600  # longer than the teacher's 512: no warning, no cut
+    assert [len(ids) for ids in tokenize([text, "a b"], tokenizer=tokenizer, budget=None)] == [600, 2]
+    assert [len(ids) for ids in tokenize([text], tokenizer=tokenizer, budget=62)] == [62]
+
+
+def test_cli_tasks_lists_the_builtins(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "rotten_tomatoes" in out and "12,752" in out and "10,207" in out
+    assert "clothing_reviews" in out and "22,634" in out and "f1_macro" in out
+
+
+def test_cli_data_describe(tmp_path, capsys):
+    df = pd.DataFrame({"body": [("great " * (i % 70)) + f"item {i}" for i in range(200)],
+                       "label": ["bad", "good"] * 100})
+    df.to_csv(tmp_path / "reviews.csv", index=False)
+    (tmp_path / "job.yaml").write_text(
+        "name: demo\ntask:\n  path: reviews.csv\n  text_column: body\n  max_length: 32\n")
+    assert main(["data", "describe", str(tmp_path / "job.yaml")]) == 0
+    out = capsys.readouterr().out
+    for word in (*SPLITS, "p50", "p99", "bad 50.0%", "not prepared yet", "max_length 32"):
+        assert word in out
+    # Texts up to 71 tokens: some rows are cut to fit 32.
+    train_row = next(line for line in out.splitlines() if line.strip().startswith("train"))
+    assert train_row.split()[-1] != "0.0%"

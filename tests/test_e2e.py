@@ -1,0 +1,147 @@
+"""The whole flow on a small slice of real data (rotten_tomatoes + the offline MiniLM teacher),
+on a real local Ray, with a real Optuna SQLite study and a real MLflow SQLite store.
+
+One pipeline run serves several assertions (it is the expensive part): 2 rounds x 2
+configurations x 2 seeds; one trial's worker process is killed mid-trial and Tune resumes it
+from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import mlflow
+import optuna
+import pytest
+import ray
+from ray import tune
+
+from orchestrator.cli import main
+from orchestrator.config import parse_job
+from orchestrator.outer_loop import open_study
+from orchestrator.pipeline import run_pipeline
+from orchestrator.tracking import Tracker
+
+
+def tiny_job(workspace, *, name="e2e", **overrides) -> dict:
+    job = {
+        "name": name,
+        "workspace": str(workspace),
+        "task": {"builtin": "rotten_tomatoes", "max_examples": 240, "max_length": 32},
+        "teacher": {"epochs": 1, "batch_size": 16, "evals_per_epoch": 1, "probe_epochs": 1},
+        "cache": {"augment": {"copies": 1}, "shard_size": 128, "batch_size": 32},
+        "space": {"embed_dim": 32, "k_max": 2},
+        "search": {"epochs": 2, "batch_size": 32},
+        "retrain": {"epochs": 1, "batch_size": 32, "latency_repeats": 3},
+        "outer_loop": {"rounds": 2, "configs_per_round": 2, "seeds": 2},
+        "cluster": {"cpus_per_trial": 1, "max_failures": 2},
+        "budget": {"register_top": 2},
+    }
+    for key, value in overrides.items():
+        job[key] = {**job.get(key, {}), **value} if isinstance(value, dict) else value
+    return job
+
+
+class KillFirstTrialOnce(tune.Callback):
+    """SIGKILLs the worker process of the first trial that reports epoch 1 (after its checkpoint)."""
+
+    def __init__(self) -> None:
+        self.killed: dict | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.killed is None and result.get("epoch") == 1:
+            self.killed = dict(trial.config["trial"], pid=result["pid"])
+            os.kill(result["pid"], signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finished_job(local_ray, tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("ws")
+    job = parse_job(tiny_job(workspace))
+    killer = KillFirstTrialOnce()
+    result = run_pipeline(job, tune_callbacks=[killer], progress=False)
+    return job, result, killer
+
+
+def test_study_holds_the_four_configurations(finished_job):
+    job, _, _ = finished_job
+    trials = open_study(job).trials
+    assert len(trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sorted(t.user_attrs["round"] for t in trials) == [0, 0, 1, 1]
+    assert all(len(t.user_attrs["seeds"]) == 2 and 0 <= t.values[0] <= 1 for t in trials)
+
+
+def test_killed_trial_resumed_from_its_checkpoint(finished_job):
+    job, _, killer = finished_job
+    assert killer.killed is not None, "no trial reached epoch 1"
+    victim = next(t for t in open_study(job).trials if t.number == killer.killed["config_number"])
+    seed = killer.killed["search"]["seed"]
+    result = next(s for s in victim.user_attrs["seeds"] if s["seed"] == seed)
+    assert result["epoch"] == job.search.epochs  # finished all epochs after the kill
+    trial_dir = job.run_dir / "tune" / f"round-{killer.killed['round']}" / (
+        f"config{killer.killed['config_number']}-seed{killer.killed['seed_index']}")
+    assert (trial_dir / "error.txt").exists() or list(trial_dir.glob("error*")), "Tune recorded no failure"
+
+
+def test_mlflow_holds_parent_child_and_trial_runs(finished_job):
+    job, result, _ = finished_job
+    tracker = Tracker(job, task_name="rotten_tomatoes")
+    roles = tracker.runs_by_role()
+    assert roles["parent"] == 1
+    assert roles["config"] == 4
+    assert roles["trial"] == 8
+    assert roles["retrain"] >= 1
+    trial_runs = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`adaray.role` = 'trial'")
+    run = trial_runs[0]
+    assert run.data.tags["mlflow.parentRunId"] != result.parent_run_id  # nested under its configuration
+    assert "search_valid_acc" in run.data.metrics
+    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
+    assert "genotype.json" in artifacts and any(p.endswith(".png") for p in artifacts)
+
+
+def test_registry_has_a_champion_that_predicts(finished_job):
+    job, result, _ = finished_job
+    tracker = Tracker(job, task_name="rotten_tomatoes")
+    mv = tracker.client.get_model_version_by_alias(result.model_name, "champion")
+    assert mv.version == result.champion_version
+    for tag in ("teacher", "cache_key", "data_fingerprint", "genotype", "beta", "gamma", "seed", "latency_hardware"):
+        assert mv.tags.get(tag), f"lineage tag {tag} missing"
+    model = mlflow.pyfunc.load_model(f"models:/{result.model_name}@champion")
+    predictions = model.predict(["a warm and funny film", "dull and lifeless"])
+    assert len(predictions) == 2
+    for p in predictions:
+        assert p.label in ("fresh", "rotten")
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_pull_writes_a_loadable_folder(finished_job, tmp_path):
+    job, result, _ = finished_job
+    from workers.student import Student, StudentPredictor
+
+    out = tmp_path / "pulled"
+    code = main(["pull", f"{result.model_name}@champion", "-o", str(out),
+                 "--workspace", str(job.workspace_path)])
+    assert code == 0
+    student = Student.from_pretrained(out)
+    assert sum(p.numel() for p in student.parameters()) == result.champion.params
+    assert StudentPredictor.from_pretrained(out).predict(["great"])[0]["label"] in ("fresh", "rotten")
+
+
+def test_rerun_is_all_cache_hits_and_duplicates_nothing(finished_job):
+    job, result, _ = finished_job
+    again = run_pipeline(job, progress=False)
+    tracker = Tracker(job, task_name="rotten_tomatoes")
+    assert tracker.runs_by_role()["trial"] == 8
+    assert len(open_study(job).trials) == 4
+    versions = tracker.client.search_model_versions(f"name = '{result.model_name}'")
+    assert len(versions) == len({v.tags["adaray.key"] for v in versions})
+    assert again.champion_version == result.champion_version

@@ -1,0 +1,130 @@
+"""Bad input fails with a one-line AdarayError before any expensive work, and nothing is written."""
+
+import re
+import shutil
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import load_job
+from orchestrator.data import MINILM, prepare, resolve_teacher_source
+from orchestrator.errors import AdarayError
+from orchestrator.tasks import TaskConfig
+
+
+def _csv(tmp_path: Path, name: str = "d.csv", *, drop=(), **columns) -> str:
+    """A text/label CSV of 40 rows (or as many as the given columns hold), columns replaced or dropped."""
+    n = max([len(v) for v in columns.values()], default=40)
+    default = {"text": [f"text {i}" for i in range(n)], "label": ["a", "b"] * (n // 2)}
+    pd.DataFrame({**default, **columns}).drop(columns=list(drop)).to_csv(tmp_path / name, index=False)
+    return str(tmp_path / name)
+
+
+def _jsonl(tmp_path: Path, rows: list[dict]) -> str:
+    pd.DataFrame(rows).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    return str(tmp_path / "d.jsonl")
+
+
+def _teacher_without_tokenizer(tmp_path: Path) -> str:
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    shutil.copy(Path(resolve_teacher_source(MINILM)) / "config.json", folder)
+    return str(folder)
+
+
+# (name, how to build the task and teacher in tmp_path, the message)
+CASES = [
+    ("missing file", lambda p: ({"path": str(p / "nope.csv")}, MINILM), r"task.path: file not found: .*nope.csv"),
+    ("missing given split file",
+     lambda p: ({"files": {"train": _csv(p), "test": str(p / "test.csv")}}, MINILM),
+     r"task.files.test: file not found"),
+    ("unknown file type", lambda p: ({"path": str(p / "d.xlsx")}, MINILM),
+     r"task.path: unknown file type 'd.xlsx'; use .csv, .tsv, .jsonl, .json or .parquet"),
+    ("unreadable file", lambda p: ({"path": str(p / "d.parquet")}, MINILM), r"cannot read .*d.parquet as PARQUET"),
+    ("unknown text column", lambda p: ({"path": _csv(p), "text_column": "txt"}, MINILM),
+     r"task.text_column: no column 'txt' in .*d.csv \(did you mean 'text'\?\); columns: text, label$"),
+    ("default text column absent", lambda p: ({"path": _csv(p, drop=["text"], review=["r"] * 40)}, MINILM),
+     r"task.text_column: no column 'text' in .*d.csv; columns: label, review$"),
+    ("unknown label column", lambda p: ({"path": _csv(p), "label_column": "lable"}, MINILM),
+     r"task.label_column: no column 'lable' .*did you mean 'label'"),
+    ("empty texts", lambda p: ({"path": _csv(p, text=[f"t{i}" for i in range(37)] + ["", "  ", None])}, MINILM),
+     r"task.text_column: 3 of 40 rows of column 'text' in .*d.csv are empty or not text \(first: data row 38\)"),
+    ("non-string texts", lambda p: ({"path": _jsonl(p, [{"text": i if i == 4 else f"t {i}", "label": i % 2}
+                                                       for i in range(40)])}, MINILM),
+     r"1 of 40 rows of column 'text' .* are empty or not text \(first: data row 5\)"),
+    ("labels outside label_names",
+     lambda p: ({"path": _csv(p, label=["a", "b", "c", "a"] * 10), "label_names": ["a", "b"]}, MINILM),
+     r"task.label_names: 10 rows of 'label' in .* have labels not in label_names \['a', 'b'\] \(e.g. 'c'\)"),
+    ("missing labels", lambda p: ({"path": _csv(p, label=["a", "b"] * 19 + [None, None])}, MINILM),
+     r"task.label_column: 2 of 40 rows of 'label' .* have no label \(first: data row 39\)"),
+    ("only one class", lambda p: ({"path": _csv(p, label=["a"] * 40)}, MINILM),
+     r"train has only one class \('a'\); a classifier needs examples of at least two labels"),
+    ("split with zero examples", lambda p: ({"path": _csv(p, text=["x", "y", "z", "w"], label=["a", "b"] * 2)}, MINILM),
+     r"split 'search_valid' has no examples \(4 in all\)"),
+    ("empty given split",
+     lambda p: ({"files": {"train": _csv(p, text=[f"t {i}" for i in range(80)]),
+                           "test": _csv(p, "t.csv", text=[], label=[])}}, MINILM),
+     r"split 'test' has no examples"),
+    ("pair data given one text column",
+     lambda p: ({"path": _csv(p, drop=["text"], sentence1=["a"] * 40, sentence2=["b"] * 40)}, MINILM),
+     r"looks like a pair task \(columns 'sentence1' and 'sentence2'\); set task.text_column: sentence1 and "
+     r"task.text_pair_column: sentence2"),
+    ("unknown pair column", lambda p: ({"path": _csv(p), "text_column": "text", "text_pair_column": "text2"}, MINILM),
+     r"task.text_pair_column: no column 'text2'"),
+    ("teacher path does not exist", lambda p: ({"path": _csv(p)}, str(p / "models" / "teacher")),
+     r"teacher.model: no teacher folder at .*models/teacher"),
+    ("teacher without tokenizer", lambda p: ({"path": _csv(p)}, _teacher_without_tokenizer(p)),
+     r"teacher.model: .*teacher has no tokenizer \(none of tokenizer.json.*save it there"),
+    ("max_length over the teacher's limit", lambda p: ({"path": _csv(p), "max_length": 1024}, MINILM),
+     r"task.max_length 1024 is over the teacher's limit of 512 tokens \(minilm\)"),
+]
+
+
+@pytest.mark.parametrize("build, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, build, message):
+    (tmp_path / "d.parquet").write_text("not parquet")
+    (tmp_path / "d.xlsx").write_text("")
+    task, teacher = build(tmp_path)
+    ws = tmp_path / "ws"
+    with pytest.raises(AdarayError) as caught:
+        prepare(TaskConfig(**task), tokenizer_source=teacher, workspace=ws, progress=False)
+    text = str(caught.value)
+    assert "\n" not in text and re.search(message, text), text
+    assert not ws.exists()
+
+
+def test_hub_offline_writes_nothing(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(AdarayError, match=r"^task.hub: could not load hub glue/sst2: .*offline"):
+        prepare(TaskConfig(hub="glue", hub_config="sst2"), tokenizer_source=MINILM, workspace=tmp_path / "ws")
+    assert not (tmp_path / "ws").exists()
+
+
+def test_unknown_key_in_job_file_suggests_the_right_one(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("name: demo\ntask:\n  path: d.csv\n  text_colum: review\n")
+    with pytest.raises(AdarayError, match=r"unknown key 'task.text_colum' \(did you mean 'text_column'\?\)"):
+        load_job(job)
+
+
+def test_job_file_task_errors_are_one_line(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("name: demo\ntask:\n  path: d.csv\n  builtin: rotten_tomatoes\n")
+    with pytest.raises(AdarayError, match=r"job.yaml: task: give one data source, not builtin and path$"):
+        load_job(job)
+
+
+def test_cli_prints_one_error_line_and_exits_2(tmp_path, capsys):
+    _csv(tmp_path)
+    (tmp_path / "job.yaml").write_text("name: demo\nworkspace: ws\ntask:\n  path: d.csv\n  text_column: body\n")
+    assert main(["data", "describe", str(tmp_path / "job.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: task.text_column: no column 'body'") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ws").exists()
