@@ -6,7 +6,6 @@ import importlib
 import pkgutil
 import sys
 
-import click
 from rich.console import Console
 
 from orchestrator import commands
@@ -18,26 +17,17 @@ for _module in pkgutil.iter_modules(commands.__path__):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code. Typer reports usage errors itself (standalone mode);
+    an AdarayError becomes one `error:` line and exit code 2 (a traceback only with --debug)."""
     try:
-        result = app(args=argv, standalone_mode=False)
-        if isinstance(result, int):  # a command's own exit code (e.g. `cache verify` finding damage)
-            return result
+        app(args=argv, prog_name="adaray")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except AdarayError as exc:
         if STATE["debug"]:
             raise
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.ClickException as exc:  # usage errors
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        Console(stderr=True).print("aborted")
-        return 1
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
-        return 130
     return 0
 
 

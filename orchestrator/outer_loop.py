@@ -9,11 +9,14 @@ on disk is restored (finished trials are not rerun, crashed ones resume from the
 
 from __future__ import annotations
 
+import logging
+import pickle
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from ray import tune
@@ -22,6 +25,7 @@ from cluster.connect import trial_resources
 from orchestrator.config import SEARCHABLE, JobConfig, ParamRange
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+logger = logging.getLogger(__name__)
 
 DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "params": "minimize"}
 # The search-time cost told to Optuna: the derived genotype's FLOPs stand in for latency (measured
@@ -115,6 +119,13 @@ class TrialProgress(tune.Callback):
     def __init__(self, on_event: Callable[[str, dict], None]) -> None:
         self.on_event = on_event
 
+    # Tune pickles its run config for restore; the display belongs to this driver, not the state.
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.on_event = lambda kind, info: None
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.on_event("result", {"trial": trial.config["trial"], "result": result})
 
@@ -132,9 +143,8 @@ def run_round(
     storage = (job.run_dir / "tune").resolve()
     name = f"round-{round_index}"
     trainable = tune.with_resources(_run_trial, trial_resources(job.cluster))
-    if tune.Tuner.can_restore(str(storage / name)):
-        tuner = tune.Tuner.restore(str(storage / name), trainable, resume_unfinished=True, resume_errored=True)
-    else:
+    tuner = _restore(storage / name, trainable) if tune.Tuner.can_restore(str(storage / name)) else None
+    if tuner is None:
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trial_dicts)},
@@ -154,6 +164,19 @@ def run_round(
         metrics = None if result.error is not None or not result.metrics else dict(result.metrics)
         out.append((result.config["trial"], metrics, history))
     return out
+
+
+def _restore(path: Path, trainable) -> tune.Tuner | None:
+    """The round's experiment as Tune saved it; None (the folder set aside) if its state is unreadable,
+    e.g. a driver killed while Tune wrote it."""
+    try:
+        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    except (EOFError, pickle.UnpicklingError) as exc:
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        path.rename(aside)
+        logger.warning("Tune state of %s is unreadable (%s); moved it to %s and starting the round afresh",
+                       path, exc, aside)
+        return None
 
 
 def aggregate(job: JobConfig, *, trial_dicts: list[dict], seeds: list[dict | None], number: int, round_index: int,
