@@ -43,8 +43,10 @@ def student_latency(student_dir: Path, *, seq_len: int, repeats: int) -> dict:
 def teacher_latency(teacher_dir: Path, *, seq_len: int, cache_dir: Path, repeats: int = 10) -> dict:
     """The same figures for the teacher as deployed (its sequence-classification model)."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     def compute() -> dict:
+        hf_logging.disable_progress_bar()
         model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
         with torch.inference_mode():
             return {**latency_metrics(model, seq_len=seq_len, repeats=repeats, warmup=2),

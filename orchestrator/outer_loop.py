@@ -105,6 +105,9 @@ def _space_dict(job: JobConfig) -> dict:
 def _run_trial(config: dict) -> None:
     from workers.search import search_trainable  # imported in the trial's worker process
 
+    # Tune's per-checkpoint INFO lines would echo on the driver for every epoch of every trial.
+    for name in ("ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     search_trainable(config["trial"])
 
 

@@ -9,6 +9,7 @@ run or a registry version.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,10 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from orchestrator.config import JobConfig
+
+# Per-file download bars and INFO lines drown the job's own progress display.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 KEY_TAG = "adaray.key"
 ROLE_TAG = "adaray.role"

@@ -14,10 +14,11 @@ import signal
 import mlflow
 import optuna
 import pytest
-import ray
 from ray import tune
 from tiny_jobs import tiny_job
 
+from cluster.config import ClusterConfig
+from cluster.connect import ensure_ray, shutdown_if_owned
 from orchestrator.cli import main
 from orchestrator.config import parse_job
 from orchestrator.outer_loop import open_study
@@ -39,9 +40,9 @@ class KillFirstTrialOnce(tune.Callback):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray(ClusterConfig(num_cpus=2))  # on loopback only
     yield
-    ray.shutdown()
+    shutdown_if_owned()
 
 
 @pytest.fixture(scope="module")
