@@ -16,14 +16,16 @@ import pytest
 import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
+from tiny_jobs import tiny_job as tiny_job_dict
 
 from cluster.config import ClusterConfig
 from cluster.connect import LOCAL_NODE_IP, actor_slots, ensure_ray, shutdown_if_owned, trial_resources
 from cluster.submit import SubmitError, submit_job
 from orchestrator.cli import main
 from orchestrator.commands.cluster import project_root
-from orchestrator.config import parse_job
+from orchestrator.config import load_job, parse_job
 from orchestrator.errors import AdarayError
+from orchestrator.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
@@ -201,22 +203,37 @@ def tiny_job(tmp_path):
     return job
 
 
-def _adaray(*args: str, env: dict) -> subprocess.CompletedProcess:
+@pytest.fixture
+def micro_run_job(tmp_path):
+    """A real job, as small as the flow allows: one configuration, one seed, a slice of real data."""
+    job = tiny_job_dict(tmp_path / "ws", name="cluster-micro",
+                        task={"max_examples": 96}, teacher={"max_train_examples": 64},
+                        outer_loop={"rounds": 1, "configs_per_round": 1, "seeds": 1}, search={"epochs": 1},
+                        budget={"register_top": 1})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def _adaray(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
 
 
-def test_submit_runs_the_job_on_the_cluster(local_cluster, tiny_job):
+def test_submit_runs_the_job_on_the_cluster(local_cluster, micro_run_job):
     url, env = local_cluster["url"], local_cluster["env"]
-    # TODO(lead): submit a tiny real `adaray run` once orchestrator/pipeline.py exists (drop --command).
-    proc = _adaray("submit", str(tiny_job), "--address", url, "--command", "validate", env=env)
+    proc = _adaray("submit", str(micro_run_job), "--address", url, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id = re.search(r"submitted job (raysubmit_\w+)", proc.stdout).group(1)
     assert f"ray job logs {job_id} --address {url}" in proc.stdout
-    assert "is a valid job (tiny)" in proc.stdout  # the job's own output, streamed back
+    assert "champion: rotten_tomatoes-student@champion" in proc.stdout  # the job's own output, streamed back
     ask = "import sys; from ray.job_submission import JobSubmissionClient as C; print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)"
     status = subprocess.run([sys.executable, "-c", ask, url, job_id], env=env, capture_output=True, text=True, timeout=60)
     assert status.stdout.strip() == "SUCCEEDED", status.stderr
+    # The job ran on the cluster's Ray (two nodes), and registered its champion in the job's MLflow store.
+    job = load_job(micro_run_job)
+    tracker = Tracker(job, task_name="rotten_tomatoes")
+    assert tracker.client.get_model_version_by_alias(tracker.model_name, "champion")
 
 
 def test_submit_job_uploads_the_working_dir_passes_the_environment_on_and_reports_failures(local_cluster, tmp_path):

@@ -176,13 +176,25 @@ class TargetSplit:
         return replace(self, **{f.name: None if (t := getattr(self, f.name)) is None else t.clone() for f in fields(self)})
 
     def batches(
-        self, *, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+        self, *, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+        group_by_length: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches in order, or shuffled by `seed`. `group_by_length` (with shuffle) sorts each window
+        of 50 batches by length before cutting it, then shuffles the batches: far less padding per
+        batch (dynamic padding pads to the batch's longest row) at nearly the same randomness."""
         n = len(self)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            yield self.batch(order[start:start + batch_size])
+        cuts = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+        if shuffle and group_by_length:
+            cuts = _length_grouped(order[:stop], self.lengths(), batch_size=batch_size, gen=gen)
+        for index in cuts:
+            yield self.batch(index)
+
+    def lengths(self) -> torch.Tensor:
+        """(N,) tokens per example (both sentences for pairs)."""
+        return self.len_a + (self.len_b if self.len_b is not None else 0)
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """One batch, padded only to its own longest row (dynamic padding)."""
@@ -194,6 +206,17 @@ class TargetSplit:
             if (t := getattr(self, name)) is not None:
                 out[name] = t[index].float()
         return out
+
+
+def _length_grouped(order: torch.Tensor, lengths: torch.Tensor, *, batch_size: int,
+                    gen: torch.Generator, window_batches: int = 50) -> list[torch.Tensor]:
+    window = batch_size * window_batches
+    cuts = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        cuts += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [cuts[i] for i in torch.randperm(len(cuts), generator=gen).tolist()]
 
 
 def _take(t: torch.Tensor | None, index):
