@@ -36,10 +36,12 @@ state_dir="/tmp/adaray-ray-$port"
 export RAY_AUTH_MODE=token
 export RAY_USAGE_STATS_ENABLED=0  # no reports to the internet
 
+# Each node gets its own temp dir: two nodes on one machine that share runtime_resources/ delete
+# each other's unpacked working_dir (a submitted job then loses its cwd and code mid-run).
 start_node() {  # start_node NAME RAY_START_ARGS...: `ray start` in a new session, whose id is saved
     local name="$1"; shift
     setsid bash -c 'echo $$ > "$0"; exec ray start "$@"' "$state_dir/$name.sid" \
-        --node-ip-address="$node_ip" --num-cpus=1 --temp-dir="$state_dir" --disable-usage-stats "$@" \
+        --node-ip-address="$node_ip" --num-cpus=1 --temp-dir="$state_dir/$name" --disable-usage-stats "$@" \
         >"$state_dir/$name.log" 2>&1 || { cat "$state_dir/$name.log" >&2; return 1; }
 }
 
@@ -66,7 +68,7 @@ case "$action" in
             echo "a local cluster already runs from $state_dir; stop it first: $0 stop --port $port" >&2
             exit 1
         fi
-        mkdir -p "$state_dir"
+        mkdir -p "$state_dir/head" "$state_dir/worker"
         ray get-auth-token --generate >/dev/null  # makes ~/.ray/auth_token when no token is given
         if ! start_node head --head --port="$port" --dashboard-host=127.0.0.1 \
                 --dashboard-port="$dashboard_port" --ray-client-server-port=$((port + 1)) \

@@ -4,3 +4,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+
+from cluster.config import ClusterConfig  # noqa: E402
+from cluster.connect import ensure_ray, shutdown_if_owned  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One real local Ray per test module (a start costs seconds), bound to loopback only."""
+    ensure_ray(ClusterConfig(num_cpus=2))
+    yield
+    shutdown_if_owned()

@@ -17,8 +17,6 @@ import pytest
 from ray import tune
 from tiny_jobs import tiny_job
 
-from cluster.config import ClusterConfig
-from cluster.connect import ensure_ray, shutdown_if_owned
 from orchestrator.cli import main
 from orchestrator.config import parse_job
 from orchestrator.outer_loop import open_study
@@ -36,13 +34,6 @@ class KillFirstTrialOnce(tune.Callback):
         if self.killed is None and result.get("epoch") == 1:
             self.killed = dict(trial.config["trial"], pid=result["pid"])
             os.kill(result["pid"], signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ensure_ray(ClusterConfig(num_cpus=2))  # on loopback only
-    yield
-    shutdown_if_owned()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,134 @@
+"""Teacher vs searched student vs BERT-base, measured side by side in one run.
+
+    python bench/student.py [--job examples/rotten_tomatoes.yaml] [--quick]
+
+Runs the data stages of the job (prepare → teacher → cache; cache hits when done), one search
+at the job's beta with seed 0, retrains the derived student, then measures on this CPU at the
+task's max_length: dev accuracy (teacher, student), parameters, and median latency at batch 1
+and 128 of the teacher, the student and a BERT-base-shaped model (BertConfig() defaults, random
+weights: latency only). Ends with one JSON line of flat keys. `--quick` runs a tiny slice with
+one epoch everywhere to exercise the whole path in a few minutes; its accuracies are printed as
+null (not comparable). Figures, not tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification  # noqa: E402
+
+from orchestrator.config import JobConfig, load_job  # noqa: E402
+from orchestrator.stages import data_stages  # noqa: E402
+from workers.cache import open_cache  # noqa: E402
+from workers.dataset import load_split  # noqa: E402
+from workers.latency import hardware_name, measure_latency  # noqa: E402
+from workers.retrain import retrain  # noqa: E402
+from workers.search import load_search_data, run_search  # noqa: E402
+from workers.student import Student  # noqa: E402
+
+# (warm-up, timed repeats) per batch size; a BERT-base batch of 128 takes seconds on a laptop CPU.
+REPEATS = {"full": {1: (5, 30), 128: (1, 5)}, "quick": {1: (2, 10), 128: (0, 1)}}
+
+
+def quick_job(job: JobConfig) -> JobConfig:
+    """A tiny slice, one epoch everywhere, no augmentation: the whole path in a few minutes."""
+    return job.model_copy(update={
+        "name": f"{job.name}-bench-quick",
+        "task": job.task.model_copy(update={"max_examples": 320}),
+        "teacher": job.teacher.model_copy(update={"epochs": 1, "max_train_examples": 256, "probe_epochs": 1}),
+        "cache": job.cache.model_copy(update={"augment": job.cache.augment.model_copy(update={"copies": 0})}),
+        "search": job.search.model_copy(update={"epochs": 1, "max_train_examples": 128}),
+        "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256}),
+    })
+
+
+def latencies(model: torch.nn.Module, *, seq_len: int, repeats: dict[int, tuple[int, int]]) -> dict[int, float]:
+    model.eval()
+    return {batch: measure_latency(model, batch_size=batch, seq_len=seq_len, warmup=warmup, repeats=n)["median_ms"]
+            for batch, (warmup, n) in repeats.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job", default=str(ROOT / "examples" / "rotten_tomatoes.yaml"))
+    parser.add_argument("--quick", action="store_true", help="tiny slice, one epoch: no accuracy claim")
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    started = time.perf_counter()
+
+    job = load_job(args.job)
+    if args.quick:
+        job = quick_job(job)
+    prepared, teacher, cache = data_stages(job, progress=not args.quick)
+    meta = prepared.meta
+    cfg = job.search.model_copy(update={"seed": 0})
+    data = load_search_data(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir),
+                            max_train_examples=cfg.max_train_examples)
+    searched = run_search(space=job.space, cfg=cfg, data=data, progress=True)
+    console.print(f"search: {searched.genotype.to_json()} (search-valid acc {searched.metrics['search_valid_acc']:.4f})")
+    retrained = retrain(
+        genotype=searched.genotype, space=job.space, cfg=job.retrain, train=open_cache(cache.uri).split("train"),
+        dev=load_split(prepared.folder, "dev"), test=load_split(prepared.folder, "test"), meta=meta,
+        num_teacher_layers=teacher.num_layers, embedding_init=data.embedding_init, tokenizer_dir=teacher.dir,
+        out_dir=job.run_dir / f"bench-beta{cfg.beta:g}-seed0" / "student", progress=True, measure_latency=False,
+    )
+
+    # One model at a time on the same CPU, same length, same repeats.
+    repeats = REPEATS["quick" if args.quick else "full"]
+    models = {
+        "teacher": AutoModelForSequenceClassification.from_pretrained(str(teacher.dir)),
+        "student": Student.from_pretrained(retrained.student_dir),
+        "bert_base": BertForSequenceClassification(BertConfig(num_labels=meta.num_labels)),
+    }
+    figures = {}
+    for name, model in models.items():
+        console.print(f"measuring {name} ...")
+        figures[name] = {"params": sum(p.numel() for p in model.parameters()),
+                         **latencies(model, seq_len=meta.max_length, repeats=repeats)}
+
+    t, s, b = figures["teacher"], figures["student"], figures["bert_base"]
+    teacher_acc = None if args.quick else teacher.dev_accuracy
+    student_acc = None if args.quick else retrained.metrics["dev_acc"]
+    result = {
+        "quick": args.quick,
+        "accuracy_note": "quick slice: accuracies not comparable" if args.quick else f"dev split of {meta.task}",
+        "teacher_acc": teacher_acc,
+        "student_acc": student_acc,
+        "acc_retention": None if args.quick else student_acc / teacher_acc,
+        "teacher_params": t["params"],
+        "student_params": s["params"],
+        "params_ratio": s["params"] / t["params"],
+        "teacher_b1_ms": t[1], "student_b1_ms": s[1], "bert_base_b1_ms": b[1],
+        "teacher_b128_ms": t[128], "student_b128_ms": s[128], "bert_base_b128_ms": b[128],
+        "speedup_vs_teacher_b1": t[1] / s[1], "speedup_vs_teacher_b128": t[128] / s[128],
+        "speedup_vs_bert_base_b1": b[1] / s[1], "speedup_vs_bert_base_b128": b[128] / s[128],
+        "genotype": searched.genotype.to_json(),
+        "seq_len": meta.max_length,
+        "hardware": hardware_name("cpu"),
+        "wall_s": time.perf_counter() - started,
+    }
+
+    table = Table(title=f"{meta.task}, max_length {meta.max_length}, {result['hardware']}")
+    for column in ("model", "dev acc", "params", "b1 ms", "b128 ms", "student speed-up b1 / b128"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    accs = {"teacher": teacher_acc, "student": student_acc, "bert_base": None}
+    for name, f in figures.items():
+        acc = "-" if accs[name] is None else f"{accs[name]:.4f}"
+        speedup = "1.0x / 1.0x" if name == "student" else f"{f[1] / s[1]:.1f}x / {f[128] / s[128]:.1f}x"
+        table.add_row(name, acc, f"{f['params'] / 1e6:.2f}M", f"{f[1]:.2f}", f"{f[128]:.1f}", speedup)
+    console.print(table)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""`adaray search` (one local search, then retrain) and `adaray latency-table` (per-op latency)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.app import app
+from orchestrator.config import JobConfig, load_job
+from orchestrator.errors import AdarayError
+from search_space.genotype import Genotype
+from workers.config import SearchConfig
+from workers.latency import hardware_name, read_latency_table, write_latency_table
+
+SEARCH_FILE = "search.json"
+STATE_FILE = "search_state.pt"
+
+
+@app.command()
+def search(
+    job_file: Path = typer.Argument(..., help="The job YAML file."),
+    beta: float | None = typer.Option(None, "--beta", min=0, help="Efficiency-loss weight (default: the job's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the search (weights, data halves, Gumbel noise)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """One AdaBERT search on this machine (no Tune), then retrain and evaluate the derived student.
+
+    Runs the data stages first (cache hits when done). The search checkpoints every epoch and a
+    re-run resumes it; the student lands in <workspace>/runs/<job>/search-beta<B>-seed<S>/student.
+    """
+    from orchestrator.stages import data_stages
+    from workers.cache import open_cache
+    from workers.dataset import load_split
+    from workers.retrain import retrain
+    from workers.search import check_search_data, load_search_data, run_search
+
+    job = load_job(job_file)
+    cfg = _search_config(job, beta=beta, seed=seed)
+    console = Console()
+    prepared, teacher, cache = data_stages(job, progress=not quiet)
+    run_dir = job.run_dir / f"search-beta{cfg.beta:g}-seed{cfg.seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:  # the worker's input checks, as one-line errors before any training
+        data = load_search_data(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir),
+                                max_train_examples=cfg.max_train_examples)
+        check_search_data(data)
+    except ValueError as exc:
+        raise AdarayError(f"search: {exc}") from None
+
+    key = {"search": cfg.model_dump(mode="json"), "space": job.space.to_dict(), "cache": cache.key}
+    found = _read_json(run_dir / SEARCH_FILE)
+    if found is not None and found.get("key") == key:
+        console.print(f"search: found in {run_dir / SEARCH_FILE}")
+        genotype, search_metrics = Genotype.from_dict(found["genotype"]), found["metrics"]
+    else:
+        state_path = run_dir / STATE_FILE
+        resume = _resume_state(state_path, key=key)
+        if resume is not None:
+            console.print(f"search: resuming after epoch {resume['epoch']} from {state_path}")
+
+        def save_state(metrics: dict, state: dict) -> None:  # every epoch: a crash loses one epoch at most
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({**state, "key": key}, tmp)
+            os.replace(tmp, state_path)
+
+        result = run_search(space=job.space, cfg=cfg, data=data, report=save_state, resume=resume, progress=not quiet)
+        genotype, search_metrics = result.genotype, result.metrics
+        _write_json(run_dir / SEARCH_FILE, {"key": key, "genotype": genotype.to_dict(), "metrics": result.metrics,
+                                           "history": result.history})
+        state_path.unlink(missing_ok=True)
+
+    retrained = retrain(
+        genotype=genotype, space=job.space, cfg=job.retrain, train=open_cache(cache.uri).split("train"),
+        dev=load_split(prepared.folder, "dev"), test=load_split(prepared.folder, "test"), meta=prepared.meta,
+        num_teacher_layers=teacher.num_layers, embedding_init=data.embedding_init, tokenizer_dir=teacher.dir,
+        out_dir=run_dir / "student", progress=not quiet,
+    )
+    console.print(genotype_table(genotype))
+    console.print(_metrics_table(search_metrics, retrained.metrics, teacher_accuracy=teacher.dev_accuracy))
+    console.print(f"student saved in {retrained.student_dir}")
+
+
+@app.command("latency-table")
+def latency_table(
+    job_file: Path = typer.Argument(..., help="The job YAML file (its search space is measured)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the JSON table."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
+    seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="Default: the task's max_length - 2."),
+    repeats: int = typer.Option(30, "--repeats", min=1),
+) -> None:
+    """Measure every candidate op's latency on this device; `search.cost_source: latency` reads the table."""
+    from search_space.latency import measure_op_latency
+
+    job = load_job(job_file)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise AdarayError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AdarayError("--device cuda: no CUDA device is visible here")
+    seq_len = seq_len or job.task.max_length - 2  # students read the ids without [CLS]/[SEP]
+    table = measure_op_latency(job.space, seq_len=seq_len, batch_size=batch_size, device=device, repeats=repeats)
+    hardware = hardware_name(device)
+    write_latency_table(output, latency_ms=table, hardware=hardware, embed_dim=job.space.embed_dim, seq_len=seq_len,
+                        batch_size=batch_size)
+    view = Table(title=f"op latency, batch {batch_size} x {seq_len} tokens x width {job.space.embed_dim} on {hardware}")
+    view.add_column("op")
+    view.add_column("median ms", justify="right")
+    for name, ms in sorted(table.items(), key=lambda kv: kv[1]):
+        view.add_row(name, f"{ms:.4f}")
+    console = Console()
+    console.print(view)
+    console.print(f"wrote {output}; use it with search: {{cost_source: latency, latency_table: {output}}}")
+
+
+def _search_config(job: JobConfig, *, beta: float | None, seed: int) -> SearchConfig:
+    """The job's search config with the command line's beta and seed; checks a latency table early."""
+    update = {"seed": seed} | ({} if beta is None else {"beta": beta})
+    try:
+        cfg = SearchConfig.model_validate({**job.search.model_dump(), **update})
+    except ValidationError as exc:
+        raise AdarayError(f"search: {exc.errors()[0]['msg']}") from None
+    if cfg.cost_source == "latency":
+        if cfg.latency_table is None:
+            raise AdarayError("search.cost_source is latency but search.latency_table is not set "
+                              "(make one with `adaray latency-table JOB.yaml -o FILE`)")
+        try:
+            read_latency_table(cfg.latency_table, primitives=job.space.primitives, embed_dim=job.space.embed_dim)
+        except ValueError as exc:
+            raise AdarayError(str(exc)) from None
+    return cfg
+
+
+def _resume_state(path: Path, *, key: dict) -> dict | None:
+    """The checkpoint of an interrupted search with the same key, else None (and a stale one is removed)."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.pop("key", None) != key:
+        path.unlink()
+        return None
+    return state
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def genotype_table(genotype: Genotype) -> Table:
+    """One row per intermediate node: its two kept (op, input) edges. Inputs 0, 1 are cells k-2, k-1."""
+    table = Table(title=f"genotype: {genotype.depth} cell(s)")
+    for column in ("node", "edge 1", "edge 2"):
+        table.add_column(column)
+    names = ["cell k-2", "cell k-1"] + [f"node {j}" for j in range(genotype.num_nodes)]
+    for j, node in enumerate(genotype.nodes):
+        table.add_row(f"node {j}", *(f"{op} ← {names[i]}" for op, i in node))
+    return table
+
+
+def _metrics_table(search: dict, student: dict, *, teacher_accuracy: float | None) -> Table:
+    table = Table(title="search and retrained student")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("search-valid acc (supernet weights)", f"{search['search_valid_acc']:.4f}"),
+        ("collapse", search["collapse_reason"] or "no"),
+        ("teacher dev acc", "-" if teacher_accuracy is None else f"{teacher_accuracy:.4f}"),
+        ("student dev acc", f"{student['dev_acc']:.4f}"),
+        ("student dev macro-F1", f"{student['dev_f1_macro']:.4f}"),
+        ("student test acc", f"{student['test_acc']:.4f}"),
+        ("student test macro-F1", f"{student['test_f1_macro']:.4f}"),
+        ("params", f"{student['params']:,}"),
+        ("FLOPs per example", f"{student['flops']:,.0f}"),
+    ]
+    for batch in (1, 128):
+        if f"latency_b{batch}_ms" in student:
+            rows.append((f"latency b{batch} median / p95 (ms)",
+                         f"{student[f'latency_b{batch}_ms']:.3f} / {student[f'latency_b{batch}_p95_ms']:.3f}"))
+    rows.append(("hardware", student.get("hardware", "-")))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

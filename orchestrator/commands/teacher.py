@@ -1,0 +1,45 @@
+"""`adaray teacher JOB.yaml`: fine-tune (when needed) and probe the job's teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from orchestrator.app import app
+from orchestrator.config import load_job
+from orchestrator.errors import AdarayError
+
+
+@contextmanager
+def worker_errors() -> Iterator[None]:
+    """Workers report bad input as ValueError; the user sees it as a one-line error."""
+    try:
+        yield
+    except ValueError as exc:
+        raise AdarayError(str(exc)) from exc
+
+
+@app.command()
+def teacher(job_file: Path = typer.Argument(..., help="The job YAML file."),
+            quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+    """Prepare the data, fine-tune the teacher when it has no head for the task, and probe its layers.
+
+    A second run with the same teacher, data and settings reuses the saved teacher.
+    """
+    from orchestrator.stages import prepare_stage, teacher_stage
+    from workers.probes import PROBES_PLOT, probe_table
+
+    job = load_job(job_file)
+    prepared = prepare_stage(job, progress=not quiet)
+    with worker_errors():
+        artifacts = teacher_stage(job, prepared, progress=not quiet)
+    how = "cache hit" if artifacts.cache_hit else "fine-tuned" if artifacts.fine_tuned else "trained head reused"
+    console = Console()
+    console.print(f"teacher {artifacts.key} ({how}): dev accuracy [bold]{artifacts.dev_accuracy:.4f}[/]")
+    console.print(probe_table(artifacts.probe_accuracies, teacher_accuracy=artifacts.dev_accuracy))
+    console.print(f"plot: {escape(str(artifacts.dir / PROBES_PLOT))}", soft_wrap=True)

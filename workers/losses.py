@@ -1,0 +1,117 @@
+"""The AdaBERT losses as pure functions: gold CE, KD (soft logits + attentive probe hints), total.
+
+L = (1 - gamma) * CE(gold) + gamma * L_KD + beta * L_E. The search and the retraining of a
+derived student share these, so both optimise the same objective.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from workers.dataset import NO_LABEL
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float
+) -> torch.Tensor:
+    """Mean over rows of CE(softmax(teacher / T), student / T), times T^2.
+
+    The T^2 keeps the gradient's scale independent of T (Hinton et al.); at T = 1 and a one-hot
+    teacher this is the ordinary cross-entropy. Logits (..., C) -> scalar.
+    """
+    return _soft_ce_rows(student_logits, teacher_logits, temperature=temperature).mean()
+
+
+def _soft_ce_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    target = (teacher_logits / temperature).softmax(dim=-1)  # (..., C)
+    log_probs = (student_logits / temperature).log_softmax(dim=-1)  # (..., C)
+    return -(target * log_probs).sum(dim=-1) * temperature**2  # (...)
+
+
+def _labels_or_teacher(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Gold labels, with the teacher's argmax where only the teacher labels a row (augmented)."""
+    return torch.where(labels == NO_LABEL, teacher_logits.argmax(dim=-1), labels)  # (B,)
+
+
+def probe_layer_weights(
+    teacher_probe_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor
+) -> torch.Tensor:
+    """Per-example attention over teacher layers: softmax over layers of -CE(probe, label).
+
+    teacher_probe_logits (B, L+1, C), labels (B,), teacher_logits (B, C) -> (B, L+1); a layer
+    whose probe already predicts the example well gets more weight (AdaBERT, eq. 4).
+    """
+    target = _labels_or_teacher(labels, teacher_logits)  # (B,)
+    layers = teacher_probe_logits.shape[1]
+    ce = F.cross_entropy(
+        teacher_probe_logits.flatten(0, 1), target.repeat_interleave(layers), reduction="none"
+    ).view(-1, layers)  # (B, L+1)
+    return (-ce).softmax(dim=-1)
+
+
+def matched_layers(num_cells: int, num_layers: int) -> list[int]:
+    """Teacher probe index for each student cell: cell i of K (1-based) -> layer ceil(i * L / K)."""
+    if num_cells < 1 or num_layers < 1:
+        raise ValueError(f"need cells >= 1 and layers >= 1, got {num_cells}, {num_layers}")
+    return [-(-i * num_layers // num_cells) for i in range(1, num_cells + 1)]  # integer ceil
+
+
+def hint_loss(
+    student_probes: list[torch.Tensor],
+    teacher_probe_logits: torch.Tensor,
+    layer_weights: torch.Tensor,
+    *,
+    temperature: float,
+) -> torch.Tensor:
+    """Probe hints: each student cell's probe (B, C) distils its matched teacher layer's probe.
+
+    teacher_probe_logits (B, L+1, C) with index 0 = embeddings, j = hidden layer j;
+    layer_weights (B, L+1) from `probe_layer_weights`, renormalised per example over the K
+    matched layers. Returns a scalar (0 when the student has no probes).
+    """
+    if not student_probes:
+        return teacher_probe_logits.new_zeros(())
+    layers = matched_layers(len(student_probes), teacher_probe_logits.shape[1] - 1)
+    index = torch.tensor(layers, device=teacher_probe_logits.device)
+    weights = layer_weights[:, index]  # (B, K)
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    per_cell = torch.stack(
+        [_soft_ce_rows(probe, teacher_probe_logits[:, layer], temperature=temperature)
+         for probe, layer in zip(student_probes, layers, strict=True)],
+        dim=-1,
+    )  # (B, K)
+    return (weights * per_cell).sum(dim=-1).mean()
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    *,
+    student_probes: list[torch.Tensor],
+    teacher_logits: torch.Tensor,
+    teacher_probe_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """L_KD = soft CE on the final logits + attentive probe hints (none without teacher probes)."""
+    loss = soft_cross_entropy(student_logits, teacher_logits, temperature=temperature)
+    if teacher_probe_logits is None:
+        return loss
+    weights = probe_layer_weights(teacher_probe_logits, labels, teacher_logits)  # (B, L+1)
+    return loss + hint_loss(student_probes, teacher_probe_logits, weights, temperature=temperature)
+
+
+def gold_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the rows with a gold label; 0 (still in the graph) when there is none."""
+    keep = labels != NO_LABEL  # (B,)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[keep], labels[keep])
+
+
+def adabert_loss(
+    *, ce: torch.Tensor, kd: torch.Tensor, eff: torch.Tensor | float, gamma: float, beta: float
+) -> torch.Tensor:
+    return (1.0 - gamma) * ce + gamma * kd + beta * eff

@@ -1,0 +1,125 @@
+"""Linear probes on the teacher's layers: one per layer (embedding output + each hidden layer).
+
+The teacher stays frozen: its mean-pooled states are computed once, then all probes train
+together as one batched linear layer. Their dev accuracies say how much of the task each layer
+already knows; the search uses the probes' logits as per-layer hints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from rich.table import Table
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+PROBES_FILE = "probes.safetensors"
+PROBES_JSON = "probes.json"
+PROBES_PLOT = "probes.png"
+
+
+def pool_layers(hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens of every layer: L+1 tensors (B, T, H), mask (B, T) -> (B, L+1, H)."""
+    states = torch.stack(hidden_states, dim=1)  # (B, P, T, H)
+    m = attention_mask.to(states.dtype)[:, None, :, None]  # (B, 1, T, 1)
+    return (states * m).sum(dim=2) / m.sum(dim=2).clamp_min(1.0)
+
+
+class LayerProbes(nn.Module):
+    """P affine probes applied at once; features are standardised per layer (train statistics),
+    which makes one learning rate fit layers whose states have very different scales."""
+
+    def __init__(self, num_probes: int, hidden_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_probes, hidden_size, num_labels))  # (P, H, C)
+        self.bias = nn.Parameter(torch.zeros(num_probes, num_labels))  # (P, C)
+        self.register_buffer("mean", torch.zeros(num_probes, hidden_size))  # (P, H)
+        self.register_buffer("std", torch.ones(num_probes, hidden_size))  # (P, H)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, P, H) -> (B, P, C)."""
+        x = (pooled.to(self.weight.dtype) - self.mean) / self.std
+        return torch.einsum("bph,phc->bpc", x, self.weight) + self.bias
+
+
+def train_probes(
+    features: torch.Tensor, labels: torch.Tensor, *, num_labels: int, epochs: int, lr: float, seed: int,
+    batch_size: int = 256,
+) -> LayerProbes:
+    """features (N, P, H) float, labels (N,) -> trained probes (Adam, cross-entropy summed over layers)."""
+    features = features.float()
+    probes = LayerProbes(features.shape[1], features.shape[2], num_labels)
+    probes.mean.copy_(features.mean(dim=0))
+    probes.std.copy_(features.std(dim=0).clamp_min(1e-6))
+    generator = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(probes.parameters(), lr=lr)
+    n = len(labels)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            logits = probes(features[idx])  # (B, P, C)
+            target = labels[idx][:, None].expand(-1, logits.shape[1])  # (B, P)
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return probes.eval().requires_grad_(False)
+
+
+@torch.inference_mode()
+def probe_accuracies(probes: LayerProbes, features: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Each probe's accuracy: features (N, P, H), labels (N,) -> P floats."""
+    pred = probes(features).argmax(dim=-1)  # (N, P)
+    return (pred == labels[:, None]).float().mean(dim=0).tolist()
+
+
+def save_probes(probes: LayerProbes, folder: Path) -> None:
+    save_file({k: v.contiguous() for k, v in probes.state_dict().items()}, str(folder / PROBES_FILE))
+
+
+def load_probes(folder: Path) -> LayerProbes:
+    state = load_file(str(Path(folder) / PROBES_FILE))
+    probes = LayerProbes(*state["weight"].shape)
+    probes.load_state_dict(state)
+    return probes.eval().requires_grad_(False)
+
+
+def layer_names(num_probes: int) -> list[str]:
+    return ["embeddings"] + [f"layer {i}" for i in range(1, num_probes)]
+
+
+def probe_table(accuracies: list[float], *, teacher_accuracy: float | None = None) -> Table:
+    table = Table(title="teacher probes (dev accuracy)")
+    table.add_column("layer")
+    table.add_column("accuracy", justify="right")
+    for name, acc in zip(layer_names(len(accuracies)), accuracies, strict=True):
+        table.add_row(name, f"{acc:.4f}")
+    if teacher_accuracy is not None:
+        table.add_row("teacher (head)", f"{teacher_accuracy:.4f}", style="bold")
+    return table
+
+
+def write_probe_report(folder: Path, accuracies: list[float], *, teacher_accuracy: float) -> None:
+    """probes.json and probes.png in the teacher folder."""
+    (folder / PROBES_JSON).write_text(json.dumps(
+        {"layers": layer_names(len(accuracies)), "dev_accuracy": accuracies, "teacher_dev_accuracy": teacher_accuracy},
+        indent=2,
+    ))
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on workers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(accuracies)), accuracies, marker="o", label="layer probe")
+    ax.axhline(teacher_accuracy, color="grey", linestyle="--", label="teacher head")
+    ax.set_xticks(range(len(accuracies)), layer_names(len(accuracies)), rotation=30, ha="right")
+    ax.set_ylabel("dev accuracy")
+    ax.set_title("Linear probes on the teacher's layers")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / PROBES_PLOT, dpi=120)
+    plt.close(fig)

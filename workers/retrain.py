@@ -1,0 +1,209 @@
+"""Retrain a derived genotype from scratch as a plain student with KD from the cache, and evaluate it.
+
+The same losses as the search (gold CE + soft logits + attentive probe hints, no efficiency
+term: the architecture is fixed). The dev-best epoch's weights are kept; the student folder
+(config.json, model.safetensors, tokenizer, metrics.json) appears at `out_dir` in one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from search_space.config import SearchSpaceConfig
+from search_space.cost import genotype_params_flops
+from search_space.genotype import Genotype
+from search_space.layers import project_embeddings
+from workers.config import RetrainConfig
+from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
+from workers.latency import latency_metrics
+from workers.losses import adabert_loss, gold_ce, kd_loss
+from workers.search import sample_rows
+from workers.student import Student
+
+GRAD_CLIP = 5.0
+WARMUP_SHARE = 0.1
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class RetrainResult:
+    student_dir: Path
+    metrics: dict[str, Any]
+    genotype: Genotype
+
+
+def retrain(
+    *,
+    genotype: Genotype,
+    space: SearchSpaceConfig,
+    cfg: RetrainConfig,
+    train: TargetSplit,
+    dev: TargetSplit,
+    test: TargetSplit,
+    meta: PreparedMeta,
+    num_teacher_layers: int,
+    embedding_init: torch.Tensor | None,
+    tokenizer_dir: str | Path,
+    out_dir: Path,
+    progress: bool = False,
+    measure_latency: bool = True,
+    device: torch.device | str | None = None,
+) -> RetrainResult:
+    """Train, pick the dev-best epoch, evaluate on dev and test, measure, save. See module doc."""
+    _check_inputs(train=train, dev=dev, test=test, meta=meta, num_teacher_layers=num_teacher_layers,
+                  tokenizer_dir=tokenizer_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    init = None if embedding_init is None else project_embeddings(embedding_init, space.embed_dim)  # (V, d)
+    model = Student(genotype, space=space, vocab_size=meta.vocab_size, num_labels=meta.num_labels,
+                    pad_id=meta.pad_id, with_probes=True, embedding_init=init).to(device)
+
+    train = sample_rows(train, cfg.max_train_examples, seed=cfg.seed)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
+    best_score, best_state, best_epoch = -1.0, None, 0
+    started = time.perf_counter()
+    with tqdm(total=total, disable=not progress, desc="retrain", unit="step") as bar:
+        for epoch in range(cfg.epochs):
+            model.train()
+            for batch in train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed * 1_000_003 + epoch,
+                                       group_by_length=True):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out = model(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b"))
+                ce = gold_ce(out.logits, batch["labels"])
+                kd = kd_loss(out.logits, student_probes=out.cell_probe_logits, teacher_logits=batch["teacher_logits"],
+                             teacher_probe_logits=batch.get("probe_logits"), labels=batch["labels"],
+                             temperature=cfg.kd_temperature)
+                loss = adabert_loss(ce=ce, kd=kd, eff=0.0, gamma=cfg.gamma, beta=0.0)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                optimizer.step()
+                scheduler.step()
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
+            score = evaluate(model, dev, batch_size=2 * cfg.batch_size, device=device)[meta.metric]
+            if score > best_score:
+                best_score, best_epoch = score, epoch + 1
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train_seconds = time.perf_counter() - started
+    model.load_state_dict(best_state)
+
+    dev_scores = evaluate(model, dev, batch_size=2 * cfg.batch_size, device=device)
+    test_scores = evaluate(model, test, batch_size=2 * cfg.batch_size, device=device)
+    _, flops = genotype_params_flops(genotype, space=space, seq_len=meta.max_length,
+                                                vocab_size=meta.vocab_size, num_labels=meta.num_labels)
+    metrics: dict[str, Any] = {
+        "dev_acc": dev_scores["accuracy"],
+        "dev_f1_macro": dev_scores["f1_macro"],
+        "test_acc": test_scores["accuracy"],
+        "test_f1_macro": test_scores["f1_macro"],
+        "metric": meta.metric,
+        "dev_metric": dev_scores[meta.metric],
+        "test_metric": test_scores[meta.metric],
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops": flops,
+        "best_epoch": best_epoch,
+        "train_examples": len(train),
+        "train_seconds": train_seconds,
+        "genotype": genotype.to_json(),
+    }
+    model.cpu().eval()
+    if measure_latency:
+        metrics.update(latency_metrics(model, seq_len=meta.max_length, repeats=cfg.latency_repeats))
+    student_dir = _save_atomically(model, out_dir=out_dir, tokenizer_dir=tokenizer_dir, metrics=metrics, extra={
+        "task": meta.task,
+        "label_names": list(meta.label_names),
+        "pair": meta.pair,
+        "max_length": meta.max_length,
+        "metric": meta.metric,
+        "tokenizer": {"source": meta.tokenizer, "pad_id": meta.pad_id, "cls_id": meta.cls_id, "sep_id": meta.sep_id},
+        "teacher_layers": num_teacher_layers,
+    })
+    return RetrainResult(student_dir=student_dir, metrics=metrics, genotype=genotype)
+
+
+def _check_inputs(
+    *, train: TargetSplit, dev: TargetSplit, test: TargetSplit, meta: PreparedMeta, num_teacher_layers: int,
+    tokenizer_dir: str | Path,
+) -> None:
+    if not train.has_teacher:
+        raise ValueError("retrain needs teacher targets on train (read it from the teacher cache)")
+    if len(train) == 0:
+        raise ValueError("retrain got an empty train split")
+    if train.teacher_logits.shape[-1] != meta.num_labels:
+        raise ValueError(f"teacher logits have {train.teacher_logits.shape[-1]} classes, the task {meta.num_labels}")
+    if train.probe_logits is not None and train.probe_logits.shape[1] != num_teacher_layers + 1:
+        raise ValueError(f"probe logits cover {train.probe_logits.shape[1]} layers, expected "
+                         f"{num_teacher_layers} hidden layers + embeddings")
+    for name, split in (("dev", dev), ("test", test)):
+        if len(split) == 0 or bool((split.labels == NO_LABEL).any()):
+            raise ValueError(f"{name} must be non-empty and fully labelled")
+    if not Path(tokenizer_dir).is_dir():
+        raise ValueError(f"tokenizer folder not found: {tokenizer_dir}")
+
+
+@torch.no_grad()
+def evaluate(model: Student, split: TargetSplit, *, batch_size: int, device: torch.device | str = "cpu") -> dict:
+    """{"accuracy", "f1_macro"} on a gold-labelled split."""
+    was_training = model.training
+    model.eval()
+    predictions = []
+    for batch in split.batches(batch_size=batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b")).logits  # (B, C)
+        predictions.append(logits.argmax(dim=-1).cpu())
+    model.train(was_training)
+    return classification_scores(torch.cat(predictions), split.labels, num_labels=model.num_labels)
+
+
+def classification_scores(predictions: torch.Tensor, labels: torch.Tensor, *, num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (a class never predicted nor present scores 0, as scikit-learn's default)."""
+    accuracy = float((predictions == labels).float().mean())
+    f1s = []
+    for c in range(num_labels):
+        tp = int(((predictions == c) & (labels == c)).sum())
+        fp = int(((predictions == c) & (labels != c)).sum())
+        fn = int(((predictions != c) & (labels == c)).sum())
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"accuracy": accuracy, "f1_macro": sum(f1s) / num_labels}
+
+
+def _save_atomically(
+    model: Student, *, out_dir: Path, tokenizer_dir: str | Path, metrics: dict, extra: dict
+) -> Path:
+    """Write into a temp folder beside `out_dir`, then rename it into place (replacing an older one)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    old = None
+    try:
+        model.save_pretrained(tmp, tokenizer_dir=tokenizer_dir, extra=extra)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old / "student")
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out_dir.exists():  # put the previous student back
+            os.replace(old / "student", out_dir)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,102 @@
+"""A derived student on disk: save/load (config.json + model.safetensors + tokenizer) and predict.
+
+The file I/O lives here, at the edge, so search_space/ stays pure torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from search_space.student import Student as _SpaceStudent
+from workers.dataset import pad_id_lists, tokenize_ids
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class Student(_SpaceStudent):
+    def save_pretrained(self, folder: str | Path, *, tokenizer_dir: str | Path, extra: dict[str, Any]) -> Path:
+        """Write config.json (architecture + `extra`), the weights and the tokenizer's files.
+
+        Writes into `folder` directly; callers wanting an atomic folder write to a temp one first.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        clash = sorted(set(extra) & set(self.config_dict()))
+        if clash:
+            raise ValueError(f"extra keys {clash} would overwrite the architecture config")
+        (folder / CONFIG_FILE).write_text(json.dumps({**self.config_dict(), **extra}, indent=2))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_FILE))
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> Student:
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise ValueError(f"{folder} is not a saved student (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        model = cls.from_config_dict(json.loads(config_path.read_text()))
+        model.load_state_dict(load_file(str(weights_path)))
+        return model.eval()
+
+
+class StudentPredictor:
+    """A saved student with its tokenizer and label names: texts in, labels and probabilities out."""
+
+    def __init__(self, model: Student, *, tokenizer, label_names: list[str], pair: bool, max_length: int) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.label_names, self.pair, self.max_length = list(label_names), pair, max_length
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> StudentPredictor:
+        folder = Path(folder)
+        model = Student.from_pretrained(folder)
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        missing = [k for k in ("label_names", "pair", "max_length") if k not in config]
+        if missing:
+            raise ValueError(f"{folder / CONFIG_FILE} lacks {missing}: not saved by adaray's retrain")
+        return cls(model, tokenizer=AutoTokenizer.from_pretrained(str(folder)), label_names=config["label_names"],
+                   pair=config["pair"], max_length=config["max_length"])
+
+    def predict(
+        self, texts: list[str], text_pairs: list[str] | None = None, *, batch_size: int = 64
+    ) -> list[dict[str, Any]]:
+        """One {"label": name, "probabilities": {name: p}} per text (pair)."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings, not one string")
+        if self.pair != (text_pairs is not None):
+            raise ValueError("this student classifies text pairs: give text_pairs" if self.pair
+                             else "this student classifies single texts: do not give text_pairs")
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text_pairs")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        results = []
+        for start in range(0, len(texts), batch_size):
+            chunk_b = None if text_pairs is None else text_pairs[start:start + batch_size]
+            probs = self._probabilities(texts[start:start + batch_size], chunk_b)  # (B, C)
+            for row in probs.tolist():
+                best = max(range(len(row)), key=row.__getitem__)
+                results.append({"label": self.label_names[best],
+                                "probabilities": dict(zip(self.label_names, row, strict=True))})
+        return results
+
+    def _probabilities(self, texts_a: list[str], texts_b: list[str] | None) -> torch.Tensor:
+        ids_a, ids_b = tokenize_ids(self.tokenizer, texts_a, texts_b, max_length=self.max_length)
+        inputs = [*self._padded(ids_a), *(self._padded(ids_b) if ids_b is not None else ())]
+        with torch.inference_mode():
+            return self.model(*inputs).logits.softmax(dim=-1)
+
+    def _padded(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        padded, lengths = pad_id_lists(pa.array(ids, pa.list_(pa.int32())), pad_id=self.model.pad_id)
+        ids_t = torch.from_numpy(padded).long()  # (B, T)
+        mask = torch.arange(ids_t.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]  # (B, T)
+        return ids_t, mask
