@@ -17,3 +17,14 @@ def local_ray():
     ensure_ray(ClusterConfig(num_cpus=2))
     yield
     shutdown_if_owned()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads and lose much on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_teacher import TINY_TEACHER, make_backbone, make_prepared, one_thread, tiny_texts  # noqa: F401
+from test_teacher import TINY_TEACHER, make_backbone, make_prepared, tiny_texts
 
 from orchestrator.cli import main
 from workers.cache import (
@@ -26,6 +26,9 @@ from workers.teacher import load_teacher, prepare_teacher
 
 CFG = CacheConfig(augment=AugmentConfig(copies=2), shard_size=64, batch_size=32, num_actors=2, store_hidden=True)
 TRAIN, DEV = 128, 32  # make_prepared's sizes: 128 train rows x 3 copies = 6 shards, dev 1 shard
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Interrupt(Exception):

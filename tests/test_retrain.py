@@ -25,13 +25,7 @@ META = PreparedMeta(task="toy", label_names=("rotten", "fresh"), pair=False, max
                     sizes={})
 CFG = RetrainConfig(epochs=6, batch_size=16, lr=5e-3, latency_repeats=2)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

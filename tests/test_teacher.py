@@ -35,6 +35,8 @@ FILLER = "the movie film story was is a an and plot of".split()
 TINY_TEACHER = TeacherConfig(epochs=6, batch_size=16, lr=5e-3, warmup_ratio=0.0, evals_per_epoch=1, patience=3,
                              probe_epochs=20, probe_lr=5e-2)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def tiny_texts(n: int, *, seed: int) -> tuple[list[str], list[int]]:
     rng = random.Random(seed)
@@ -81,15 +83,6 @@ def make_prepared(folder: Path, *, pair: bool = False, sizes=(128, 8, 32, 8), ma
     return write_prepared(folder, meta=meta, tables=tables)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and lose much on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher")
@@ -114,7 +107,7 @@ def test_fine_tunes_probes_and_saves(trained, tiny):
     assert (trained.dir / PROBES_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((trained.dir / PROBES_JSON).read_text())["dev_accuracy"] == trained.probe_accuracies
     assert trained.dir.parent == tiny["root"] / "teachers"
-    assert [p.name for p in trained.dir.parent.iterdir()] == [trained.key]  # no partial folder left
+    assert [p.name for p in trained.dir.parent.iterdir()] == [trained.key]  # no checkpoint or temp folder left
 
 
 def test_second_run_is_a_cache_hit(trained, tiny, capsys, monkeypatch):
@@ -178,8 +171,9 @@ def test_crash_after_fine_tuning_resumes_without_retraining(tmp_path, tiny, monk
     monkeypatch.setattr(teacher_mod, "train_probes", crash)
     with pytest.raises(RuntimeError, match="killed"):
         prepare_teacher(**kwargs)
-    partial = [p.name for p in (tmp_path / "teachers").iterdir()]
-    assert len(partial) == 1 and partial[0].endswith(".partial")  # the fine-tuned model waits there
+    key = teacher_location(**{k: v for k, v in kwargs.items() if k != "progress"}).name
+    left = [p.name for p in (tmp_path / "teachers").iterdir()]
+    assert left == [f".{key}.fine-tuned"]  # only the fine-tuned model, waiting for its probes
     monkeypatch.undo()
     monkeypatch.setattr(teacher_mod, "_fine_tune", _must_not_run)
     resumed = prepare_teacher(**kwargs)
