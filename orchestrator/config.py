@@ -132,7 +132,9 @@ class JobConfig(_Config):
 
     @property
     def workspace_path(self) -> Path:
-        return Path(self.workspace).expanduser()
+        # Absolute: Tune trials and Ray tasks run in folders of their own, where a relative
+        # workspace would point somewhere else.
+        return Path(self.workspace).expanduser().resolve()
 
     @property
     def study_name(self) -> str:

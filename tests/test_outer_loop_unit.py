@@ -57,3 +57,10 @@ def test_study_is_persistent_and_multi_objective(tmp_path):
     again = open_study(j)
     assert [d.name for d in again.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert len(again.trials) == 1 and again.trials[0].values == [0.8, 1000.0]
+
+
+def test_relative_workspace_reaches_trials_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    j = parse_job({"name": "rel", "workspace": ".adaray", "task": {"builtin": "rotten_tomatoes"}})
+    assert j.workspace_path == tmp_path.resolve() / ".adaray"
+    assert j.run_dir.is_absolute()
