@@ -172,6 +172,8 @@ def run_round(
 def _restore(path: Path, trainable) -> tune.Tuner | None:
     """The round's experiment as Tune saved it; None (the folder set aside) if its state is unreadable,
     e.g. a driver killed while Tune wrote it."""
+    # The saved trials name their trainable; a fresh driver must know that name before unpickling them.
+    tune.register_trainable(_run_trial.__name__, trainable)
     try:
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     except (EOFError, pickle.UnpicklingError) as exc:
