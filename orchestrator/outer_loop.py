@@ -288,6 +288,8 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
                 trial.set_user_attr(key, value)
             study.tell(trial, [outcome.accuracy, outcome.cost])
         trials_run += len(all_dicts)
+        if not round_outcomes:  # the next round would fail the same way: stop before spending it
+            raise RuntimeError(f"every trial of round {r + 1} failed; their errors are in {job.run_dir / 'tune' / f'round-{r}'}")
         outcomes += round_outcomes
     return outcomes
 
