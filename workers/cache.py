@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,7 @@ def build_cache(
     """
     import ray
 
+    started_ns = time.time_ns()
     teacher_dir, prepared_dir = Path(teacher_dir), Path(prepared_dir)
     meta, record = _check_inputs(teacher_dir, prepared_dir)
     key, parts = cache_key(teacher_dir=teacher_dir, meta=meta, cfg=cfg)
@@ -169,8 +171,11 @@ def build_cache(
         "augment": parts["augment"], "config": cfg.model_dump(mode="json"), "shard_size": shard_size, "rows": rows,
         "shards": [done[t.name] for t in plan],
     })
-    for leftover in fs.get_file_info(pafs.FileSelector(base)):  # temp files of actors killed mid-write
-        if leftover.base_name == PROGRESS or leftover.base_name.endswith(".tmp"):
+    for leftover in fs.get_file_info(pafs.FileSelector(base)):
+        # Temp files older than this build are from actors killed mid-write (newer ones may be a
+        # concurrent build's, still in flight).
+        stale = leftover.base_name.endswith(".tmp") and (leftover.mtime_ns or 0) < started_ns
+        if leftover.base_name == PROGRESS or stale:
             fs.delete_file(leftover.path)
     _say(f"cache: {'repaired' if repaired else 'built'} {key}: {len(todo)} shard(s) written, rows {rows}")
     return CacheInfo(uri=uri, key=key, cache_hit=False, built_shards=len(todo), repaired_shards=repaired, rows=rows)
@@ -217,9 +222,9 @@ def _intact(fs, base: str, record: dict) -> bool:
 
 def _run_pool(todo: list[ShardTask], *, cfg: CacheConfig, progress: bool, on_result: Callable[[dict], None],
               writer_kwargs: dict) -> None:
-    """One actor per GPU, else per CPU slot (cfg.num_actors overrides), mapped over the shards."""
+    """One actor per GPU, else per CPU slot (cfg.num_actors overrides); each takes the next shard
+    as soon as it is free."""
     import ray
-    from ray.util import ActorPool
 
     if not todo:
         return
@@ -230,17 +235,27 @@ def _run_pool(todo: list[ShardTask], *, cfg: CacheConfig, progress: bool, on_res
     options = {"num_gpus": gpus / max(count, gpus), "num_cpus": 0} if gpus else {"num_cpus": min(1.0, cpus / count)}
     remote = ray.remote(ShardWriter).options(**options)
     actors = [remote.remote(**writer_kwargs) for _ in range(count)]
+    queue, running = list(reversed(todo)), {}
     bar = tqdm(total=sum(t.stop - t.start for t in todo), desc="cache: teacher", unit="row",
                disable=None if progress else True, file=sys.stderr)
     try:
-        pool = ActorPool(actors)
-        for result in pool.map_unordered(lambda actor, task: actor.write.remote(task), todo):
+        for actor in actors:
+            if queue:
+                running[actor.write.remote(queue.pop())] = actor
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            actor = running.pop(ref)
+            result = ray.get(ref)
+            if queue:
+                running[actor.write.remote(queue.pop())] = actor
             on_result(result)
             bar.update(result["rows"])
     finally:
         bar.close()
         for actor in actors:
             ray.kill(actor)
+        if running:  # killed actors' tasks fail once their processes are gone: then nothing writes any more
+            ray.wait(list(running), num_returns=len(running), timeout=60)
 
 
 def verify_cache(uri: str) -> VerifyReport:

@@ -14,7 +14,8 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from workers.probes import (
 
 TEACHER_JSON = "teacher.json"
 MODEL_FILE = "model.safetensors"
-_FINE_TUNED = "fine_tuned.json"  # in the partial folder: the model there is final, only probes are left
+_FINE_TUNED = "fine_tuned.json"  # marks a complete fine-tuning checkpoint: only the probes are left to do
 _TOKENIZER_PREFIXES = ("tokenizer", "vocab", "special_tokens", "merges", "added_tokens", "spiece", "sentencepiece")
 
 
@@ -194,21 +195,21 @@ def prepare_teacher(
                          f"(got {len(train)} and {len(dev)})")
 
     out_root.mkdir(parents=True, exist_ok=True)
-    partial = out_root / f".{key}.partial"  # fixed name: a crashed run resumes after fine-tuning
+    checkpoint = out_root / f".{key}.fine-tuned"  # the model once fine-tuned: a crashed run resumes here
     torch.manual_seed(cfg.seed)
-    if (partial / _FINE_TUNED).is_file():
+    with _quiet_hf():
+        tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    if (checkpoint / _FINE_TUNED).is_file():
         _say(f"teacher: resuming {key} after fine-tuning")
-        fine_tuned = json.loads((partial / _FINE_TUNED).read_text())["fine_tuned"]
+        fine_tuned = json.loads((checkpoint / _FINE_TUNED).read_text())["fine_tuned"]
         with _quiet_hf():
-            model = AutoModelForSequenceClassification.from_pretrained(str(partial), dtype=torch.float32)
+            model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), dtype=torch.float32)
     else:
-        shutil.rmtree(partial, ignore_errors=True)
         with _quiet_hf():
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(backbone), num_labels=meta.num_labels, output_loading_info=True, ignore_mismatched_sizes=True,
                 dtype=torch.float32,
             )
-            tokenizer = AutoTokenizer.from_pretrained(str(backbone))
         # A head missing from the checkpoint, or one of another size, is untrained for this task.
         fine_tuned = bool(info["missing_keys"] or info["mismatched_keys"])
         if fine_tuned:
@@ -216,11 +217,7 @@ def prepare_teacher(
             _fine_tune(model, train=train, dev=dev, meta=meta, cfg=cfg, progress=progress)
         model.config.id2label = dict(enumerate(meta.label_names))
         model.config.label2id = {name: i for i, name in enumerate(meta.label_names)}
-        partial.mkdir()
-        with _quiet_hf():
-            model.save_pretrained(str(partial))
-            tokenizer.save_pretrained(str(partial))
-        (partial / _FINE_TUNED).write_text(json.dumps({"fine_tuned": fine_tuned}))
+        _publish(out_root, checkpoint, lambda folder: _save_model(model, tokenizer, folder, fine_tuned=fine_tuned))
 
     model.eval()
     train_x, _ = _features(model, train, meta=meta, batch_size=4 * cfg.batch_size, progress=progress,
@@ -231,8 +228,6 @@ def prepare_teacher(
     probes = train_probes(train_x, train.labels, num_labels=meta.num_labels, epochs=cfg.probe_epochs,
                           lr=cfg.probe_lr, seed=cfg.seed)
     accuracies = probe_accuracies(probes, dev_x, dev.labels)
-    save_probes(probes, partial)
-    write_probe_report(partial, accuracies, teacher_accuracy=dev_accuracy)
     artifacts = TeacherArtifacts(
         dir=out, key=key, cache_hit=False, fine_tuned=fine_tuned, dev_accuracy=dev_accuracy,
         probe_accuracies=accuracies, num_layers=dev_x.shape[1] - 1, hidden_size=dev_x.shape[2],
@@ -241,15 +236,41 @@ def prepare_teacher(
     record = {k: v for k, v in asdict(artifacts).items() if k not in ("dir", "cache_hit")}
     record |= {"source": source, "data_fingerprint": meta.fingerprint, "config": cfg.model_dump(mode="json"),
                "label_names": list(meta.label_names)}
-    (partial / TEACHER_JSON).write_text(json.dumps(record, indent=2))
-    (partial / _FINE_TUNED).unlink()
-    if out.exists():  # a concurrent run with the same key finished first: same inputs, keep theirs
-        shutil.rmtree(partial)
-    else:
-        os.replace(partial, out)
+
+    def write_teacher(folder: Path) -> None:
+        with _quiet_hf():
+            model.save_pretrained(str(folder))
+            tokenizer.save_pretrained(str(folder))
+        save_probes(probes, folder)
+        write_probe_report(folder, accuracies, teacher_accuracy=dev_accuracy)
+        (folder / TEACHER_JSON).write_text(json.dumps(record, indent=2))
+
+    _publish(out_root, out, write_teacher)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     _say(f"teacher: saved {key}: dev accuracy {dev_accuracy:.4f}; layer probes "
          + " ".join(f"{a:.3f}" for a in accuracies))
     return artifacts
+
+
+def _save_model(model: nn.Module, tokenizer, folder: Path, *, fine_tuned: bool) -> None:
+    with _quiet_hf():
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+    (folder / _FINE_TUNED).write_text(json.dumps({"fine_tuned": fine_tuned}))
+
+
+def _publish(root: Path, target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a private temp folder, then rename it to `target` in one step. When `target` already
+    exists (a concurrent run with the same key got there first: same inputs), ours is dropped."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_artifacts(folder: Path, *, cache_hit: bool) -> TeacherArtifacts:
