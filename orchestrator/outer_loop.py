@@ -10,6 +10,7 @@ on disk is restored (finished trials are not rerun, crashed ones resume from the
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import statistics
 import time
@@ -145,6 +146,9 @@ def run_round(
     """Run (or restore) one round's Tune experiment. Returns (trial config, last metrics, history)."""
     storage = (job.run_dir / "tune").resolve()
     name = f"round-{round_index}"
+    # Short search epochs checkpoint every few seconds; on local storage that is cheap, and Tune's
+    # "snapshotting may become a bottleneck" warning would only bury the progress lines.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(_run_trial, trial_resources(job.cluster))
     tuner = _restore(storage / name, trainable) if tune.Tuner.can_restore(str(storage / name)) else None
     if tuner is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from search_space.config import SearchSpaceConfig
@@ -150,10 +151,17 @@ class Supernet(nn.Module):
         tau: float,
         hard: bool = True,
         generator: torch.Generator | None = None,
+        depth: int | None = None,
     ) -> SupernetOutput:
-        """ids/masks (B, T); a single sentence feeds both inputs of the first cell."""
+        """ids/masks (B, T); a single sentence feeds both inputs of the first cell. `depth` fixes
+        the number of cells instead of sampling it (no gradient reaches depth_logits then)."""
         op_weights = gumbel_softmax(self.alpha, tau=tau, hard=hard, generator=generator)  # (E, n_ops)
-        depth_weights = gumbel_softmax(self.depth_logits, tau=tau, hard=hard, generator=generator)  # (k_max,)
+        if depth is None:
+            depth_weights = gumbel_softmax(self.depth_logits, tau=tau, hard=hard, generator=generator)  # (k_max,)
+        elif 1 <= depth <= self.space.k_max:
+            depth_weights = F.one_hot(torch.tensor(depth - 1), self.space.k_max).to(self.depth_logits)
+        else:
+            raise ValueError(f"depth must be in 1..{self.space.k_max}, got {depth}")
         active = _active_ops(op_weights)
         # Depths with non-zero weight: exactly one when hard; all of them when soft.
         depths = [k + 1 for k, nz in enumerate(depth_weights.detach().ne(0).cpu().tolist()) if nz]

@@ -12,27 +12,37 @@ from workers.losses import (
     kd_loss,
     matched_layers,
     probe_layer_weights,
-    soft_cross_entropy,
+    soft_kl,
 )
 
 
-def test_soft_ce_is_ce_for_a_one_hot_teacher():
+def test_soft_kl_is_ce_for_a_one_hot_teacher():
     student = torch.tensor([[0.3, -1.2, 2.0], [1.0, 0.0, -0.5]])
     labels = torch.tensor([2, 0])
     one_hot_teacher = 1e4 * F.one_hot(labels, 3).float()  # softmax is exactly one-hot in float32
-    assert soft_cross_entropy(student, one_hot_teacher, temperature=1.0).item() == pytest.approx(
+    assert soft_kl(student, one_hot_teacher, temperature=1.0).item() == pytest.approx(
         F.cross_entropy(student, labels).item(), abs=1e-6)
     # at T = 2 it is T^2 times the CE of the softened student
-    assert soft_cross_entropy(student, one_hot_teacher, temperature=2.0).item() == pytest.approx(
+    assert soft_kl(student, one_hot_teacher, temperature=2.0).item() == pytest.approx(
         4 * F.cross_entropy(student / 2, labels).item(), abs=1e-5)
 
 
-def test_soft_ce_hand_value():
-    # uniform teacher, student probabilities (1/4, 3/4): -(ln(1/4) + ln(3/4)) / 2
-    value = soft_cross_entropy(torch.tensor([[0.0, math.log(3.0)]]), torch.zeros(1, 2), temperature=1.0)
-    assert value.item() == pytest.approx(-(math.log(0.25) + math.log(0.75)) / 2, abs=1e-6)
+def test_soft_kl_hand_value():
+    # uniform teacher, student probabilities (1/4, 3/4): (ln(2) + ln(1/2 / 3/4)) / 2
+    value = soft_kl(torch.tensor([[0.0, math.log(3.0)]]), torch.zeros(1, 2), temperature=1.0)
+    assert value.item() == pytest.approx((math.log(0.5 / 0.25) + math.log(0.5 / 0.75)) / 2, abs=1e-6)
     with pytest.raises(ValueError, match="temperature"):
-        soft_cross_entropy(torch.zeros(1, 2), torch.zeros(1, 2), temperature=0.0)
+        soft_kl(torch.zeros(1, 2), torch.zeros(1, 2), temperature=0.0)
+
+
+def test_soft_kl_is_zero_for_a_copy_and_has_the_soft_ce_gradient():
+    teacher = torch.tensor([[0.2, 0.1, -0.3], [2.0, -1.0, 0.0]])  # unsure rows: entropy well above 0
+    assert soft_kl(teacher.clone(), teacher, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.tensor([[1.0, -0.5, 0.3], [0.0, 0.4, -1.0]], requires_grad=True)
+    (grad_kl,) = torch.autograd.grad(soft_kl(student, teacher, temperature=2.0), student)
+    soft_ce = -(teacher.div(2).softmax(-1) * student.div(2).log_softmax(-1)).sum(-1).mean() * 4
+    (grad_ce,) = torch.autograd.grad(soft_ce, student)
+    assert torch.allclose(grad_kl, grad_ce, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -68,15 +78,15 @@ def test_hint_loss_weights_matched_layers_renormalised():
     layer_weights = torch.tensor([[0.1, 0.1, 0.3, 0.2, 0.3]]).repeat(4, 1)
     value = hint_loss(student, teacher_probes, layer_weights, temperature=1.0)
     # renormalised over the matched layers {2, 4}: 0.3 / 0.6 each
-    expected = 0.5 * soft_cross_entropy(student[0], teacher_probes[:, 2], temperature=1.0) + \
-        0.5 * soft_cross_entropy(student[1], teacher_probes[:, 4], temperature=1.0)
+    expected = 0.5 * soft_kl(student[0], teacher_probes[:, 2], temperature=1.0) + \
+        0.5 * soft_kl(student[1], teacher_probes[:, 4], temperature=1.0)
     assert value.item() == pytest.approx(expected.item(), abs=1e-6)
 
     # per-example weights: row 0 trusts layer 2 only, so its hint is layer 2's CE alone
     skewed = layer_weights.clone()
     skewed[0] = torch.tensor([0.2, 0.2, 0.6, 0.0, 0.0])
     rows = hint_loss([s[:1] for s in student], teacher_probes[:1], skewed[:1], temperature=1.0)
-    assert rows.item() == pytest.approx(soft_cross_entropy(student[0][:1], teacher_probes[:1, 2],
+    assert rows.item() == pytest.approx(soft_kl(student[0][:1], teacher_probes[:1, 2],
                                                            temperature=1.0).item(), abs=1e-6)
 
 
@@ -96,14 +106,14 @@ def test_kd_loss_is_soft_logits_plus_hints():
     probes, teacher_probes = [torch.randn(3, 2, generator=g)], torch.randn(3, 4, 2, generator=g)
     labels = torch.tensor([0, NO_LABEL, 1])
     weights = probe_layer_weights(teacher_probes, labels, teacher)
-    expected = soft_cross_entropy(student, teacher, temperature=2.0) + hint_loss(
+    expected = soft_kl(student, teacher, temperature=2.0) + hint_loss(
         probes, teacher_probes, weights, temperature=2.0)
     got = kd_loss(student, student_probes=probes, teacher_logits=teacher, teacher_probe_logits=teacher_probes,
                   labels=labels, temperature=2.0)
     assert got.item() == pytest.approx(expected.item(), abs=1e-6)
     without_probes = kd_loss(student, student_probes=probes, teacher_logits=teacher, teacher_probe_logits=None,
                              labels=labels, temperature=2.0)
-    assert without_probes.item() == pytest.approx(soft_cross_entropy(student, teacher, temperature=2.0).item())
+    assert without_probes.item() == pytest.approx(soft_kl(student, teacher, temperature=2.0).item())
 
 
 def test_gold_ce_ignores_unlabelled_rows():

@@ -63,6 +63,23 @@ def test_forward_single_sentence():
     torch.testing.assert_close(out.depth_probs.sum(), torch.tensor(1.0))
 
 
+@pytest.mark.parametrize("depth", range(1, SPACE.k_max + 1))
+def test_a_fixed_depth_runs_that_many_cells_and_leaves_depth_logits_alone(depth):
+    net = _supernet()
+    ids, mask = _batch()
+    out = net(ids, mask, tau=1.0, generator=torch.Generator().manual_seed(0), depth=depth)
+    assert out.depth == depth and len(out.cell_probe_logits) == depth
+    out.logits.sum().backward()
+    assert net.depth_logits.grad is None and net.alpha.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("depth", [0, SPACE.k_max + 1])
+def test_a_depth_outside_the_space_is_refused(depth):
+    ids, mask = _batch()
+    with pytest.raises(ValueError, match=f"depth must be in 1..{SPACE.k_max}"):
+        _supernet()(ids, mask, tau=1.0, depth=depth)
+
+
 def test_forward_pairs_of_different_lengths():
     net = _supernet().eval()
     ids_a, mask_a = _batch(length=10, seed=1)

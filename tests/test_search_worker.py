@@ -19,8 +19,11 @@ from workers.latency import read_latency_table, write_latency_table
 from workers.search import (
     STATE_FILE,
     SearchData,
+    arch_objective,
     derived_accuracy,
+    frozen,
     genotype_weights,
+    leave_one_out_surrogate,
     load_search_data,
     run_search,
     search_losses,
@@ -93,6 +96,38 @@ def test_gradients_reach_alpha_and_depth_logits():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cells.parameters())
 
 
+@pytest.mark.parametrize("estimator", ["score_function", "straight_through"])
+def test_arch_objective_reaches_alpha_and_depth_logits_only(estimator):
+    torch.manual_seed(0)
+    model = Supernet(SPACE, vocab_size=VOCAB, num_labels=LABELS)
+    batch = tiny_split(8, seed=3, unlabelled=2).batch(torch.arange(8))
+    cost_vec = normalised_cost_vector(op_costs(primitives=SPACE.primitives, dim=16, seq_len=WIDTH))
+    cfg = CFG.model_copy(update={"beta": 0.0, "arch_gradient": estimator})  # the task loss alone
+    with frozen(model.weight_parameters()):
+        objective, loss = arch_objective(model, batch, tau=1.0, generator=torch.Generator().manual_seed(0), cfg=cfg,
+                                         cost_vec=cost_vec)
+        objective.backward()
+    assert model.alpha.grad.abs().sum() > 0 and model.depth_logits.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.weight_parameters())
+    assert float(loss) > 0 and not loss.requires_grad
+
+
+def test_leave_one_out_estimate_is_unbiased():
+    """Averaged over samples, the surrogate's gradient is the exact gradient of E_p[L]."""
+    alpha = torch.tensor([0.3, -0.2, 0.0, 0.5], requires_grad=True)
+    loss_of = torch.tensor([1.0, 0.2, 2.0, 0.7])
+    exact = torch.autograd.grad((alpha.softmax(dim=-1) * loss_of).sum(), alpha)[0]
+    g = torch.Generator().manual_seed(0)
+    estimate, rounds = torch.zeros(4), 4000
+    for _ in range(rounds):
+        picks = torch.multinomial(alpha.detach().softmax(dim=-1), 4, replacement=True, generator=g)  # (S,)
+        surrogate = leave_one_out_surrogate(loss_of[picks], alpha.log_softmax(dim=-1)[picks])
+        estimate += torch.autograd.grad(surrogate, alpha)[0] / rounds
+    assert torch.allclose(estimate, exact, atol=0.02), (estimate, exact)
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out_surrogate(loss_of[:1], alpha.log_softmax(dim=-1)[:1])
+
+
 def test_reports_every_epoch_with_the_documented_metrics(reference_run):
     result, states = reference_run
     assert [m["epoch"] for m, _ in states] == [1, 2, 3]
@@ -112,6 +147,28 @@ def test_reports_every_epoch_with_the_documented_metrics(reference_run):
     assert Genotype.from_json(metrics["genotype"]) == result.genotype
     assert "expected_latency_ms" not in metrics
     json.dumps(result.history)  # flat, JSON-friendly: what Tune and MLflow log
+
+
+def test_warmup_trains_only_the_weights():
+    cfg = CFG.model_copy(update={"warmup_share": 1 / 3})  # the first of 3 epochs
+    torch.manual_seed(0)
+    untrained = Supernet(SPACE, vocab_size=VOCAB, num_labels=LABELS).state_dict()
+    states = []
+    run_search(space=SPACE, cfg=cfg, data=tiny_data(), report=lambda m, s: states.append((m, s)))
+    (warm, warm_state), (searched, _), _ = states
+    uniform = torch.log(torch.tensor(len(SPACE.primitives))).item()
+    assert warm["arch_steps"] == 0 and warm["loss_arch"] == 0.0
+    assert torch.equal(warm_state["model"]["alpha"], untrained["alpha"])
+    assert torch.equal(warm_state["model"]["depth_logits"], untrained["depth_logits"])
+    assert not torch.equal(warm_state["model"]["head.classifier.weight"], untrained["head.classifier.weight"])
+    assert warm["alpha_entropy"] == pytest.approx(uniform) and warm["tau"] == pytest.approx(CFG.tau_start)
+    assert searched["arch_steps"] > 0 and searched["alpha_entropy"] < uniform
+    assert searched["collapse_reason"] != "entropy_stalled"  # the flat warm-up epoch is not a stall
+
+
+def test_warmup_share_must_leave_steps_for_alpha():
+    with pytest.raises(ValueError, match="warmup_share"):
+        SearchConfig(warmup_share=1.0)
 
 
 def test_same_seed_same_genotype(reference_run):

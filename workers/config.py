@@ -55,6 +55,8 @@ class SearchConfig(_Config):
     """One differentiable-search worker (a Tune trial)."""
 
     epochs: int = Field(3, ge=1)
+    warmup_share: float = Field(0.3, ge=0, lt=1, description="share of the search's steps that train only the "
+                                "supernet's weights before alpha and depth start to move")
     batch_size: int = Field(64, ge=1)
     lr_weights: float = Field(2e-3, gt=0)
     lr_alpha: float = Field(3e-3, gt=0)
@@ -66,6 +68,11 @@ class SearchConfig(_Config):
     tau_end: float = Field(0.1, gt=0)
     cost_source: Literal["params_flops", "latency"] = "params_flops"
     latency_table: str | None = None
+    # How the task loss reaches alpha and depth: "straight_through" backpropagates through the
+    # hard Gumbel sample (the method); "score_function" compares the losses of `arch_samples`
+    # sampled architectures on the same batch (REINFORCE with a leave-one-out baseline).
+    arch_gradient: Literal["straight_through", "score_function"] = "straight_through"
+    arch_samples: int = Field(4, ge=2, description="architectures sampled per alpha step (score_function)")
     max_train_examples: int | None = Field(None, ge=2)
     seed: int = 0
 

@@ -12,23 +12,27 @@ import torch.nn.functional as F
 from workers.dataset import NO_LABEL
 
 
-def soft_cross_entropy(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float
-) -> torch.Tensor:
-    """Mean over rows of CE(softmax(teacher / T), student / T), times T^2.
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """Mean over rows of KL(softmax(teacher / T) || softmax(student / T)), times T^2.
 
-    The T^2 keeps the gradient's scale independent of T (Hinton et al.); at T = 1 and a one-hot
-    teacher this is the ordinary cross-entropy. Logits (..., C) -> scalar.
+    This is the soft cross-entropy minus the teacher's entropy: the same gradient for the
+    student, but 0 for a perfect copy whichever target it copies. That matters to the search:
+    with the soft CE, a deep student whose cells match early, unsure teacher layers would pay
+    those layers' entropy and lose to a shallow one however well it copies them. The T^2 keeps
+    the gradient's scale independent of T (Hinton et al.); at T = 1 and a one-hot teacher this
+    is the ordinary cross-entropy. Logits (..., C) -> scalar.
     """
-    return _soft_ce_rows(student_logits, teacher_logits, temperature=temperature).mean()
+    return _kl_rows(student_logits, teacher_logits, temperature=temperature).mean()
 
 
-def _soft_ce_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
+def _kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    target = (teacher_logits / temperature).softmax(dim=-1)  # (..., C)
+    log_target = (teacher_logits / temperature).log_softmax(dim=-1)  # (..., C)
     log_probs = (student_logits / temperature).log_softmax(dim=-1)  # (..., C)
-    return -(target * log_probs).sum(dim=-1) * temperature**2  # (...)
+    # xlogy-style: a class the teacher gives probability 0 contributes 0, not 0 * -inf
+    kl = torch.where(log_target.exp() > 0, log_target.exp() * (log_target - log_probs), 0.0)
+    return kl.sum(dim=-1) * temperature**2  # (...)
 
 
 def _labels_or_teacher(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -79,7 +83,7 @@ def hint_loss(
     weights = layer_weights[:, index]  # (B, K)
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     per_cell = torch.stack(
-        [_soft_ce_rows(probe, teacher_probe_logits[:, layer], temperature=temperature)
+        [_kl_rows(probe, teacher_probe_logits[:, layer], temperature=temperature)
          for probe, layer in zip(student_probes, layers, strict=True)],
         dim=-1,
     )  # (B, K)
@@ -95,8 +99,8 @@ def kd_loss(
     labels: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """L_KD = soft CE on the final logits + attentive probe hints (none without teacher probes)."""
-    loss = soft_cross_entropy(student_logits, teacher_logits, temperature=temperature)
+    """L_KD = soft KL on the final logits + attentive probe hints (none without teacher probes)."""
+    loss = soft_kl(student_logits, teacher_logits, temperature=temperature)
     if teacher_probe_logits is None:
         return loss
     weights = probe_layer_weights(teacher_probe_logits, labels, teacher_logits)  # (B, L+1)

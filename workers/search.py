@@ -2,8 +2,11 @@
 
 First-order alternating updates (DARTS): each step updates the supernet's weights on a batch
 from one half of train, then alpha and the depth logits on a batch from the other half, both
-under L = (1 - gamma) * CE + gamma * KD + beta * L_E with hard Gumbel-softmax samples whose
-temperature decays over all steps. After each epoch the derived genotype is evaluated on
+under L = (1 - gamma) * CE + gamma * KD + beta * L_E with hard Gumbel-softmax samples. The first
+`warmup_share` of the steps trains the weights alone (ops sampled uniformly at tau_start), as
+FBNet and P-DARTS do: before it, every conv is untrained, so the task loss cannot yet tell a
+conv from a pool while L_E already says the pool is cheaper, and alpha collapses onto the
+cheap ops. The temperature decays over the steps after the warm-up. After each epoch the derived genotype is evaluated on
 search_valid with the supernet's weights, and `report(metrics, state)` gets everything needed
 to resume. `search_trainable` wraps this for Ray Tune; it is the only caller of `tune.report`.
 """
@@ -33,7 +36,7 @@ from search_space.cost import (
 from search_space.genotype import Genotype, edge_index, num_edges
 from search_space.gumbel import TemperatureSchedule
 from search_space.layers import masked_mean
-from search_space.supernet import Supernet
+from search_space.supernet import Supernet, SupernetOutput
 from workers.cache import open_cache
 from workers.config import SearchConfig
 from workers.dataset import NO_LABEL, TargetSplit, load_split, read_meta
@@ -145,7 +148,9 @@ def run_search(
     train = sample_rows(data.train, cfg.max_train_examples, seed=SUBSET_SEED)
     weights_half, arch_half = _halves(train, seed=cfg.seed)
     steps_per_epoch = math.ceil(len(weights_half) / cfg.batch_size)
-    schedule = TemperatureSchedule(start=cfg.tau_start, end=cfg.tau_end, total_steps=cfg.epochs * steps_per_epoch)
+    warmup_steps = int(cfg.warmup_share * cfg.epochs * steps_per_epoch)
+    schedule = TemperatureSchedule(start=cfg.tau_start, end=cfg.tau_end,
+                                   total_steps=max(1, cfg.epochs * steps_per_epoch - warmup_steps))
 
     torch.manual_seed(cfg.seed)
     model = Supernet(space, vocab_size=data.vocab_size, num_labels=data.num_labels,
@@ -165,36 +170,43 @@ def run_search(
         while epoch < cfg.epochs:
             model.train()
             sums = dict.fromkeys(("loss", "loss_ce", "loss_kd", "loss_eff", "loss_arch"), 0.0)
+            arch_updates = 0
             arch_batches = _endless(arch_half, batch_size=cfg.batch_size, seed=_batch_seed(cfg.seed, epoch, 1))
             weight_batches = weights_half.batches(batch_size=cfg.batch_size, shuffle=True,
                                                   seed=_batch_seed(cfg.seed, epoch, 0), group_by_length=True)
             for batch in weight_batches:
-                tau = schedule(step)
+                tau = schedule(max(0, step - warmup_steps))
                 # weights on one half ...
                 model.zero_grad(set_to_none=True)
-                terms = search_losses(model, _to(batch, device), tau=tau, generator=gumbel, cfg=cfg, cost_vec=cost_vec)
+                # the warm-up trains every cell: sampled depths would leave the deep ones behind
+                terms = search_losses(model, _to(batch, device), tau=tau, generator=gumbel, cfg=cfg, cost_vec=cost_vec,
+                                      depth=space.k_max if step < warmup_steps else None)
                 terms["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(weight_params, GRAD_CLIP)
                 opt_weights.step()
-                # ... alpha and depth on the other (first-order: no unrolled weight step)
-                model.zero_grad(set_to_none=True)
-                with _frozen(weight_params):
-                    arch_loss = search_losses(model, _to(next(arch_batches), device), tau=tau, generator=gumbel,
-                                              cfg=cfg, cost_vec=cost_vec)["loss"]
-                    arch_loss.backward()
-                opt_arch.step()
+                # ... alpha and depth on the other (first-order: no unrolled weight step), after the warm-up
+                if step >= warmup_steps:
+                    model.zero_grad(set_to_none=True)
+                    with frozen(weight_params):
+                        objective, arch_loss = arch_objective(model, _to(next(arch_batches), device), tau=tau,
+                                                              generator=gumbel, cfg=cfg, cost_vec=cost_vec)
+                        objective.backward()
+                    opt_arch.step()
+                    sums["loss_arch"] += float(arch_loss.detach())
+                    arch_updates += 1
                 for name, value in terms.items():
                     sums[name] += float(value.detach())
-                sums["loss_arch"] += float(arch_loss.detach())
                 step += 1
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, tau=f"{tau:.3f}", loss=f"{float(terms['loss'].detach()):.3f}")
             epoch += 1
             model.zero_grad(set_to_none=True)
+            arch_steps = max(0, step - warmup_steps)
+            loss_means = {k: v / max(1, arch_updates if k == "loss_arch" else steps_per_epoch) for k, v in sums.items()}
             metrics = _epoch_metrics(
                 model, data=data, space=space, costs=costs, latency_ms=latency_ms, history=history, epoch=epoch,
-                tau=schedule(step), loss_means={k: v / steps_per_epoch for k, v in sums.items()},
-                batch_size=cfg.batch_size, device=device,
+                tau=schedule(arch_steps), loss_means=loss_means, batch_size=cfg.batch_size, device=device,
+                arch_steps=arch_steps,
             )
             history.append(metrics)
             if report is not None:
@@ -208,11 +220,23 @@ def run_search(
 
 def search_losses(
     model: Supernet, batch: dict[str, torch.Tensor], *, tau: float, generator: torch.Generator,
-    cfg: SearchConfig, cost_vec: torch.Tensor,
+    cfg: SearchConfig, cost_vec: torch.Tensor, depth: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """One hard-Gumbel forward and its loss terms; "loss" is the total both updates minimise."""
-    out = model(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b"),
-                tau=tau, hard=True, generator=generator)
+    out = _sample_forward(model, batch, tau=tau, generator=generator, depth=depth)
+    return _loss_terms(out, batch, cfg=cfg, cost_vec=cost_vec)
+
+
+def _sample_forward(
+    model: Supernet, batch: dict[str, torch.Tensor], *, tau: float, generator: torch.Generator, depth: int | None = None
+) -> SupernetOutput:
+    return model(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b"),
+                 tau=tau, hard=True, generator=generator, depth=depth)
+
+
+def _loss_terms(
+    out: SupernetOutput, batch: dict[str, torch.Tensor], *, cfg: SearchConfig, cost_vec: torch.Tensor
+) -> dict[str, torch.Tensor]:
     ce = gold_ce(out.logits, batch["labels"])
     kd = kd_loss(out.logits, student_probes=out.cell_probe_logits, teacher_logits=batch["teacher_logits"],
                  teacher_probe_logits=batch.get("probe_logits"), labels=batch["labels"], temperature=cfg.kd_temperature)
@@ -221,8 +245,51 @@ def search_losses(
     return {"loss": total, "loss_ce": ce, "loss_kd": kd, "loss_eff": eff}
 
 
+def arch_objective(
+    model: Supernet, batch: dict[str, torch.Tensor], *, tau: float, generator: torch.Generator,
+    cfg: SearchConfig, cost_vec: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the alpha step differentiates, the loss it stands for): the first's gradient
+    estimates that of E_arch[L] w.r.t. alpha and the depth logits.
+
+    "straight_through": the hard-Gumbel total loss itself. "score_function": REINFORCE over
+    `arch_samples` architectures run on this one batch without gradients; each one's task loss,
+    minus the mean of the others' (a leave-one-out baseline), weights the gradient of its
+    log-probability, and beta * L_E is added exactly. The straight-through gradient of a sampled
+    op is <dL/d out, op(x)>: the worth of rescaling that op's output, which a conv's own weights
+    already set and a pool or identity cannot, so it leans toward the parameter-free ops; the
+    score function compares losses and is unbiased, at arch_samples forwards per step.
+    """
+    if cfg.arch_gradient == "straight_through":
+        loss = search_losses(model, batch, tau=tau, generator=generator, cfg=cfg, cost_vec=cost_vec)["loss"]
+        return loss, loss.detach()
+    losses, log_probs = [], []
+    log_alpha = model.alpha.log_softmax(dim=-1)  # (E, n_ops)
+    log_depth = model.depth_logits.log_softmax(dim=-1)  # (k_max,)
+    for _ in range(cfg.arch_samples):
+        with torch.no_grad():
+            out = _sample_forward(model, batch, tau=tau, generator=generator)
+            terms = _loss_terms(out, batch, cfg=cfg, cost_vec=cost_vec)
+        losses.append(adabert_loss(ce=terms["loss_ce"], kd=terms["loss_kd"], eff=0.0, gamma=cfg.gamma, beta=0.0))
+        log_probs.append((out.op_weights * log_alpha).sum() + log_depth[out.depth - 1])  # log p(sample)
+    task = torch.stack(losses)  # (S,)
+    eff = efficiency_loss(model.alpha.softmax(dim=-1), model.depth_logits.softmax(dim=-1), cost_vec)
+    return leave_one_out_surrogate(task, torch.stack(log_probs)) + cfg.beta * eff, task.mean() + cfg.beta * eff.detach()
+
+
+def leave_one_out_surrogate(losses: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """REINFORCE with each sample's baseline the mean of the others' losses (unbiased, as it
+    does not depend on the sample itself). losses (S,) without grad, log_probs (S,) -> scalar
+    whose gradient estimates grad E_p[loss]."""
+    if len(losses) < 2:
+        raise ValueError(f"a leave-one-out baseline needs at least 2 samples, got {len(losses)}")
+    losses = losses.detach()
+    advantage = losses - (losses.sum() - losses) / (len(losses) - 1)  # (S,)
+    return (advantage * log_probs).mean()
+
+
 @contextmanager
-def _frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+def frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
     """No gradients for `params` inside: the alpha step would discard them, and skipping the
     weight gradients saves about a third of its backward pass."""
     for p in params:
@@ -294,6 +361,7 @@ def derived_accuracy(
 def _epoch_metrics(
     model: Supernet, *, data: SearchData, space: SearchSpaceConfig, costs: dict, latency_ms: dict[str, float] | None,
     history: list[dict], epoch: int, tau: float, loss_means: dict[str, float], batch_size: int, device: torch.device,
+    arch_steps: int,
 ) -> dict[str, Any]:
     op_probs = model.alpha.detach().softmax(dim=-1).cpu()  # (E, n_ops)
     depth_probs = model.depth_logits.detach().softmax(dim=-1).cpu()  # (k_max,)
@@ -306,8 +374,10 @@ def _epoch_metrics(
     reason = ""
     if derived_skip > SKIP_DOMINATED_SHARE:
         reason = "skip_dominated"
-    elif len(history) >= ENTROPY_WINDOW and entropy > (1 - ENTROPY_MIN_DROP) * history[-ENTROPY_WINDOW]["alpha_entropy"]:
-        reason = "entropy_stalled"
+    else:  # alpha's entropy over the last epochs in which alpha moved (none move in the warm-up)
+        searched = [m["alpha_entropy"] for m in history if m["arch_steps"] > 0]
+        if len(searched) >= ENTROPY_WINDOW and entropy > (1 - ENTROPY_MIN_DROP) * searched[-ENTROPY_WINDOW]:
+            reason = "entropy_stalled"
     depths = torch.arange(1, space.k_max + 1, dtype=depth_probs.dtype)
     metrics = {
         "epoch": epoch,
@@ -325,6 +395,7 @@ def _epoch_metrics(
         "derived_skip_share": derived_skip,
         "collapse": int(bool(reason)),
         "collapse_reason": reason,
+        "arch_steps": arch_steps,
         "tau": tau,
         **loss_means,
     }
