@@ -157,7 +157,7 @@ def test_key_depends_on_weights_data_and_hyperparameters():
     assert key == teacher_key(**base)
     assert key == teacher_key(**{**base, "cfg": TeacherConfig(model="other")})  # source is keyed on its own
     for change in ({"weights_sha256": "w2"}, {"data_fingerprint": "d2"}, {"source": "y"},
-                   {"cfg": TeacherConfig(lr=1e-4)}, {"cfg": TeacherConfig(probe_epochs=4)}):
+                   {"cfg": TeacherConfig(lr=3e-5)}, {"cfg": TeacherConfig(probe_epochs=4)}):
         assert teacher_key(**{**base, **change}) != key
 
 

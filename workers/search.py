@@ -3,12 +3,12 @@
 First-order alternating updates (DARTS): each step updates the supernet's weights on a batch
 from one half of train, then alpha and the depth logits on a batch from the other half, both
 under L = (1 - gamma) * CE + gamma * KD + beta * L_E with hard Gumbel-softmax samples. The first
-`warmup_share` of the steps trains the weights alone (ops sampled uniformly at tau_start), as
-FBNet and P-DARTS do: before it, every conv is untrained, so the task loss cannot yet tell a
-conv from a pool while L_E already says the pool is cheaper, and alpha collapses onto the
-cheap ops. The temperature decays over the steps after the warm-up. After each epoch the derived genotype is evaluated on
-search_valid with the supernet's weights, and `report(metrics, state)` gets everything needed
-to resume. `search_trainable` wraps this for Ray Tune; it is the only caller of `tune.report`.
+`warmup_share` of the steps trains the weights alone, every cell at once, with ops sampled
+uniformly (as FBNet): untrained convs would otherwise be judged against pools and identity,
+which need no training. The temperature decays over the steps after the warm-up. After each
+epoch the derived genotype is evaluated on search_valid with the supernet's weights, and
+`report(metrics, state)` gets everything needed to resume. `search_trainable` wraps this for
+Ray Tune; it is the only caller of `tune.report`.
 """
 
 from __future__ import annotations
