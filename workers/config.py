@@ -20,7 +20,7 @@ class TeacherConfig(_Config):
     # otherwise a local folder or a hub id (online only).
     model: str = "minilm"
     # rotten_tomatoes dev, MiniLM-L6: lr 5e-5 x 2 epochs 81.4%; lr 1e-4, 3 epochs with early
-    # stopping 82.9% (best at 1.5 epochs). A small model wants the larger step.
+    # stopping 82.9% (best at 1.5 epochs).
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-4, gt=0)

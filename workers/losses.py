@@ -30,8 +30,7 @@ def _kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temp
         raise ValueError(f"temperature must be > 0, got {temperature}")
     log_target = (teacher_logits / temperature).log_softmax(dim=-1)  # (..., C)
     log_probs = (student_logits / temperature).log_softmax(dim=-1)  # (..., C)
-    # xlogy-style: a class the teacher gives probability 0 contributes 0, not 0 * -inf
-    kl = torch.where(log_target.exp() > 0, log_target.exp() * (log_target - log_probs), 0.0)
+    kl = F.kl_div(log_probs, log_target, reduction="none", log_target=True)  # (..., C)
     return kl.sum(dim=-1) * temperature**2  # (...)
 
 
