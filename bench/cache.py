@@ -28,8 +28,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from orchestrator.config import JobConfig, load_job  # noqa: E402
-from orchestrator.stages import data_stages  # noqa: E402
+from bench_job import job_and_data  # noqa: E402
 from search_space.config import SearchSpaceConfig  # noqa: E402
 from search_space.genotype import Genotype  # noqa: E402
 from search_space.student import Student  # noqa: E402
@@ -44,16 +43,6 @@ GENOTYPE = Genotype(depth=2, nodes=(
     (("conv_5", 3), ("avg_pool_3", 1)),
 ))
 BATCH, GAMMA, TEMPERATURE = 64, 0.8, 1.0
-
-
-def quick_job(job: JobConfig) -> JobConfig:
-    """The slice bench/student.py --quick uses (so the two share a teacher and a cache)."""
-    return job.model_copy(update={
-        "name": f"{job.name}-bench-quick",
-        "task": job.task.model_copy(update={"max_examples": 320}),
-        "teacher": job.teacher.model_copy(update={"epochs": 1, "max_train_examples": 256, "probe_epochs": 1}),
-        "cache": job.cache.model_copy(update={"augment": job.cache.augment.model_copy(update={"copies": 0})}),
-    })
 
 
 Targets = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -100,10 +89,7 @@ def main() -> None:
     console = Console(stderr=True)
     started = time.perf_counter()
 
-    job = load_job(args.job)
-    if args.quick:
-        job = quick_job(job)
-    prepared, teacher, cache = data_stages(job, progress=not args.quick)
+    job, prepared, teacher, cache = job_and_data(args.job, quick=args.quick)
     meta = prepared.meta
     reader = open_cache(cache.uri)
     rows = min(args.examples or (10**9 if args.quick else 2048), meta.sizes["train"])

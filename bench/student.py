@@ -27,8 +27,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification  # noqa: E402
 
-from orchestrator.config import JobConfig, load_job  # noqa: E402
-from orchestrator.stages import data_stages  # noqa: E402
+from bench_job import job_and_data  # noqa: E402
+from bench_job import quick_job as quick_data_job  # noqa: E402
+from orchestrator.config import JobConfig  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
 from workers.dataset import load_split  # noqa: E402
 from workers.latency import hardware_name, measure_latency  # noqa: E402
@@ -41,12 +42,9 @@ REPEATS = {"full": {1: (5, 30), 128: (1, 5)}, "quick": {1: (2, 10), 128: (0, 1)}
 
 
 def quick_job(job: JobConfig) -> JobConfig:
-    """A tiny slice, one epoch everywhere, no augmentation: the whole path in a few minutes."""
+    """The shared data slice, plus one search and one retrain epoch: the whole path in a few minutes."""
+    job = quick_data_job(job)
     return job.model_copy(update={
-        "name": f"{job.name}-bench-quick",
-        "task": job.task.model_copy(update={"max_examples": 320}),
-        "teacher": job.teacher.model_copy(update={"epochs": 1, "max_train_examples": 256, "probe_epochs": 1}),
-        "cache": job.cache.model_copy(update={"augment": job.cache.augment.model_copy(update={"copies": 0})}),
         "search": job.search.model_copy(update={"epochs": 1, "max_train_examples": 128}),
         "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256}),
     })
@@ -66,10 +64,7 @@ def main() -> None:
     console = Console(stderr=True)
     started = time.perf_counter()
 
-    job = load_job(args.job)
-    if args.quick:
-        job = quick_job(job)
-    prepared, teacher, cache = data_stages(job, progress=not args.quick)
+    job, prepared, teacher, cache = job_and_data(args.job, quick=args.quick, slice_job=quick_job)
     meta = prepared.meta
     cfg = job.search.model_copy(update={"seed": 0})
     data = load_search_data(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir),
