@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from orchestrator.config import JobConfig
+from workers.local_files import check_destination, deliver_files
 
 # Per-file download bars and INFO lines drown the job's own progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -174,23 +174,21 @@ class Tracker:
         self.client.set_registered_model_alias(self.model_name, alias, version)
 
 
-def pull_student(ref: str, *, dst: Path, tracking_uri: str) -> Path:
-    """Fetch a registered student (NAME@ALIAS, NAME/VERSION, NAME or a models:/ URI) as a plain folder."""
+def pull_student(ref: str, *, dst: Path, tracking_uri: str, force: bool = False) -> Path:
+    """Fetch a registered student (NAME@ALIAS, NAME/VERSION, NAME or a models:/ URI) into folder `dst`.
+
+    `dst` is checked before anything is downloaded; a non-empty one needs `force`, and even then
+    only the student's own files in it change (workers.local_files.deliver_files).
+    """
+    check_destination(dst, force=force)
     mlflow.set_tracking_uri(tracking_uri)
     model_uri = resolve_model_uri(ref)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="adaray-pull-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         found = [p for p in local.rglob("config.json") if (p.parent / "model.safetensors").exists()]
         if not found:
             raise FileNotFoundError(f"{model_uri} holds no student folder (config.json + model.safetensors)")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent)) / "student"
-        shutil.copytree(found[0].parent, staging)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(staging, dst)
-        staging.parent.rmdir()
-    return dst
+        return deliver_files(found[0].parent, dst, force=force)
 
 
 def resolve_model_uri(ref: str) -> str:

@@ -80,14 +80,24 @@ def pull(
     tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                                      help="MLflow tracking URI (default: the workspace's SQLite store)."),
     workspace: Path = typer.Option(Path(".adaray"), "--workspace", help="Workspace whose MLflow store to use."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder, replacing only the "
+                               "student's own files there."),
 ) -> None:
-    """Write a registered student to a folder that `Student.from_pretrained` loads."""
+    """Write a registered student to a folder that `Student.from_pretrained` loads.
+
+    The folder must be new or empty unless --force; pull never deletes a file it did not write."""
+    from workers.local_files import DestinationError, check_destination
+
+    try:
+        check_destination(output, force=force)  # before the store is even opened
+    except DestinationError as exc:
+        raise AdarayError(str(exc)) from None
     from orchestrator.tracking import pull_student
 
     uri = _tracking_uri(tracking_uri, workspace)
     try:
-        folder = pull_student(ref, dst=output, tracking_uri=uri)
-    except (LookupError, FileNotFoundError) as exc:
+        folder = pull_student(ref, dst=output, tracking_uri=uri, force=force)
+    except (LookupError, FileNotFoundError, DestinationError) as exc:
         raise AdarayError(str(exc)) from None
     except Exception as exc:  # MLflow raises its own exception types for unknown names/aliases
         raise AdarayError(f"could not pull {ref!r} from {uri}: {str(exc).splitlines()[0]}") from None
@@ -112,20 +122,21 @@ def predict(
     if not texts:
         raise AdarayError("nothing to predict: give --text TEXT (repeatable) or --file FILE")
     folder = Path(student)
-    if not folder.is_dir():
+    if folder.is_dir():
+        predictions = _predict_folder(folder, texts)
+    else:
         import tempfile
 
         from orchestrator.tracking import pull_student
 
         uri = _tracking_uri(tracking_uri, workspace)
-        try:
-            folder = pull_student(student, dst=Path(tempfile.mkdtemp()) / "student", tracking_uri=uri)
-        except Exception as exc:
-            raise AdarayError(f"{student!r} is neither a student folder nor a registered model in {uri}: "
-                              f"{str(exc).splitlines()[0]}") from None
-    from workers.student import StudentPredictor
-
-    predictions = StudentPredictor.from_pretrained(folder).predict(texts)
+        with tempfile.TemporaryDirectory(prefix="adaray-predict-") as tmp:
+            try:
+                folder = pull_student(student, dst=Path(tmp) / "student", tracking_uri=uri)
+            except Exception as exc:
+                raise AdarayError(f"{student!r} is neither a student folder nor a registered model in {uri}: "
+                                  f"{str(exc).splitlines()[0]}") from None
+            predictions = _predict_folder(folder, texts)
     if as_json:
         for t, p in zip(texts, predictions):
             print(json.dumps({"text": t, **p}))
@@ -137,6 +148,12 @@ def predict(
     for t, p in zip(texts, predictions):
         table.add_row(t, p["label"], f"{p['probabilities'][p['label']]:.3f}")
     Console().print(table)
+
+
+def _predict_folder(folder: Path, texts: list[str]) -> list[dict]:
+    from workers.student import StudentPredictor
+
+    return StudentPredictor.from_pretrained(folder).predict(texts)
 
 
 def _tracking_uri(explicit: str | None, workspace: Path) -> str:
