@@ -34,7 +34,8 @@ from workers.cache import open_cache  # noqa: E402
 from workers.dataset import load_split  # noqa: E402
 from workers.latency import hardware_name, measure_latency  # noqa: E402
 from workers.retrain import retrain  # noqa: E402
-from workers.search import load_search_data, run_search  # noqa: E402
+from workers.search import run_search  # noqa: E402
+from workers.search_data import load_search_data  # noqa: E402
 from workers.student import Student  # noqa: E402
 
 # (warm-up, timed repeats) per batch size; a BERT-base batch of 128 takes seconds on a laptop CPU.
@@ -70,7 +71,7 @@ def main() -> None:
     data = load_search_data(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir),
                             max_train_examples=cfg.max_train_examples)
     searched = run_search(space=job.space, cfg=cfg, data=data, progress=True)
-    console.print(f"search: {searched.genotype.to_json()} (search-valid acc {searched.metrics['search_valid_acc']:.4f})")
+    console.print(f"search: {searched.genotype.to_json()} (search-valid {searched.metrics['search_valid_score']:.4f})")
     retrained = retrain(
         genotype=searched.genotype, space=job.space, cfg=job.retrain, train=open_cache(cache.uri).split("train"),
         dev=load_split(prepared.folder, "dev"), test=load_split(prepared.folder, "test"), meta=meta,

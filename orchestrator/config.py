@@ -71,6 +71,20 @@ def _default_params() -> dict[str, ParamRange]:
     }
 
 
+class ScreenConfig(_Config):
+    """The second fidelity: a short KD retrain of each configuration's best candidates.
+
+    The supernet's inherited-weight score picks `top` candidates per configuration; each is
+    retrained this briefly and scored on dev, and that score (with the student's cost) is what
+    Optuna is told and what picks the finalists.
+    """
+
+    top: int = Field(2, ge=1, description="candidates per configuration to short-retrain")
+    epochs: int = Field(1, ge=1)
+    max_train_examples: int | None = Field(4000, ge=1)
+    finalists: int = Field(3, ge=1, description="best short-retrained students that get the full retrain")
+
+
 class OuterLoopConfig(_Config):
     study_name: str | None = Field(None, description="default: the job name")
     rounds: int = Field(2, ge=1)
@@ -81,6 +95,7 @@ class OuterLoopConfig(_Config):
     sampler_seed: int = 0
     max_trials: int | None = Field(None, ge=1, description="stop once this many trials ran")
     max_wall_minutes: float | None = Field(None, gt=0, description="stop starting rounds after this")
+    screen: ScreenConfig = ScreenConfig()
 
     @model_validator(mode="after")
     def _known_params(self) -> OuterLoopConfig:

@@ -9,10 +9,10 @@ on disk is restored (finished trials are not rerun, crashed ones resume from the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,9 +29,17 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "params": "minimize"}
-# The search-time cost told to Optuna: the derived genotype's FLOPs stand in for latency (measured
-# latency needs a retrained student; selection uses the measured figures).
-COST_METRIC = {"latency": "derived_flops", "params": "derived_params"}
+# The cost told to Optuna: a student's FLOPs stand in for latency (measured latency needs the
+# final student; selection uses the measured figures).
+COST_METRIC = {"latency": "flops", "params": "params"}
+# A screened candidate: {"genotype" (JSON), "score" (inherited, search_valid), "params", "flops",
+# "short_score" (dev, after the short retrain), "seed"}.
+Screen = Callable[[list[dict]], dict[str, float]]  # candidates -> {candidate_id: short-retrain dev score}
+
+
+def candidate_id(candidate: dict) -> str:
+    """A candidate's identity: its genotype in its search space (configurations may differ in space)."""
+    return json.dumps([json.loads(candidate["genotype"]), candidate["space"]], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -45,19 +53,20 @@ class DataRefs:
 
 @dataclass(frozen=True)
 class ConfigOutcome:
-    """One configuration's result, aggregated over its seeds."""
+    """One configuration's result: the student it yields, chosen over its seeds' candidates."""
 
     number: int  # Optuna trial number
     round: int
     params: dict
     space: dict
     search: dict
-    accuracy: float  # median search-valid accuracy over seeds
-    cost: float  # median COST_METRIC over seeds
-    agreement: float  # share of seeds that derived the modal genotype
+    accuracy: float  # the chosen student's short-retrain dev score (the task's metric)
+    cost: float  # its COST_METRIC
+    agreement: float  # share of seeds whose best candidate is the modal one
     collapse: bool  # majority of seeds flagged collapse
-    genotype: str  # the modal genotype (JSON)
+    genotype: str  # the chosen student's genotype (JSON)
     seeds: tuple[dict, ...]  # each seed's last metrics
+    candidates: tuple[dict, ...] = ()  # the screened candidates, best short score first
 
 
 def storage_url(job: JobConfig) -> str:
@@ -104,7 +113,7 @@ def _space_dict(job: JobConfig) -> dict:
 
 
 def _run_trial(config: dict) -> None:
-    from workers.search import search_trainable  # imported in the trial's worker process
+    from workers.search_trial import search_trainable  # imported in the trial's worker process
 
     # Tune's per-checkpoint INFO lines would echo on the driver for every epoch of every trial.
     for name in ("ray.tune", "ray.train"):
@@ -188,28 +197,50 @@ def _restore(path: Path, trainable) -> tune.Tuner | None:
         return None
 
 
+def candidates_to_screen(job: JobConfig, seeds: list[dict | None]) -> list[dict]:
+    """The configuration's candidates for the short retrain: every seed's reported pool, one entry
+    per genotype (its best inherited score), the best `screen.top` first."""
+    best: dict[str, dict] = {}
+    for m in seeds:
+        if m is None:
+            continue
+        pool = json.loads(m.get("candidates") or "[]") or [
+            {"genotype": m["genotype"], "score": m["search_valid_score"], "params": m["derived_params"],
+             "flops": m["derived_flops"]}]
+        for c in pool:
+            c = {**c, "seed": m.get("seed"), "space": m["space"]}
+            if candidate_id(c) not in best or c["score"] > best[candidate_id(c)]["score"]:
+                best[candidate_id(c)] = c
+    ranked = sorted(best.values(), key=lambda c: (-c["score"], c["flops"]))
+    return ranked[: job.outer_loop.screen.top]
+
+
 def aggregate(job: JobConfig, *, trial_dicts: list[dict], seeds: list[dict | None], number: int, round_index: int,
-              params: dict) -> ConfigOutcome | None:
-    """Median over seeds, genotype agreement and collapse; None when every seed failed."""
+              params: dict, short_scores: dict[str, float]) -> ConfigOutcome | None:
+    """The student a configuration yields: its best candidate by short-retrain score (`short_scores`,
+    candidate_id -> dev score). None when every seed failed."""
     done = [m for m in seeds if m is not None]
     if not done:
         return None
-    genotypes = Counter(m["genotype"] for m in done)
-    modal, count = genotypes.most_common(1)[0]
-    cost_key = COST_METRIC[job.outer_loop.objectives[1]]
+    screened = [{**c, "short_score": short_scores[candidate_id(c)]} for c in candidates_to_screen(job, seeds)]
+    screened.sort(key=lambda c: (-c["short_score"], c["flops"]))
+    chosen = screened[0]
+    tops = Counter(m.get("best_candidate", m["genotype"]) for m in done)
     return ConfigOutcome(
         number=number, round=round_index, params=params, space=trial_dicts[0]["space"],
         search={k: v for k, v in trial_dicts[0]["search"].items() if k != "seed"},
-        accuracy=statistics.median(m["search_valid_acc"] for m in done),
-        cost=statistics.median(m[cost_key] for m in done),
-        agreement=count / len(seeds), collapse=sum(bool(m.get("collapse")) for m in done) * 2 > len(done),
-        genotype=modal,
+        accuracy=chosen["short_score"], cost=chosen[COST_METRIC[job.outer_loop.objectives[1]]],
+        agreement=tops.most_common(1)[0][1] / len(seeds),
+        collapse=sum(bool(m.get("collapse")) for m in done) * 2 > len(done),
+        genotype=chosen["genotype"],
         seeds=tuple({**_summary(m), "seed": t["search"]["seed"]} for t, m in zip(trial_dicts, seeds) if m),
+        candidates=tuple(screened),
     )
 
 
-_SUMMARY_KEYS = ("search_valid_acc", "derived_params", "derived_flops", "genotype", "collapse", "collapse_reason",
-                 "alpha_entropy", "skip_share", "zero_share", "epoch")
+_SUMMARY_KEYS = ("search_valid_score", "derived_params", "derived_flops", "genotype", "best_candidate",
+                 "best_candidate_score", "collapse", "collapse_reason", "alpha_entropy", "skip_share", "zero_share",
+                 "epoch", "cpu_seconds")
 
 
 def _summary(metrics: dict) -> dict:
@@ -221,7 +252,7 @@ def _outcome_from_trial(t: optuna.trial.FrozenTrial) -> ConfigOutcome:
     return ConfigOutcome(
         number=t.number, round=a["round"], params=t.params, space=a["space"], search=a["search"],
         accuracy=t.values[0], cost=t.values[1], agreement=a["agreement"], collapse=a["collapse"],
-        genotype=a["genotype"], seeds=tuple(a["seeds"]),
+        genotype=a["genotype"], seeds=tuple(a["seeds"]), candidates=tuple(a.get("candidates", ())),
     )
 
 
@@ -233,6 +264,8 @@ class LoopHooks:
     on_round_done: Callable[[int, list[tuple[dict, dict | None, list[dict]]], list[ConfigOutcome]], None] | None = None
     on_skip: Callable[[str], None] | None = None
     tune_callbacks: list | None = None
+    # The short retrain of candidates (the pipeline's Ray tasks); without it, the inherited score stands in.
+    screen: Screen | None = None
 
 
 def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = None) -> list[ConfigOutcome]:
@@ -270,12 +303,14 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
             hooks.on_round_start(r, len(pending), len(all_dicts))
         results = run_round(job, round_index=r, trial_dicts=all_dicts, callbacks=hooks.tune_callbacks)
         by_key = {(c["config_number"], c["seed_index"]): m for c, m, _ in results}
+        seeds_of = {trial.number: [_with_seed(by_key.get((trial.number, d["seed_index"])), d)
+                                   for d in refs_dicts[trial.number]] for trial in pending}
+        short_scores = _screen(job, hooks, [c for seeds in seeds_of.values() for c in candidates_to_screen(job, seeds)])
         told = {}
         for trial in pending:
-            dicts = refs_dicts[trial.number]
-            seeds = [by_key.get((trial.number, d["seed_index"])) for d in dicts]
-            told[trial.number] = aggregate(job, trial_dicts=dicts, seeds=seeds, number=trial.number,
-                                           round_index=r, params=trial.params)
+            told[trial.number] = aggregate(job, trial_dicts=refs_dicts[trial.number], seeds=seeds_of[trial.number],
+                                           number=trial.number, round_index=r, params=trial.params,
+                                           short_scores=short_scores)
         round_outcomes = [o for o in told.values() if o is not None]
         # Log before telling: a driver that dies in between reruns this round from Tune's state on
         # disk (no retraining) and the idempotent logging fills in whatever is missing.
@@ -288,7 +323,7 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
                 continue
             for key, value in (("space", outcome.space), ("search", outcome.search), ("genotype", outcome.genotype),
                                ("agreement", outcome.agreement), ("collapse", outcome.collapse),
-                               ("seeds", list(outcome.seeds))):
+                               ("seeds", list(outcome.seeds)), ("candidates", list(outcome.candidates))):
                 trial.set_user_attr(key, value)
             study.tell(trial, [outcome.accuracy, outcome.cost])
         trials_run += len(all_dicts)
@@ -296,6 +331,18 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
             raise RuntimeError(f"every trial of round {r + 1} failed; their errors are in {job.run_dir / 'tune' / f'round-{r}'}")
         outcomes += round_outcomes
     return outcomes
+
+
+def _with_seed(metrics: dict | None, trial_dict: dict) -> dict | None:
+    return None if metrics is None else {**metrics, "seed": trial_dict["search"]["seed"], "space": trial_dict["space"]}
+
+
+def _screen(job: JobConfig, hooks: LoopHooks, candidates: list[dict]) -> dict[str, float]:
+    """{candidate_id: short-retrain dev score} of the round's candidates (each one once)."""
+    unique = list({candidate_id(c): c for c in candidates}.values())
+    if hooks.screen is None:
+        return {candidate_id(c): c["score"] for c in unique}
+    return hooks.screen(unique)
 
 
 def _say(hooks: LoopHooks, message: str) -> None:

@@ -21,12 +21,13 @@ from orchestrator.config import JobConfig, dump_job
 from orchestrator.measure import student_latency, teacher_latency
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
 from orchestrator.plots import cell_plot, pareto_plot
-from orchestrator.retrain_stage import StudentSpec, retrain_students, student_specs
+from orchestrator.retrain_stage import StudentSpec, finalist_specs, retrain_students, screen_candidates
 from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
 from orchestrator.stages import data_stages
 from orchestrator.tracking import Tracker, ui_command
 from search_space.genotype import Genotype
 from workers.latency import hardware_name
+from workers.metrics import METRIC_NAMES
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbac
                                                           console=console),
         on_skip=lambda msg: console.print(f"[yellow]{msg}[/]"),
         tune_callbacks=[*(tune_callbacks or []), *( [_progress_callback(console)] if progress else [])],
+        screen=lambda candidates: _screen(job, candidates, refs=refs, cache_key=cache.key, console=console,
+                                          metric=prepared.meta.metric),
     )
     outcomes = run_outer_loop(job, refs=refs, hooks=hooks)
     if not outcomes:
@@ -102,19 +105,21 @@ def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbac
 
     # -- retrain ----------------------------------------------------------------------------
     status.update(stage="retrain")
-    specs = student_specs(job, outcomes, cache_key=cache.key)
-    console.print(f"[bold]retrain[/]: {len(specs)} distinct students from {len(outcomes)} configurations")
+    specs = finalist_specs(job, outcomes, cache_key=cache.key)
+    metric_name = METRIC_NAMES[prepared.meta.metric]
+    console.print(f"[bold]retrain[/]: the {len(specs)} best of the screened students, {job.retrain.epochs} epochs")
     metrics = retrain_students(
         job, specs, refs=refs,
         on_done=lambda s, m, hit: console.print(
-            f"  [green]✓[/] student {s.key} (config {s.outcome.number}): dev {m.get('dev_acc', float('nan')):.4f}"
+            f"  [green]✓[/] student {s.key} (config {s.outcome.number}): dev {metric_name} {m['dev_metric']:.4f}"
             f"{'  (cache hit)' if hit else ''}"),
     )
 
     # -- latency, select ---------------------------------------------------------------------
     status.update(stage="select")
     seq_len = prepared.meta.max_length
-    teacher_lat = teacher_latency(teacher.dir, seq_len=seq_len, cache_dir=job.run_dir)
+    teacher_lat = teacher_latency(teacher.dir, seq_len=seq_len, cache_dir=job.run_dir,
+                                  repeats=job.retrain.latency_repeats)
     candidates = []
     for spec in specs:
         lat = student_latency(spec.out_dir, seq_len=seq_len, repeats=job.retrain.latency_repeats)
@@ -161,13 +166,24 @@ def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbac
     return result
 
 
+def _screen(job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key: str, console: Console,
+            metric: str) -> dict[str, float]:
+    console.print(f"  screening {len(candidates)} candidates: {job.outer_loop.screen.epochs}-epoch KD retrains")
+    return screen_candidates(
+        job, candidates, refs=refs, cache_key=cache_key,
+        on_done=lambda s, m, hit: console.print(
+            f"    candidate {s.key}: inherited {s.figures['score']:.4f} → short retrain dev {METRIC_NAMES[metric]} "
+            f"{m['dev_metric']:.4f}{'  (cache hit)' if hit else ''}"),
+    )
+
+
 def _progress_callback(console: Console) -> TrialProgress:
     def on_event(kind: str, info: dict) -> None:
         t = info["trial"]
         name = f"config {t['config_number']} seed {t['search']['seed']}"
         if kind == "result":
             r = info["result"]
-            console.print(f"  {name}: epoch {r.get('epoch')} search-valid acc {r.get('search_valid_acc', 0):.4f} "
+            console.print(f"  {name}: epoch {r.get('epoch')} search-valid {r.get('search_valid_score', 0):.4f} "
                           f"derived params {r.get('derived_params', 0):,.0f}"
                           f"{'  [yellow]collapse: ' + str(r.get('collapse_reason')) + '[/]' if r.get('collapse') else ''}")
         elif kind == "error":
@@ -197,11 +213,12 @@ def _log_round(tracker: Tracker, parent: str, *, job: JobConfig, results, outcom
                                                  role="config", parent_id=parent)
         if created:
             tracker.log_params(config_run, {**outcome.params, "round": outcome.round})
-            tracker.log_metrics(config_run, {"median_search_valid_acc": outcome.accuracy, "median_cost": outcome.cost,
+            tracker.log_metrics(config_run, {"short_retrain_dev_score": outcome.accuracy, "cost": outcome.cost,
                                              "genotype_agreement": outcome.agreement, "collapse": outcome.collapse})
             tracker.log_text(config_run, outcome.genotype, "genotype.json")
+            tracker.log_text(config_run, json.dumps(list(outcome.candidates), indent=2), "candidates.json")
             tracker.finish(config_run)
-        console.print(f"  config {number}: median acc {outcome.accuracy:.4f}, agreement {outcome.agreement:.2f}"
+        console.print(f"  config {number}: short-retrain dev {outcome.accuracy:.4f}, agreement {outcome.agreement:.2f}"
                       f"{', collapse' if outcome.collapse else ''}  {outcome.params}")
     for trial, metrics, history in results:
         number = trial["config_number"]
@@ -222,7 +239,7 @@ def _log_round(tracker: Tracker, parent: str, *, job: JobConfig, results, outcom
         tracker.finish(run_id, failed=metrics is None)
 
 
-_EPOCH_METRICS = {"search_valid_acc", "expected_params", "expected_flops", "expected_latency_ms", "derived_params",
+_EPOCH_METRICS = {"search_valid_score", "best_candidate_score", "expected_params", "expected_flops", "expected_latency_ms", "derived_params",
                   "derived_flops", "alpha_entropy", "skip_share", "zero_share", "collapse", "tau", "loss", "loss_ce",
                   "loss_kd", "loss_eff"}
 
@@ -233,9 +250,10 @@ def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: Student
     run_id, created = tracker.ensure_run(f"{job.name}/student-{spec.key}", name=f"student-{spec.key}",
                                          role="retrain", parent_id=config_run)
     if created:
-        tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), "space": spec.outcome.space})
-        tracker.log_metrics(run_id, metrics)
-        tracker.log_text(run_id, spec.outcome.genotype, "genotype.json")
+        tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), "space": spec.space})
+        tracker.log_metrics(run_id, {**metrics, "inherited_score": spec.figures["score"] if spec.figures else None,
+                                     "short_retrain_dev_score": spec.figures.get("short_score") if spec.figures else None})
+        tracker.log_text(run_id, spec.genotype, "genotype.json")
         tracker.finish(run_id)
     return run_id
 
@@ -243,7 +261,7 @@ def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: Student
 def _candidate(spec: StudentSpec, metrics: dict, *, metric: str, batch: int) -> Candidate:
     accuracy = metrics["dev_f1_macro"] if metric == "f1_macro" else metrics["dev_acc"]
     return Candidate(
-        key=spec.key, config_number=spec.outcome.number, genotype=spec.outcome.genotype, accuracy=accuracy,
+        key=spec.key, config_number=spec.outcome.number, genotype=spec.genotype, accuracy=accuracy,
         latency_ms=metrics[f"latency_b{batch}_ms"], latency_p95_ms=metrics[f"latency_b{batch}_p95_ms"],
         params=int(metrics["params"]), metrics=metrics, student_dir=str(spec.out_dir),
         params_of_config=spec.outcome.params,
@@ -253,10 +271,10 @@ def _candidate(spec: StudentSpec, metrics: dict, *, metric: str, batch: int) -> 
 def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Path, cache_key: str,
              fingerprint: str) -> dict:
     search = spec.outcome.search
-    seeds = [s["seed"] for s in spec.outcome.seeds if s.get("genotype") == spec.outcome.genotype]
+    seeds = [spec.figures["seed"]] if spec.figures and spec.figures.get("seed") is not None else []
     return {
         "teacher": str(teacher_dir), "cache_key": cache_key, "data_fingerprint": fingerprint,
-        "genotype": spec.outcome.genotype, "beta": search["beta"], "gamma": search["gamma"],
+        "genotype": spec.genotype, "beta": search["beta"], "gamma": search["gamma"],
         "seed": seeds[0] if seeds else search.get("seed", ""), "config_number": spec.outcome.number,
         "dev_accuracy": c.accuracy, "test_accuracy": c.metrics.get("test_acc"), "params": c.params,
         "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,

@@ -1,7 +1,7 @@
-"""Retrain each derived genotype as a plain student (Ray tasks), then measure latency on the driver.
+"""Retrain students as Ray tasks: short retrains that screen candidates, full ones for the finalists.
 
-Students train in parallel; their latency is measured afterwards, one at a time, so no
-measurement shares the CPU with another student's training. Each student's folder is keyed by
+Students train in parallel; their latency is measured afterwards on the driver, one at a time, so
+no measurement shares the CPU with another student's training. Each student's folder is keyed by
 (genotype, space, cache key, retrain config): a re-run finds it and skips the training.
 """
 
@@ -16,29 +16,56 @@ from pathlib import Path
 import ray
 
 from orchestrator.config import JobConfig
-from orchestrator.outer_loop import ConfigOutcome, DataRefs
+from orchestrator.outer_loop import ConfigOutcome, DataRefs, candidate_id
+from workers.config import RetrainConfig
 
 
 @dataclass(frozen=True)
 class StudentSpec:
     key: str
-    outcome: ConfigOutcome
+    genotype: str  # JSON
+    space: dict
+    retrain: RetrainConfig
     out_dir: Path
+    outcome: ConfigOutcome | None = None  # the configuration that yielded it (finalists only)
+    figures: dict | None = None  # what the earlier fidelities measured (inherited and short scores)
 
 
-def student_key(outcome: ConfigOutcome, *, job: JobConfig, cache_key: str) -> str:
-    blob = json.dumps({"genotype": json.loads(outcome.genotype), "space": outcome.space, "cache": cache_key,
-                       "retrain": job.retrain.model_dump(mode="json")}, sort_keys=True)
+def student_key(*, genotype: str, space: dict, cache_key: str, retrain: RetrainConfig) -> str:
+    blob = json.dumps({"genotype": json.loads(genotype), "space": space, "cache": cache_key,
+                       "retrain": retrain.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def student_specs(job: JobConfig, outcomes: list[ConfigOutcome], *, cache_key: str) -> list[StudentSpec]:
-    """One student per distinct (genotype, space); the first configuration that derived it owns it."""
-    specs: dict[str, StudentSpec] = {}
+def screen_config(job: JobConfig) -> RetrainConfig:
+    """The job's retrain at the screen's fidelity (fewer epochs, fewer examples)."""
+    screen = job.outer_loop.screen
+    return job.retrain.model_copy(update={"epochs": screen.epochs, "max_train_examples": screen.max_train_examples})
+
+
+def screen_specs(job: JobConfig, candidates: list[dict], *, cache_key: str) -> list[StudentSpec]:
+    cfg = screen_config(job)
+    specs = []
+    for c in candidates:
+        key = student_key(genotype=c["genotype"], space=c["space"], cache_key=cache_key, retrain=cfg)
+        specs.append(StudentSpec(key, c["genotype"], c["space"], cfg, job.run_dir / "screen" / key, figures=c))
+    return specs
+
+
+def finalist_specs(job: JobConfig, outcomes: list[ConfigOutcome], *, cache_key: str) -> list[StudentSpec]:
+    """The best `screen.finalists` distinct screened candidates of all configurations, by short score;
+    each is owned by the first configuration that screened it."""
+    seen: dict[str, tuple[dict, ConfigOutcome]] = {}
     for o in sorted(outcomes, key=lambda o: o.number):
-        key = student_key(o, job=job, cache_key=cache_key)
-        specs.setdefault(key, StudentSpec(key, o, job.run_dir / "students" / key))
-    return list(specs.values())
+        for c in o.candidates or ({"genotype": o.genotype, "space": o.space, "short_score": o.accuracy},):
+            seen.setdefault(candidate_id({**c, "space": c.get("space", o.space)}), (c, o))
+    ranked = sorted(seen.values(), key=lambda co: -co[0]["short_score"])[: job.outer_loop.screen.finalists]
+    specs = []
+    for c, o in ranked:
+        space = c.get("space", o.space)
+        key = student_key(genotype=c["genotype"], space=space, cache_key=cache_key, retrain=job.retrain)
+        specs.append(StudentSpec(key, c["genotype"], space, job.retrain, job.run_dir / "students" / key, o, c))
+    return specs
 
 
 def _retrain_remote(spec: dict) -> dict:
@@ -46,22 +73,18 @@ def _retrain_remote(spec: dict) -> dict:
     from search_space.config import SearchSpaceConfig
     from search_space.genotype import Genotype
     from workers.cache import open_cache
-    from workers.config import RetrainConfig
     from workers.dataset import load_split, read_meta
     from workers.retrain import retrain
     from workers.teacher import teacher_word_embeddings
 
     cache = open_cache(spec["cache_uri"])
-    cfg = RetrainConfig(**spec["retrain"])
-    space = spec["space"]
     result = retrain(
-        genotype=Genotype.from_json(spec["genotype"]),
-        space=SearchSpaceConfig.from_dict({**space, "primitives": tuple(space["primitives"])}),
-        cfg=cfg, train=cache.split("train"), dev=load_split(spec["prepared_dir"], "dev"),
+        genotype=Genotype.from_json(spec["genotype"]), space=SearchSpaceConfig.from_dict(spec["space"]),
+        cfg=RetrainConfig(**spec["retrain"]), train=cache.split("train"), dev=load_split(spec["prepared_dir"], "dev"),
         test=load_split(spec["prepared_dir"], "test"), meta=read_meta(spec["prepared_dir"]),
         num_teacher_layers=int(cache.manifest["num_layers"]),
         embedding_init=teacher_word_embeddings(spec["teacher_dir"]), tokenizer_dir=spec["teacher_dir"],
-        out_dir=Path(spec["out_dir"]), measure_latency=False,
+        out_dir=Path(spec["out_dir"]),
     )
     return {"student_dir": str(result.student_dir), "metrics": result.metrics}
 
@@ -79,14 +102,14 @@ def retrain_students(
             results[spec.key] = json.loads(metrics_file.read_text())
             if on_done:
                 on_done(spec, results[spec.key], True)
-        else:
+        elif spec.key not in {s.key for s in todo}:
             todo.append(spec)
     task = ray.remote(_retrain_remote).options(
         num_cpus=job.cluster.cpus_per_trial, num_gpus=job.cluster.gpus_per_trial, max_retries=job.cluster.max_failures,
     )
     refs_by_obj = {
         task.remote({
-            "genotype": s.outcome.genotype, "space": s.outcome.space, "retrain": job.retrain.model_dump(mode="json"),
+            "genotype": s.genotype, "space": s.space, "retrain": s.retrain.model_dump(mode="json"),
             "cache_uri": refs.cache_uri, "prepared_dir": refs.prepared_dir, "teacher_dir": refs.teacher_dir,
             "out_dir": str(s.out_dir.resolve()),
         }): s
@@ -101,3 +124,13 @@ def retrain_students(
         if on_done:
             on_done(spec, out["metrics"], False)
     return results
+
+
+def screen_candidates(
+    job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key: str,
+    on_done: Callable[[StudentSpec, dict, bool], None] | None = None,
+) -> dict[str, float]:
+    """Short-retrain each candidate (Ray tasks, cached on disk); {candidate_id: dev score in the task's metric}."""
+    specs = screen_specs(job, candidates, cache_key=cache_key)
+    metrics = retrain_students(job, specs, refs=refs, on_done=on_done)
+    return {candidate_id(s.figures): metrics[s.key]["dev_metric"] for s in specs}

@@ -12,7 +12,6 @@ from search_space.cost import (
 )
 from search_space.genotype import Genotype, derive_genotype, edge_index, num_edges
 from search_space.gumbel import TemperatureSchedule, gumbel_softmax
-from search_space.latency import measure_op_latency
 from search_space.layers import project_embeddings
 from search_space.ops import OPS, PRIMITIVES
 from search_space.student import Student, StudentOutput
@@ -38,7 +37,6 @@ __all__ = [
     "expected_params",
     "genotype_params_flops",
     "gumbel_softmax",
-    "measure_op_latency",
     "num_edges",
     "op_costs",
     "normalised_cost_vector",

@@ -27,6 +27,11 @@ class SearchSpaceConfig:
     num_nodes: int = 3
     primitives: tuple[str, ...] = PRIMITIVES
     dropout: float = 0.1
+    # Every op's output through a per-token LayerNorm without affine, so ops compete on one scale.
+    op_norm: bool = True
+    # Supernet only: the convs of one dilation share one super-kernel (conv_3 and conv_5 are the
+    # centre taps of conv_7), so each trains whenever any of its family is sampled.
+    shared_kernels: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.primitives, str):
@@ -46,6 +51,9 @@ class SearchSpaceConfig:
             raise ValueError(f"primitives has duplicates: {list(self.primitives)}")
         if not any(p != ZERO for p in self.primitives):
             raise ValueError(f"primitives needs at least one op other than {ZERO!r}")
+        for flag in ("op_norm", "shared_kernels"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 

@@ -138,3 +138,51 @@ def derive_genotype(
     depth_scores = depth_logits.detach().double().cpu().tolist()
     depth = min(range(len(depth_scores)), key=lambda k: (-depth_scores[k], k)) + 1
     return Genotype(depth=depth, nodes=tuple(nodes))
+
+
+def sample_genotypes(
+    alpha: torch.Tensor,
+    depth_logits: torch.Tensor,
+    *,
+    count: int,
+    generator: torch.Generator,
+    primitives: tuple[str, ...] = PRIMITIVES,
+    temperature: float = 1.0,
+) -> list[Genotype]:
+    """The argmax genotype, then distinct genotypes drawn from alpha and the depth logits. Pure.
+
+    Each draw derives from the logits plus Gumbel noise times `temperature` (the Gumbel-max trick:
+    at 1, each edge's op and the depth follow their softmax). Returns at most `count` genotypes,
+    fewer when the distribution holds fewer distinct ones within 20 * count draws.
+    """
+    found = [derive_genotype(alpha, depth_logits, primitives=primitives)]
+    seen = {found[0]}
+    alpha, depth_logits = alpha.detach().double().cpu(), depth_logits.detach().double().cpu()
+    for _ in range(20 * count):
+        if len(found) >= count:
+            break
+        g_alpha = -torch.empty_like(alpha).exponential_(generator=generator).log()
+        g_depth = -torch.empty_like(depth_logits).exponential_(generator=generator).log()
+        genotype = derive_genotype(alpha + temperature * g_alpha, depth_logits + temperature * g_depth,
+                                   primitives=primitives)
+        if genotype not in seen:
+            seen.add(genotype)
+            found.append(genotype)
+    return found[:count]
+
+
+def random_genotype(
+    *, num_nodes: int, k_max: int, generator: torch.Generator, primitives: tuple[str, ...] = PRIMITIVES
+) -> Genotype:
+    """A genotype drawn uniformly from the space: per node 2 distinct inputs, per edge an op other than
+    zero, and a depth in 1..k_max (the random-search baseline, Li & Talwalkar 2019). Pure."""
+    ops = [p for p in primitives if p != ZERO]
+
+    def draw(n: int) -> int:
+        return int(torch.randint(n, (1,), generator=generator))
+
+    nodes = []
+    for j in range(num_nodes):
+        inputs = sorted(torch.randperm(2 + j, generator=generator)[:2].tolist())
+        nodes.append(tuple((ops[draw(len(ops))], i) for i in inputs))
+    return Genotype(depth=1 + draw(k_max), nodes=tuple(nodes))

@@ -33,35 +33,76 @@ def _float_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(dtype=like.dtype).unsqueeze(-1)  # (B, T, 1)
 
 
+def _on_one_scale(y: torch.Tensor, mask: torch.Tensor, *, norm: bool) -> torch.Tensor:
+    """A per-token LayerNorm without affine (DARTS puts BN without affine after every op): every
+    op's output then has the same scale, so the search compares what ops compute rather than how
+    large their outputs are. Pads stay zero."""
+    if norm:
+        y = F.layer_norm(y, y.shape[-1:])
+    return y * _float_mask(mask, y)
+
+
 class Zero(nn.Module):
+    def __init__(self, *, norm: bool = True) -> None:
+        super().__init__()
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x)
 
 
 class Identity(nn.Module):
+    def __init__(self, *, norm: bool = True) -> None:
+        super().__init__()
+        self.norm = norm
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return x * _float_mask(mask, x)
+        return _on_one_scale(x, mask, norm=self.norm)
 
 
 class Conv(nn.Module):
-    """Same-padding Conv1d (D -> D) then ReLU."""
+    """ReLU, then a same-padding Conv1d (D -> D), then the shared per-token norm (ReLU-Conv-BN as in
+    DARTS; without `norm`: Conv1d then ReLU).
 
-    def __init__(self, dim: int, *, kernel_size: int, dilation: int = 1) -> None:
+    `kernel`: a wider Conv1d of the same dilation whose centre `kernel_size` taps this op uses,
+    so the ops of one family share one super-kernel (Single-Path NAS) and each trains whenever any
+    of them is sampled. A standalone op owns its own Conv1d.
+    """
+
+    def __init__(self, dim: int, *, kernel_size: int, dilation: int = 1, norm: bool = True,
+                 kernel: nn.Conv1d | None = None) -> None:
         super().__init__()
-        padding = dilation * (kernel_size - 1) // 2
-        self.conv = nn.Conv1d(dim, dim, kernel_size, padding=padding, dilation=dilation)
+        self.kernel_size, self.dilation, self.norm = kernel_size, dilation, norm
+        self.padding = dilation * (kernel_size - 1) // 2
+        if kernel is None:
+            self.conv = nn.Conv1d(dim, dim, kernel_size, padding=self.padding, dilation=dilation)
+            self._shared: tuple[nn.Conv1d, ...] = ()
+        else:
+            if kernel.dilation[0] != dilation or kernel.kernel_size[0] < kernel_size:
+                raise ValueError(f"a super-kernel of width {kernel.kernel_size[0]}, dilation {kernel.dilation[0]} "
+                                 f"cannot serve a width-{kernel_size}, dilation-{dilation} conv")
+            self._shared = (kernel,)  # a tuple: the owner (the edge) registers the kernel, not each op
+
+    def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D, D, kernel_size) weight and (D,) bias: this op's own, or the super-kernel's centre taps."""
+        if not self._shared:
+            return self.conv.weight, self.conv.bias
+        kernel = self._shared[0]
+        start = (kernel.kernel_size[0] - self.kernel_size) // 2
+        return kernel.weight[:, :, start:start + self.kernel_size], kernel.bias
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = _float_mask(mask, x)
+        weight, bias = self.weight_and_bias()
         # Zero the pads first: the conv's window reaches them from real tokens.
-        y = self.conv((x * m).transpose(1, 2)).transpose(1, 2)  # (B, T, D)
-        return torch.relu(y) * m
+        h = (torch.relu(x) if self.norm else x) * m
+        y = F.conv1d(h.transpose(1, 2), weight, bias, padding=self.padding, dilation=self.dilation).transpose(1, 2)
+        return _on_one_scale(y, mask, norm=True) if self.norm else torch.relu(y) * m  # (B, T, D)
 
 
 class MaxPool(nn.Module):
-    def __init__(self, *, kernel_size: int = 3) -> None:
+    def __init__(self, *, kernel_size: int = 3, norm: bool = True) -> None:
         super().__init__()
-        self.kernel_size = kernel_size
+        self.kernel_size, self.norm = kernel_size, norm
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         real = mask.to(torch.bool).unsqueeze(-1)  # (B, T, 1)
@@ -72,13 +113,14 @@ class MaxPool(nn.Module):
             stride=1,
             padding=self.kernel_size // 2,
         ).transpose(1, 2)  # (B, T, D)
-        return y.masked_fill(~real, 0.0)  # masked_fill, not a product: -inf * 0 is nan
+        y = y.masked_fill(~real, 0.0)  # masked_fill, not a product: -inf * 0 is nan
+        return _on_one_scale(y, mask, norm=self.norm)
 
 
 class AvgPool(nn.Module):
-    def __init__(self, *, kernel_size: int = 3) -> None:
+    def __init__(self, *, kernel_size: int = 3, norm: bool = True) -> None:
         super().__init__()
-        self.kernel_size = kernel_size
+        self.kernel_size, self.norm = kernel_size, norm
 
     def _window_mean(self, t: torch.Tensor) -> torch.Tensor:
         k = self.kernel_size
@@ -89,7 +131,7 @@ class AvgPool(nn.Module):
         total = self._window_mean(x * m)  # (B, T, D) sum / k
         count = self._window_mean(m)  # (B, T, 1) real tokens / k
         # Divide by the real tokens in the window, not by k; >= 1/k at every real position.
-        return total / count.clamp_min(1.0 / self.kernel_size) * m
+        return _on_one_scale(total / count.clamp_min(1.0 / self.kernel_size), mask, norm=self.norm)
 
 
 @dataclass(frozen=True)
@@ -115,17 +157,30 @@ OP_SPECS: dict[str, OpSpec] = {
 }
 
 
-def _build(spec: OpSpec, dim: int) -> nn.Module:
+def build_op(name: str, dim: int, *, norm: bool = True, kernel: nn.Conv1d | None = None) -> nn.Module:
+    """The op `name` at width `dim`; `kernel` (convs only) is the family's super-kernel to slice."""
+    spec = OP_SPECS[name]
     if spec.kind == "conv":
-        return Conv(dim, kernel_size=spec.kernel_size, dilation=spec.dilation)
+        return Conv(dim, kernel_size=spec.kernel_size, dilation=spec.dilation, norm=norm, kernel=kernel)
+    if kernel is not None:
+        raise ValueError(f"{name} has no kernel to share")
     if spec.kind == "max_pool":
-        return MaxPool(kernel_size=spec.kernel_size)
+        return MaxPool(kernel_size=spec.kernel_size, norm=norm)
     if spec.kind == "avg_pool":
-        return AvgPool(kernel_size=spec.kernel_size)
+        return AvgPool(kernel_size=spec.kernel_size, norm=norm)
     if spec.kind == "identity":
-        return Identity()
+        return Identity(norm=norm)
     return Zero()
 
 
-# name -> constructor taking the width D
-OPS: dict[str, Callable[[int], nn.Module]] = {name: partial(_build, spec) for name, spec in OP_SPECS.items()}
+def conv_families(primitives: tuple[str, ...]) -> dict[int, list[str]]:
+    """The conv ops of `primitives` grouped by dilation: the ops one super-kernel can serve."""
+    families: dict[int, list[str]] = {}
+    for name in primitives:
+        if OP_SPECS[name].kind == "conv":
+            families.setdefault(OP_SPECS[name].dilation, []).append(name)
+    return families
+
+
+# name -> constructor taking the width D (ops on one scale, each conv with its own kernel)
+OPS: dict[str, Callable[[int], nn.Module]] = {name: partial(build_op, name) for name in OP_SPECS}

@@ -11,16 +11,18 @@ from torch import nn
 from search_space.config import SearchSpaceConfig
 from search_space.genotype import Genotype
 from search_space.layers import CellOutput, Head, PairEmbedding, Probe, masked_mean
-from search_space.ops import OPS
+from search_space.ops import build_op
 
 
 class StudentCell(nn.Module):
     """A cell whose nodes each sum their two kept edges."""
 
-    def __init__(self, genotype: Genotype, *, dim: int) -> None:
+    def __init__(self, genotype: Genotype, *, dim: int, norm: bool = True) -> None:
         super().__init__()
         self.inputs = [[i for _, i in node] for node in genotype.nodes]
-        self.nodes = nn.ModuleList(nn.ModuleList(OPS[op](dim) for op, _ in node) for node in genotype.nodes)
+        self.nodes = nn.ModuleList(
+            nn.ModuleList(build_op(op, dim, norm=norm) for op, _ in node) for node in genotype.nodes
+        )
         self.output = CellOutput(dim)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -69,7 +71,7 @@ class Student(nn.Module):
         self.embedding = PairEmbedding(
             vocab_size, dim=d, pad_id=pad_id, dropout=space.dropout, init=embedding_init
         )
-        self.cells = nn.ModuleList(StudentCell(genotype, dim=d) for _ in range(genotype.depth))
+        self.cells = nn.ModuleList(StudentCell(genotype, dim=d, norm=space.op_norm) for _ in range(genotype.depth))
         self.probes = nn.ModuleList(
             Probe(d, num_labels=num_labels) for _ in range(genotype.depth) if with_probes
         )
@@ -105,9 +107,11 @@ class Student(nn.Module):
 
     @classmethod
     def from_config_dict(cls, d: dict[str, Any]) -> Student:
+        # Students saved before op_norm existed used ops without the norm.
+        space = SearchSpaceConfig.from_dict({"op_norm": False, **d["space"]})
         return cls(
             Genotype.from_dict(d["genotype"]),
-            space=SearchSpaceConfig.from_dict(d["space"]),
+            space=space,
             vocab_size=d["vocab_size"],
             num_labels=d["num_labels"],
             pad_id=d.get("pad_id", 0),

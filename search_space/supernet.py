@@ -1,35 +1,51 @@
-"""The supernet: every candidate op on every edge of K_max cells, sampled by Gumbel-softmax."""
+"""The supernet: every candidate op on every edge of K_max cells, and a head on every depth.
+
+Ops are sampled per edge (hard Gumbel-softmax over alpha, or given as weights: a uniform path,
+a genotype's path). The depth is not sampled: the cells run in sequence anyway, so the head
+reads the first k cells for every k at once, and the caller weighs the K_max losses (every
+depth trains every step; the depth distribution compares the depths' actual losses).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from search_space.config import SearchSpaceConfig
 from search_space.genotype import Genotype, derive_genotype, edge_index, num_edges
 from search_space.gumbel import gumbel_softmax
 from search_space.layers import CellOutput, Head, PairEmbedding, Probe, masked_mean, project_embeddings
-from search_space.ops import OPS, PRIMITIVES
+from search_space.ops import OP_SPECS, PRIMITIVES, build_op, conv_families
 
 __all__ = ["MixedOp", "SearchCell", "Supernet", "SupernetOutput", "project_embeddings"]
 
-Active = list[list[int]]  # per edge, the op indices whose sampled weight is non-zero
+Active = list[list[int]]  # per edge, the op indices whose weight is non-zero
 
 
-def _active_ops(weights: torch.Tensor) -> Active:
+def active_ops(weights: torch.Tensor) -> Active:
     # One host transfer per forward for all edges, not one per edge.
     return [[o for o, nz in enumerate(row) if nz] for row in weights.detach().ne(0).cpu().tolist()]
 
 
 class MixedOp(nn.Module):
-    """Weighted sum of the candidate ops on one edge."""
+    """Weighted sum of the candidate ops on one edge; with `shared_kernels`, the convs of one
+    dilation slice one super-kernel of the family's widest width."""
 
-    def __init__(self, dim: int, *, primitives: tuple[str, ...] = PRIMITIVES) -> None:
+    def __init__(self, dim: int, *, primitives: tuple[str, ...] = PRIMITIVES, norm: bool = True,
+                 shared_kernels: bool = True) -> None:
         super().__init__()
-        self.ops = nn.ModuleList(OPS[name](dim) for name in primitives)
+        self.kernels = nn.ModuleDict()
+        if shared_kernels:
+            for dilation, names in conv_families(primitives).items():
+                width = max(OP_SPECS[n].kernel_size for n in names)
+                self.kernels[str(dilation)] = nn.Conv1d(dim, dim, width, dilation=dilation)
+        self.ops = nn.ModuleList(
+            build_op(name, dim, norm=norm, kernel=self.kernels[str(OP_SPECS[name].dilation)]
+                     if shared_kernels and OP_SPECS[name].kind == "conv" else None)
+            for name in primitives
+        )
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, *, active: list[int] | None = None
@@ -51,7 +67,9 @@ class SearchCell(nn.Module):
         super().__init__()
         self.num_nodes = space.num_nodes
         self.edges = nn.ModuleList(
-            MixedOp(space.embed_dim, primitives=space.primitives) for _ in range(num_edges(space.num_nodes))
+            MixedOp(space.embed_dim, primitives=space.primitives, norm=space.op_norm,
+                    shared_kernels=space.shared_kernels)
+            for _ in range(num_edges(space.num_nodes))
         )
         self.output = CellOutput(space.embed_dim)
 
@@ -79,12 +97,15 @@ class SearchCell(nn.Module):
 
 @dataclass
 class SupernetOutput:
-    logits: torch.Tensor  # (B, C)
-    cell_probe_logits: list[torch.Tensor]  # one (B, C) per active cell 1..depth
-    depth: int  # sampled K
-    op_weights: torch.Tensor  # (E, n_ops) sampled Gumbel weights
+    logits_by_depth: torch.Tensor  # (depth, B, C): the head on the first k cells, k = 1..depth
+    cell_probe_logits: list[torch.Tensor]  # one (B, C) per cell 1..depth
+    op_weights: torch.Tensor  # (E, n_ops) the path's op weights (sampled or given)
     op_probs: torch.Tensor  # (E, n_ops) softmax(alpha)
     depth_probs: torch.Tensor  # (k_max,) softmax(depth_logits)
+
+    @property
+    def depth(self) -> int:
+        return int(self.logits_by_depth.shape[0])
 
 
 class Supernet(nn.Module):
@@ -131,13 +152,6 @@ class Supernet(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def expected_depth(self) -> torch.Tensor:
-        """sum_k p(k) * k, differentiable; a scalar tensor."""
-        ks = torch.arange(
-            1, self.space.k_max + 1, dtype=self.depth_logits.dtype, device=self.depth_logits.device
-        )
-        return (self.depth_logits.softmax(dim=-1) * ks).sum()
-
     def derive(self) -> Genotype:
         return derive_genotype(self.alpha, self.depth_logits, primitives=self.space.primitives)
 
@@ -148,62 +162,76 @@ class Supernet(nn.Module):
         ids_b: torch.Tensor | None = None,
         mask_b: torch.Tensor | None = None,
         *,
-        tau: float,
+        tau: float = 1.0,
         hard: bool = True,
         generator: torch.Generator | None = None,
+        op_weights: torch.Tensor | None = None,
         depth: int | None = None,
     ) -> SupernetOutput:
-        """ids/masks (B, T); a single sentence feeds both inputs of the first cell. `depth` fixes
-        the number of cells instead of sampling it (no gradient reaches depth_logits then)."""
-        op_weights = gumbel_softmax(self.alpha, tau=tau, hard=hard, generator=generator)  # (E, n_ops)
-        if depth is None:
-            depth_weights = gumbel_softmax(self.depth_logits, tau=tau, hard=hard, generator=generator)  # (k_max,)
-        elif 1 <= depth <= self.space.k_max:
-            depth_weights = F.one_hot(torch.tensor(depth - 1), self.space.k_max).to(self.depth_logits)
-        else:
+        """ids/masks (B, T); a single sentence feeds both inputs of the first cell.
+
+        `op_weights` (E, n_ops) fixes the path instead of sampling it from alpha (then no gradient
+        reaches alpha); `depth` runs only the first `depth` cells (default: all K_max).
+        """
+        depth = self.space.k_max if depth is None else depth
+        if not 1 <= depth <= self.space.k_max:
             raise ValueError(f"depth must be in 1..{self.space.k_max}, got {depth}")
-        active = _active_ops(op_weights)
-        # Depths with non-zero weight: exactly one when hard; all of them when soft.
-        depths = [k + 1 for k, nz in enumerate(depth_weights.detach().ne(0).cpu().tolist()) if nz]
-        depth = int(depth_weights.detach().argmax().item()) + 1
+        if op_weights is None:
+            op_weights = gumbel_softmax(self.alpha, tau=tau, hard=hard, generator=generator)  # (E, n_ops)
+        elif op_weights.shape != self.alpha.shape:
+            raise ValueError(f"op_weights must be {tuple(self.alpha.shape)}, got {tuple(op_weights.shape)}")
+        active = active_ops(op_weights)
 
         s0, s1, mask = self.embedding(ids_a, mask_a, ids_b, mask_b)  # (B, T, D) x2, (B, T)
         outputs = []
-        for cell in self.cells[: max(depths)]:
+        for cell in self.cells[:depth]:
             s0, s1 = s1, cell(s0, s1, mask, op_weights, active=active)
             outputs.append(s1)
         pooled = torch.stack([masked_mean(h, mask) for h in outputs], dim=1)  # (B, K, D)
-        # GDAS-style: the head on the first K cells times weight[K-1] (exactly 1 forward when
-        # hard) carries the task loss's gradient to depth_logits.
-        logits = sum(depth_weights[k - 1] * self.head(pooled[:, :k]) for k in depths)
-        probes = [probe(h, mask) for probe, h in zip(self.probes[:depth], outputs[:depth], strict=True)]
+        logits = torch.stack([self.head(pooled[:, :k]) for k in range(1, depth + 1)])  # (K, B, C)
+        probes = [probe(h, mask) for probe, h in zip(self.probes, outputs, strict=False)]
         return SupernetOutput(
-            logits=logits,
+            logits_by_depth=logits,
             cell_probe_logits=probes,
-            depth=depth,
             op_weights=op_weights,
             op_probs=self.alpha.softmax(dim=-1),
             depth_probs=self.depth_logits.softmax(dim=-1),
         )
 
-    def path_parameter_count(self, genotype: Genotype, *, with_probes: bool = True) -> int:
-        """Parameters on the genotype's path through this supernet: what its Student holds."""
-        if genotype.num_nodes != self.space.num_nodes or genotype.depth > self.space.k_max:
-            raise ValueError(
-                f"genotype ({genotype.num_nodes} nodes, depth {genotype.depth}) does not fit the space "
-                f"({self.space.num_nodes} nodes, k_max {self.space.k_max})"
-            )
 
-        def count(module: nn.Module) -> int:
-            return sum(p.numel() for p in module.parameters())
+def genotype_weights(genotype: Genotype, *, primitives: tuple[str, ...]) -> torch.Tensor:
+    """(E, n_ops) one-hot rows on the genotype's kept edges, zero rows on dropped edges."""
+    weights = torch.zeros(num_edges(genotype.num_nodes), len(primitives))
+    for j, node in enumerate(genotype.nodes):
+        for op, i in node:
+            weights[edge_index(j, i), primitives.index(op)] = 1.0
+    return weights
 
-        total = count(self.embedding) + count(self.head)
-        for k in range(genotype.depth):
-            cell = self.cells[k]
-            total += count(cell.output)
-            for j, node in enumerate(genotype.nodes):
-                for op, i in node:
-                    total += count(cell.edges[edge_index(j, i)].ops[self.space.primitives.index(op)])
-            if with_probes:
-                total += count(self.probes[k])
-        return total
+
+def uniform_path(num_edges_: int, num_ops: int, *, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """(E, n_ops) one-hot rows, each op drawn uniformly: a single path of the supernet (SPOS)."""
+    index = torch.randint(num_ops, (num_edges_,), generator=generator, device=device)
+    return torch.nn.functional.one_hot(index, num_ops).float()
+
+
+@torch.no_grad()
+def inherit_weights(supernet: Supernet, student: nn.Module, genotype: Genotype) -> None:
+    """Copy the supernet's trained weights along the genotype's path into a Student built from it:
+    embedding, head, probes, each cell's output and, per kept edge, the op's kernel (the centre
+    taps of a shared super-kernel)."""
+    student.embedding.load_state_dict(supernet.embedding.state_dict())
+    student.head.load_state_dict(supernet.head.state_dict())
+    for k in range(genotype.depth):
+        source, target = supernet.cells[k], student.cells[k]
+        target.output.load_state_dict(source.output.state_dict())
+        for j, node in enumerate(genotype.nodes):
+            for slot, (op, i) in enumerate(node):
+                mixed = source.edges[edge_index(j, i)].ops[supernet.space.primitives.index(op)]
+                kept = target.nodes[j][slot]
+                if OP_SPECS[op].kind == "conv":
+                    weight, bias = mixed.weight_and_bias()
+                    kept.conv.weight.copy_(weight)
+                    kept.conv.bias.copy_(bias)
+        if getattr(student, "with_probes", False):
+            student.probes[k].load_state_dict(supernet.probes[k].state_dict())

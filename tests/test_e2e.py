@@ -77,7 +77,7 @@ def test_mlflow_holds_parent_child_and_trial_runs(finished_job):
     trial_runs = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`adaray.role` = 'trial'")
     run = trial_runs[0]
     assert run.data.tags["mlflow.parentRunId"] != result.parent_run_id  # nested under its configuration
-    assert "search_valid_acc" in run.data.metrics
+    assert "search_valid_score" in run.data.metrics
     artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
     assert "genotype.json" in artifacts and any(p.endswith(".png") for p in artifacts)
 
@@ -108,6 +108,30 @@ def test_pull_writes_a_loadable_folder(finished_job, tmp_path):
     student = Student.from_pretrained(out)
     assert sum(p.numel() for p in student.parameters()) == result.champion.params
     assert StudentPredictor.from_pretrained(out).predict(["great"])[0]["label"] in ("fresh", "rotten")
+
+
+def test_pull_never_deletes_what_it_did_not_write(finished_job, tmp_path, capsys):
+    job, result, _ = finished_job
+    ref, ws = f"{result.model_name}@champion", ["--workspace", str(job.workspace_path)]
+    user = tmp_path / "project"
+    user.mkdir()
+    (user / "main.py").write_text("print('mine')")
+    (user / "config.json").write_text("mine too")
+    # A folder holding the user's files: refused, nothing touched, no staging folder left.
+    assert main(["pull", ref, "-o", str(user), *ws]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in user.iterdir()) == ["config.json", "main.py"]
+    # --force: the student's files land, the user's other files stay.
+    assert main(["pull", ref, "-o", str(user), "--force", *ws]) == 0
+    assert (user / "main.py").read_text() == "print('mine')"
+    assert (user / "model.safetensors").is_file() and (user / "config.json").read_text() != "mine too"
+    assert not [p for p in user.iterdir() if p.name.startswith(".") and p.name != ".adaray-files.json"]
+    # A file as destination: refused, the file kept, nothing left beside it.
+    target = tmp_path / "notes.txt"
+    target.write_text("keep")
+    assert main(["pull", ref, "-o", str(target), *ws]) == 2
+    assert target.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "project"]
 
 
 def test_rerun_is_all_cache_hits_and_duplicates_nothing(finished_job):

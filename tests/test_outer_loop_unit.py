@@ -1,10 +1,20 @@
 """The outer loop's pure parts: distributions, trial configs, aggregation over seeds."""
 
+import json
+
 import optuna
 import pytest
 
 from orchestrator.config import ParamRange, parse_job
-from orchestrator.outer_loop import DataRefs, aggregate, distribution, open_study, trial_configs
+from orchestrator.outer_loop import (
+    DataRefs,
+    aggregate,
+    candidate_id,
+    candidates_to_screen,
+    distribution,
+    open_study,
+    trial_configs,
+)
 
 REFS = DataRefs(cache_uri="/c", prepared_dir="/p", teacher_dir="/t")
 
@@ -33,20 +43,66 @@ def test_trial_configs_place_params_and_vary_seeds(tmp_path):
     assert j.search.beta == 4.0 and j.space.k_max == 8
 
 
-def test_aggregate_median_agreement_collapse(tmp_path):
-    j = job(tmp_path)
+def _seed(seed, best, pool, collapse=0):
+    """A trial's last metrics: its pool of (genotype, inherited score, flops)."""
+    cands = [{"genotype": g, "score": sc, "params": int(f), "flops": f} for g, sc, f in pool]
+    return {"seed": seed, "space": {"k": 1}, "genotype": best, "best_candidate": best, "collapse": collapse,
+            "candidates": json.dumps(cands), "search_valid_score": pool[0][1], "derived_params": 1,
+            "derived_flops": 1.0}
+
+
+G1, G2, G3 = '{"depth": 1}', '{"depth": 2}', '{"depth": 3}'
+SEEDS = [
+    _seed(0, G1, [(G1, 0.9, 10.0), (G2, 0.6, 20.0)]),
+    _seed(1, G1, [(G1, 0.7, 10.0), (G3, 0.8, 30.0)], collapse=1),
+    _seed(2, G3, [(G3, 0.85, 30.0)], collapse=1),
+]
+
+
+def test_the_screen_takes_each_configurations_best_candidates_by_inherited_score(tmp_path):
+    j = job(tmp_path, screen={"top": 2})
+    picked = candidates_to_screen(j, SEEDS)
+    assert [c["genotype"] for c in picked] == [G1, G3]  # one entry per genotype, its best inherited score
+    assert [c["score"] for c in picked] == [0.9, 0.85] and picked[0]["seed"] == 0
+    assert candidates_to_screen(j, [None, None, None]) == []
+
+
+def test_the_outcome_is_the_candidate_with_the_best_short_retrain(tmp_path):
+    j = job(tmp_path, screen={"top": 2})
     dicts = trial_configs(j, number=0, round_index=0, params={"beta": 1.0}, refs=REFS)
-    g1, g2 = '{"depth": 1}', '{"depth": 2}'
-    seeds = [
-        {"search_valid_acc": 0.7, "derived_flops": 10.0, "derived_params": 5, "genotype": g1, "collapse": 0},
-        {"search_valid_acc": 0.9, "derived_flops": 30.0, "derived_params": 7, "genotype": g1, "collapse": 1},
-        {"search_valid_acc": 0.8, "derived_flops": 20.0, "derived_params": 6, "genotype": g2, "collapse": 1},
-    ]
-    out = aggregate(j, trial_dicts=dicts, seeds=seeds, number=0, round_index=0, params={"beta": 1.0})
-    assert out.accuracy == 0.8 and out.cost == 20.0
-    assert out.genotype == g1 and out.agreement == pytest.approx(2 / 3)
-    assert out.collapse is True
-    assert aggregate(j, trial_dicts=dicts, seeds=[None] * 3, number=0, round_index=0, params={}) is None
+    short = {candidate_id({"genotype": G1, "space": {"k": 1}}): 0.71,
+             candidate_id({"genotype": G3, "space": {"k": 1}}): 0.78}
+    out = aggregate(j, trial_dicts=dicts, seeds=SEEDS, number=0, round_index=0, params={"beta": 1.0},
+                    short_scores=short)
+    # G1 led on inherited score; the short retrain ranks G3 first, and that is what the outcome says.
+    assert out.genotype == G3 and out.accuracy == 0.78 and out.cost == 30.0
+    assert [c["genotype"] for c in out.candidates] == [G3, G1]
+    assert out.agreement == pytest.approx(2 / 3) and out.collapse is True
+    assert aggregate(j, trial_dicts=dicts, seeds=[None] * 3, number=0, round_index=0, params={},
+                     short_scores={}) is None
+
+
+def test_optuna_is_told_the_short_retrained_figures(tmp_path, monkeypatch):
+    """The outer loop with Tune replaced by canned trial results: the study holds what the screen measured."""
+    import orchestrator.outer_loop as loop
+
+    j = job(tmp_path, rounds=1, configs_per_round=1, screen={"top": 2})
+
+    def fake_round(job, *, round_index, trial_dicts, callbacks=None):
+        return [(d, SEEDS[d["seed_index"]], []) for d in trial_dicts]
+
+    monkeypatch.setattr(loop, "run_round", fake_round)
+    screened = []
+
+    def screen(cands):
+        screened.extend(c["genotype"] for c in cands)
+        return {candidate_id(c): {G1: 0.70, G3: 0.74}[c["genotype"]] for c in cands}
+
+    outcomes = loop.run_outer_loop(j, refs=REFS, hooks=loop.LoopHooks(screen=screen))
+    assert sorted(screened) == sorted([G1, G3])
+    (trial,) = open_study(j).trials
+    assert trial.values == [0.74, 30.0]  # the screened student's dev score and its FLOPs
+    assert trial.user_attrs["genotype"] == G3 == outcomes[0].genotype
 
 
 def test_study_is_persistent_and_multi_objective(tmp_path):

@@ -12,10 +12,10 @@ from search_space import (
     expected_flops,
     expected_params,
     genotype_params_flops,
-    measure_op_latency,
     normalised_cost_vector,
     op_costs,
 )
+from workers.latency import op_latency_table
 
 D, T = 16, 10
 COSTS = op_costs(primitives=PRIMITIVES, dim=D, seq_len=T)
@@ -119,12 +119,12 @@ def test_genotype_cost_grows_with_convs_and_depth():
     assert cost(convs)[0] - cost(pools)[0] == conv_part
 
 
-def test_measure_op_latency_on_cpu():
+def test_op_latency_table_on_cpu():
     space = SearchSpaceConfig(embed_dim=8, k_max=2)
     torch.manual_seed(0)
     expected_next = torch.rand(1)
     torch.manual_seed(0)
-    table = measure_op_latency(space, seq_len=8, batch_size=2, device="cpu", repeats=3, warmup=1)
+    table = op_latency_table(space, seq_len=8, batch_size=2, device="cpu", repeats=3, warmup=1)
     assert torch.equal(torch.rand(1), expected_next)  # the caller's RNG stream is untouched
     assert list(table) == list(space.primitives)
     assert all(v > 0 for v in table.values())

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from search_space import OPS, PRIMITIVES, SearchSpaceConfig, TemperatureSchedule, gumbel_softmax
+from search_space.ops import OP_SPECS, build_op, conv_families
 
 B, T, D = 3, 9, 16
 LENGTHS = (9, 5, 2)  # one full row, two padded rows
@@ -37,26 +39,57 @@ def test_op_keeps_shape_and_ignores_padding(name, mask_dtype):
 
 def test_identity_and_zero():
     x, mask = torch.randn(B, T, D), _mask(torch.bool)
-    torch.testing.assert_close(OPS["identity"](D)(x, mask), x * mask.unsqueeze(-1))
+    torch.testing.assert_close(build_op("identity", D, norm=False)(x, mask), x * mask.unsqueeze(-1))
+    torch.testing.assert_close(OPS["identity"](D)(x, mask), F.layer_norm(x, (D,)) * mask.unsqueeze(-1))
     assert not OPS["zero"](D)(x, mask).any()
+
+
+@pytest.mark.parametrize("name", [p for p in PRIMITIVES if p != "zero"])
+def test_ops_are_on_one_scale(name):
+    """With norm, every real token of every op's output has mean 0 and variance 1 over channels."""
+    torch.manual_seed(0)
+    mask = _mask(torch.bool)
+    out = OPS[name](D)(3.0 * torch.randn(B, T, D) + 2.0, mask)[mask]  # (real tokens, D)
+    torch.testing.assert_close(out.mean(-1), torch.zeros(len(out)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.var(-1, unbiased=False), torch.ones(len(out)), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", [p for p in PRIMITIVES if "conv" in p])
+def test_a_super_kernel_slice_equals_the_standalone_op(name):
+    torch.manual_seed(0)
+    spec = OP_SPECS[name]
+    family = conv_families(PRIMITIVES)[spec.dilation]
+    width = max(OP_SPECS[n].kernel_size for n in family)
+    kernel = torch.nn.Conv1d(D, D, width, dilation=spec.dilation)
+    shared = build_op(name, D, kernel=kernel)
+    own = build_op(name, D)
+    start = (width - spec.kernel_size) // 2
+    with torch.no_grad():
+        own.conv.weight.copy_(kernel.weight[:, :, start:start + spec.kernel_size])
+        own.conv.bias.copy_(kernel.bias)
+    x, mask = torch.randn(B, T, D), _mask(torch.bool)
+    torch.testing.assert_close(shared(x, mask), own(x, mask))
+    assert list(shared.parameters()) == []  # the edge owns the super-kernel, not the op
+    shared(x, mask).sum().backward()
+    assert kernel.weight.grad[:, :, start:start + spec.kernel_size].abs().sum() > 0
 
 
 def test_pools_use_only_real_tokens():
     mask = torch.tensor([[1, 1, 1, 0]])  # (1, 4)
     x = torch.tensor([[[-1.0], [-2.0], [-3.0], [0.0]]])  # (1, 4, 1); the pad would win a max
-    max_out = OPS["max_pool_3"](1)(x, mask)
-    avg_out = OPS["avg_pool_3"](1)(x, mask)
+    max_out = build_op("max_pool_3", 1, norm=False)(x, mask)
+    avg_out = build_op("avg_pool_3", 1, norm=False)(x, mask)
     assert max_out[0, :, 0].tolist() == [-1.0, -1.0, -2.0, 0.0]
     # Edges and the last real token average over the real tokens in the window only.
     torch.testing.assert_close(avg_out[0, :, 0], torch.tensor([-1.5, -2.0, -2.5, 0.0]))
 
 
 @pytest.mark.parametrize("name", [p for p in PRIMITIVES if "conv" in p])
-def test_convs_are_same_padded_and_nonnegative(name):
-    op = OPS[name](D)
+def test_convs_without_norm_are_same_padded_and_nonnegative(name):
+    op = build_op(name, D, norm=False)
     out = op(torch.randn(B, T, D), torch.ones(B, T))
     assert out.shape == (B, T, D) and (out >= 0).all()  # ReLU
-    assert sum(p.numel() for p in op.parameters()) > 0
+    assert sum(p.numel() for p in op.parameters()) == D * D * OP_SPECS[name].kernel_size + D
 
 
 def test_gumbel_hard_is_exact_one_hot_with_gradient():

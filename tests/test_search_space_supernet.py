@@ -20,6 +20,7 @@ from search_space import (
     op_costs,
     project_embeddings,
 )
+from search_space.supernet import genotype_weights, inherit_weights, uniform_path
 
 SPACE = SearchSpaceConfig(embed_dim=16, k_max=3, dropout=0.1)
 VOCAB, LABELS, PAD = 50, 2, 0
@@ -41,22 +42,21 @@ def _batch(batch: int = 4, length: int = 10, seed: int = 0) -> tuple[torch.Tenso
     return ids.masked_fill(~mask, PAD), mask
 
 
-def _supernet(seed: int = 0, **kwargs) -> Supernet:
+def _supernet(seed: int = 0, *, space: SearchSpaceConfig = SPACE, **kwargs) -> Supernet:
     torch.manual_seed(seed)
-    return Supernet(SPACE, vocab_size=VOCAB, num_labels=LABELS, pad_id=PAD, **kwargs)
+    return Supernet(space, vocab_size=VOCAB, num_labels=LABELS, pad_id=PAD, **kwargs)
 
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_forward_single_sentence():
+def test_forward_scores_every_depth():
     net = _supernet()
     ids, mask = _batch()
     out = net(ids, mask, tau=1.0, generator=torch.Generator().manual_seed(0))
-    assert out.logits.shape == (4, LABELS)
-    assert 1 <= out.depth <= SPACE.k_max
-    assert len(out.cell_probe_logits) == out.depth
+    assert out.logits_by_depth.shape == (SPACE.k_max, 4, LABELS) and out.depth == SPACE.k_max
+    assert len(out.cell_probe_logits) == SPACE.k_max
     assert all(p.shape == (4, LABELS) for p in out.cell_probe_logits)
     assert out.op_weights.shape == out.op_probs.shape == (9, len(PRIMITIVES))
     assert torch.equal(out.op_weights.detach().sum(-1), torch.ones(9))  # hard one-hot per edge
@@ -64,13 +64,14 @@ def test_forward_single_sentence():
 
 
 @pytest.mark.parametrize("depth", range(1, SPACE.k_max + 1))
-def test_a_fixed_depth_runs_that_many_cells_and_leaves_depth_logits_alone(depth):
-    net = _supernet()
+def test_a_depth_runs_that_many_cells_and_its_heads_are_the_full_runs_prefixes(depth):
+    net = _supernet().eval()
     ids, mask = _batch()
-    out = net(ids, mask, tau=1.0, generator=torch.Generator().manual_seed(0), depth=depth)
-    assert out.depth == depth and len(out.cell_probe_logits) == depth
-    out.logits.sum().backward()
-    assert net.depth_logits.grad is None and net.alpha.grad.abs().sum() > 0
+    path = genotype_weights(GENOTYPE, primitives=SPACE.primitives)
+    short = net(ids, mask, op_weights=path, depth=depth)
+    full = net(ids, mask, op_weights=path)
+    assert short.depth == depth and len(short.cell_probe_logits) == depth
+    torch.testing.assert_close(short.logits_by_depth, full.logits_by_depth[:depth])
 
 
 @pytest.mark.parametrize("depth", [0, SPACE.k_max + 1])
@@ -80,31 +81,49 @@ def test_a_depth_outside_the_space_is_refused(depth):
         _supernet()(ids, mask, tau=1.0, depth=depth)
 
 
+def test_a_given_path_runs_only_its_ops_and_no_gradient_reaches_alpha():
+    net = _supernet()
+    ids, mask = _batch()
+    path = uniform_path(9, len(PRIMITIVES), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(path.sum(-1), torch.ones(9))
+    out = net(ids, mask, op_weights=path)
+    assert torch.equal(out.op_weights, path)
+    out.logits_by_depth.sum().backward()
+    assert net.alpha.grad is None and net.depth_logits.grad is None
+    with pytest.raises(ValueError, match="op_weights must be"):
+        net(ids, mask, op_weights=path[:3])
+
+
+def test_uniform_paths_draw_every_op_about_equally():
+    draws = uniform_path(9000, len(PRIMITIVES), generator=torch.Generator().manual_seed(0)).sum(0)  # (n_ops,)
+    assert draws.min() > 0.9 * 900 and draws.max() < 1.1 * 900
+
+
 def test_forward_pairs_of_different_lengths():
     net = _supernet().eval()
     ids_a, mask_a = _batch(length=10, seed=1)
     ids_b, mask_b = _batch(length=6, seed=2)
     out = net(ids_a, mask_a, ids_b, mask_b, tau=1.0, generator=torch.Generator().manual_seed(0))
-    assert out.logits.shape == (4, LABELS)
+    assert out.logits_by_depth.shape == (SPACE.k_max, 4, LABELS)
     # Padding b to a's length by hand gives the same result.
     ids_b_padded = F.pad(ids_b, (0, 4), value=PAD)
     mask_b_padded = F.pad(mask_b, (0, 4), value=False)
     again = net(
         ids_a, mask_a, ids_b_padded, mask_b_padded, tau=1.0, generator=torch.Generator().manual_seed(0)
     )
-    torch.testing.assert_close(out.logits, again.logits)
+    torch.testing.assert_close(out.logits_by_depth, again.logits_by_depth)
     # A pair differs from its first sentence alone.
     single = net(ids_a, mask_a, tau=1.0, generator=torch.Generator().manual_seed(0))
-    assert not torch.allclose(out.logits, single.logits)
+    assert not torch.allclose(out.logits_by_depth, single.logits_by_depth)
 
 
-def test_soft_mode_runs_every_op_and_depth():
+def test_soft_mode_runs_every_op():
     net = _supernet()
     ids, mask = _batch()
     out = net(ids, mask, tau=1.0, hard=False, generator=torch.Generator().manual_seed(0))
     assert (out.op_weights > 0).all()
-    out.logits.sum().backward()
-    assert (net.depth_logits.grad != 0).all()  # every depth contributed
+    out.logits_by_depth.sum().backward()
+    assert (net.alpha.grad != 0).all()
 
 
 @pytest.mark.parametrize("paired", [False, True])
@@ -118,25 +137,25 @@ def test_padding_never_reaches_the_logits(paired):
         net(x, mask, *p, tau=1.0, hard=False, generator=torch.Generator().manual_seed(0))
         for x, p in ((ids, pair), (noisy, noisy_pair))
     ]
-    torch.testing.assert_close(outs[0].logits, outs[1].logits)
+    torch.testing.assert_close(outs[0].logits_by_depth, outs[1].logits_by_depth)
     for a, b in zip(outs[0].cell_probe_logits, outs[1].cell_probe_logits, strict=True):
         torch.testing.assert_close(a, b)
 
 
-def test_gradients_reach_alpha_and_depth():
+def test_gradients_reach_alpha_and_the_efficiency_loss_reaches_depth():
     net = _supernet()
     ids, mask = _batch()
     labels = torch.tensor([0, 1, 1, 0])
     cost = normalised_cost_vector(op_costs(primitives=SPACE.primitives, dim=SPACE.embed_dim, seq_len=10))
 
     out = net(ids, mask, tau=1.0, generator=torch.Generator().manual_seed(0))
-    F.cross_entropy(out.logits, labels).backward()  # the task loss alone, straight through
+    F.cross_entropy(out.logits_by_depth[-1], labels).backward()  # the task loss alone, straight through
     assert net.alpha.grad.abs().sum() > 0
-    assert net.depth_logits.grad.abs().sum() > 0
 
     net.zero_grad()
     out = net(ids, mask, tau=1.0, generator=torch.Generator().manual_seed(0))
-    loss = F.cross_entropy(out.logits, labels) + 4.0 * efficiency_loss(out.op_probs, out.depth_probs, cost)
+    task = (out.depth_probs * torch.stack([F.cross_entropy(lg, labels) for lg in out.logits_by_depth])).sum()
+    loss = task + 4.0 * efficiency_loss(out.op_probs, out.depth_probs, cost)
     loss.backward()
     assert (net.alpha.grad != 0).all(dim=-1).all()  # L_E touches every edge
     assert (net.depth_logits.grad != 0).all()
@@ -169,7 +188,6 @@ def test_parameter_groups_split_the_supernet():
     assert {id(p) for p in arch} == {id(net.alpha), id(net.depth_logits)}
     assert not {id(p) for p in arch} & {id(p) for p in weights}
     assert len(arch) + len(weights) == len(list(net.parameters()))
-    assert net.expected_depth().item() == pytest.approx((SPACE.k_max + 1) / 2)  # uniform at init
 
 
 def _search(seed: int) -> tuple[Genotype, torch.Tensor, torch.Tensor]:
@@ -184,7 +202,8 @@ def _search(seed: int) -> tuple[Genotype, torch.Tensor, torch.Tensor]:
     schedule = TemperatureSchedule(total_steps=5)
     for step in range(5):
         out = net(ids, mask, tau=schedule(step), generator=gen)
-        loss = F.cross_entropy(out.logits, labels) + efficiency_loss(out.op_probs, out.depth_probs, cost)
+        task = torch.stack([F.cross_entropy(lg, labels) for lg in out.logits_by_depth])  # (K,)
+        loss = (out.depth_probs * task).sum() + efficiency_loss(out.op_probs, out.depth_probs, cost)
         weight_opt.zero_grad()
         arch_opt.zero_grad()
         loss.backward()
@@ -210,25 +229,26 @@ def test_same_seed_same_genotype():
     ],
 )
 @pytest.mark.parametrize("with_probes", [True, False])
-def test_student_parameters_equal_the_supernet_path(genotype, with_probes):
-    net = _supernet()
+def test_student_parameters_equal_the_analytic_count(genotype, with_probes):
     student = Student(genotype, space=SPACE, vocab_size=VOCAB, num_labels=LABELS, with_probes=with_probes)
-    expected = net.path_parameter_count(genotype, with_probes=with_probes)
-    assert _count(student) == expected
     params, flops = genotype_params_flops(
         genotype, space=SPACE, seq_len=10, vocab_size=VOCAB, num_labels=LABELS, with_probes=with_probes
     )
-    assert params == expected and flops > 0
+    assert _count(student) == params and flops > 0
 
 
-def test_derived_student_matches_its_path():
-    net = _supernet()
-    genotype = net.derive()
-    student = Student(genotype, space=SPACE, vocab_size=VOCAB, num_labels=LABELS)
-    assert _count(student) == net.path_parameter_count(genotype)
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_student_with_inherited_weights_computes_what_its_supernet_path_computes(shared):
+    net = _supernet(space=SearchSpaceConfig(embed_dim=16, k_max=3, shared_kernels=shared)).eval()
+    student = Student(GENOTYPE, space=net.space, vocab_size=VOCAB, num_labels=LABELS).eval()
+    inherit_weights(net, student, GENOTYPE)
+    ids, mask = _batch()
+    path = net(ids, mask, op_weights=genotype_weights(GENOTYPE, primitives=SPACE.primitives), depth=GENOTYPE.depth)
+    out = student(ids, mask)
+    torch.testing.assert_close(out.logits, path.logits_by_depth[-1])
+    for a, b in zip(out.cell_probe_logits, path.cell_probe_logits, strict=True):
+        torch.testing.assert_close(a, b)
     assert _count(student) < _count(net)
-    with pytest.raises(ValueError, match="does not fit"):
-        net.path_parameter_count(Genotype(depth=SPACE.k_max + 1, nodes=GENOTYPE.nodes))
 
 
 def test_student_forward_probes_and_padding():

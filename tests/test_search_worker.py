@@ -16,19 +16,12 @@ from workers.cache_shards import CacheLayout, serialise, shard_batch
 from workers.config import SearchConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit, split_table, write_prepared
 from workers.latency import read_latency_table, write_latency_table
-from workers.search import (
-    STATE_FILE,
-    SearchData,
-    arch_objective,
-    derived_accuracy,
-    frozen,
-    genotype_weights,
-    leave_one_out_surrogate,
-    load_search_data,
-    run_search,
-    search_losses,
-    search_trainable,
-)
+from search_space.supernet import genotype_weights, inherit_weights, uniform_path
+from workers.candidates import inherited_scores
+from workers.search import _halves, arch_objective, frozen, leave_one_out_surrogate, run_search, weight_losses
+from workers.search_data import SearchData, load_search_data
+from workers.search_state import STATE_FILE
+from workers.search_trial import search_trainable
 
 VOCAB, LAYERS, LABELS, WIDTH = 100, 3, 2, 12
 SPACE = SearchSpaceConfig(embed_dim=16, k_max=3)
@@ -63,6 +56,11 @@ def tiny_split(n: int, *, seed: int, teacher: bool = True, unlabelled: int = 0) 
     return TargetSplit(example_ids=torch.arange(n), ids_a=ids.int(), len_a=lengths, labels=labels, **targets)
 
 
+def _untimed(history: list[dict]) -> list[dict]:
+    """A history without its CPU time, the one figure two identical runs do not share."""
+    return [{k: v for k, v in m.items() if k != "cpu_seconds"} for m in history]
+
+
 def tiny_data(**overrides) -> SearchData:
     return SearchData(**{
         "train": tiny_split(48, seed=0, unlabelled=8), "valid": tiny_split(24, seed=1, teacher=False),
@@ -79,21 +77,31 @@ def reference_run():
     return result, states
 
 
-def test_gradients_reach_alpha_and_depth_logits():
+def _cost_vec():
+    return normalised_cost_vector(op_costs(primitives=SPACE.primitives, dim=16, seq_len=WIDTH))
+
+
+def test_the_weight_step_trains_every_depth_and_leaves_alpha_alone():
     torch.manual_seed(0)
     model = Supernet(SPACE, vocab_size=VOCAB, num_labels=LABELS)
     batch = tiny_split(8, seed=3, unlabelled=2).batch(torch.arange(8))
-    cost_vec = normalised_cost_vector(op_costs(primitives=SPACE.primitives, dim=16, seq_len=WIDTH))
-    for beta in (0.0, 4.0):  # with beta 0 only the task and KD terms reach them
-        model.zero_grad(set_to_none=True)
-        cfg = CFG.model_copy(update={"beta": beta})
-        terms = search_losses(model, batch, tau=1.0, generator=torch.Generator().manual_seed(0), cfg=cfg,
-                              cost_vec=cost_vec)
-        assert set(terms) == {"loss", "loss_ce", "loss_kd", "loss_eff"}
-        terms["loss"].backward()
-        assert model.alpha.grad is not None and model.alpha.grad.abs().sum() > 0
-        assert model.depth_logits.grad is not None and model.depth_logits.grad.abs().sum() > 0
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cells.parameters())
+    path = uniform_path(model.alpha.shape[0], model.alpha.shape[1], generator=torch.Generator().manual_seed(0))
+    terms = weight_losses(model, batch, tau=1.0, generator=torch.Generator().manual_seed(0), cfg=CFG,
+                          cost_vec=_cost_vec(), path=path)
+    assert set(terms) == {"loss", "loss_ce", "loss_kd", "loss_eff"}
+    terms["loss"].backward()
+    assert model.alpha.grad is None and model.depth_logits.grad is None  # a given path: no arch gradient
+    for k in range(SPACE.k_max):  # every cell and every probe learns in one step
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cells[k].parameters())
+        assert model.probes[k].linear.weight.grad.abs().sum() > 0
+
+
+def test_the_two_steps_use_disjoint_halves_of_train():
+    train = tiny_split(41, seed=0)
+    weights_half, arch_half = _halves(train, seed=CFG.seed)
+    ids_w, ids_a = set(weights_half.example_ids.tolist()), set(arch_half.example_ids.tolist())
+    assert not ids_w & ids_a and ids_w | ids_a == set(range(41))
+    assert _halves(train, seed=CFG.seed)[0].example_ids.tolist() == sorted(ids_w)  # fixed by the seed
 
 
 @pytest.mark.parametrize("estimator", ["score_function", "straight_through"])
@@ -101,11 +109,10 @@ def test_arch_objective_reaches_alpha_and_depth_logits_only(estimator):
     torch.manual_seed(0)
     model = Supernet(SPACE, vocab_size=VOCAB, num_labels=LABELS)
     batch = tiny_split(8, seed=3, unlabelled=2).batch(torch.arange(8))
-    cost_vec = normalised_cost_vector(op_costs(primitives=SPACE.primitives, dim=16, seq_len=WIDTH))
     cfg = CFG.model_copy(update={"beta": 0.0, "arch_gradient": estimator})  # the task loss alone
     with frozen(model.weight_parameters()):
         objective, loss = arch_objective(model, batch, tau=1.0, generator=torch.Generator().manual_seed(0), cfg=cfg,
-                                         cost_vec=cost_vec)
+                                         cost_vec=_cost_vec())
         objective.backward()
     assert model.alpha.grad.abs().sum() > 0 and model.depth_logits.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.weight_parameters())
@@ -133,18 +140,23 @@ def test_reports_every_epoch_with_the_documented_metrics(reference_run):
     assert [m["epoch"] for m, _ in states] == [1, 2, 3]
     assert result.history == [m for m, _ in states] and result.metrics == states[-1][0]
     metrics = result.metrics
-    for key in ("search_valid_acc", "expected_params", "expected_flops", "derived_params", "derived_flops",
-                "alpha_entropy", "skip_share", "zero_share", "derived_skip_share", "tau", "loss", "loss_ce",
-                "loss_kd", "loss_eff"):
+    for key in ("search_valid_score", "expected_params", "expected_flops", "derived_params", "derived_flops",
+                "alpha_entropy", "skip_share", "zero_share", "derived_free_share", "tau", "loss", "loss_ce",
+                "loss_kd", "loss_eff", "best_candidate_score"):
         assert isinstance(metrics[key], (int, float)), key
-    assert 0.0 <= metrics["search_valid_acc"] <= 1.0
+    assert metrics["metric"] == "accuracy"
+    assert 0.0 <= metrics["search_valid_score"] <= 1.0
     assert 0.0 < metrics["alpha_entropy"] <= torch.log(torch.tensor(len(SPACE.primitives))).item() + 1e-6
     assert 0.0 <= metrics["skip_share"] <= 1.0 and 0.0 <= metrics["zero_share"] <= 1.0
     assert metrics["collapse"] in (0, 1)
-    assert metrics["collapse_reason"] in ("", "skip_dominated", "entropy_stalled")
+    assert metrics["collapse_reason"] in ("", "parameter_free", "entropy_stalled")
     assert (metrics["collapse"] == 1) == (metrics["collapse_reason"] != "")
     assert metrics["tau"] == pytest.approx(CFG.tau_end)
-    assert Genotype.from_json(metrics["genotype"]) == result.genotype
+    # The result is the pool's best by inherited score; the pool holds alpha's argmax and is sorted.
+    pool = json.loads(metrics["candidates"])
+    assert len(pool) == CFG.report_candidates and Genotype.from_json(pool[0]["genotype"]) == result.genotype
+    assert [c["score"] for c in pool] == sorted((c["score"] for c in pool), reverse=True)
+    assert "candidates" not in states[0][0]  # the pool is scored once, after the last epoch
     assert "expected_latency_ms" not in metrics
     json.dumps(result.history)  # flat, JSON-friendly: what Tune and MLflow log
 
@@ -175,7 +187,7 @@ def test_same_seed_same_genotype(reference_run):
     result, _ = reference_run
     again = run_search(space=SPACE, cfg=CFG, data=tiny_data())
     assert again.genotype == result.genotype
-    assert again.history == result.history
+    assert _untimed(again.history) == _untimed(result.history)
 
 
 def test_efficiency_loss_makes_smaller_students():
@@ -199,7 +211,8 @@ def test_resume_from_a_reported_state_matches_the_uninterrupted_run(reference_ru
                          report=lambda m, s: reported.append(m["epoch"]))
     assert reported == [2, 3]
     assert resumed.genotype == result.genotype
-    assert resumed.history == result.history
+    assert _untimed(resumed.history) == _untimed(result.history)
+    assert resumed.history[-1]["cpu_seconds"] > resumed.history[0]["cpu_seconds"] > 0  # counted over the resume
 
 
 def test_resume_rejects_another_config(reference_run):
@@ -232,30 +245,26 @@ def test_bad_data_fails_before_training():
         run_search(space=SPACE, cfg=CFG, data=tiny_data(num_teacher_layers=5))
 
 
-def test_derived_accuracy_uses_only_the_genotype_path():
+GENOTYPE = Genotype(depth=2, nodes=((("conv_3", 0), ("identity", 1)), (("max_pool_3", 0), ("conv_5", 2)),
+                                    (("avg_pool_3", 1), ("dil_conv_3", 3))))
+
+
+def test_inherited_scores_are_the_student_with_the_supernets_weights():
     torch.manual_seed(0)
     model = Supernet(SPACE, vocab_size=VOCAB, num_labels=LABELS)
-    genotype = Genotype(depth=2, nodes=((("conv_3", 0), ("identity", 1)), (("max_pool_3", 0), ("conv_5", 2)),
-                                        (("avg_pool_3", 1), ("dil_conv_3", 3))))
-    weights = genotype_weights(genotype, primitives=SPACE.primitives)
+    weights = genotype_weights(GENOTYPE, primitives=SPACE.primitives)
     assert weights.sum() == 6 and weights.sum(dim=-1).max() == 1
     split = tiny_split(16, seed=5, teacher=False)
-    accuracy = derived_accuracy(model, genotype, split, batch_size=8, device=torch.device("cpu"))
+    by_depth = inherited_scores(model, GENOTYPE, split, metric="accuracy", batch_size=8, device=torch.device("cpu"))
+    assert len(by_depth) == GENOTYPE.depth
     # the same figure from the Student built from the genotype with the supernet's weights on that path
     from search_space.student import Student
 
-    student = Student(genotype, space=SPACE, vocab_size=VOCAB, num_labels=LABELS).eval()
-    student.embedding.load_state_dict(model.embedding.state_dict())
-    student.head.load_state_dict(model.head.state_dict())
-    for k, cell in enumerate(student.cells):
-        cell.output.load_state_dict(model.cells[k].output.state_dict())
-        for j, node in enumerate(genotype.nodes):
-            for slot, (op, i) in enumerate(node):
-                edge = model.cells[k].edges[sum(2 + n for n in range(j)) + i]
-                cell.nodes[j][slot].load_state_dict(edge.ops[SPACE.primitives.index(op)].state_dict())
+    student = Student(GENOTYPE, space=SPACE, vocab_size=VOCAB, num_labels=LABELS).eval()
+    inherit_weights(model, student, GENOTYPE)
     with torch.no_grad():
         logits = student(split.ids_a.long(), torch.arange(WIDTH)[None, :] < split.len_a[:, None]).logits
-    assert accuracy == pytest.approx(float((logits.argmax(-1) == split.labels).float().mean()))
+    assert by_depth[-1] == pytest.approx(float((logits.argmax(-1) == split.labels).float().mean()))
 
 
 def write_tiny_cache(folder: Path, train: TargetSplit) -> str:
@@ -354,7 +363,7 @@ def test_tune_trainable_reports_checkpoints_and_resumes_after_a_crash(local_ray,
     assert state["epoch"] == 3 and state["history"][-1]["genotype"] == result.metrics["genotype"]
     direct = run_search(space=SPACE, cfg=CFG, data=load_search_data(
         cache_uri=on_disk["cache_uri"], prepared_dir=on_disk["prepared_dir"], teacher_dir=None))
-    assert result.metrics["genotype"] == direct.genotype.to_json()
+    assert result.metrics["best_candidate"] == direct.genotype.to_json()
 
 
 def test_latency_table_command_writes_what_the_search_reads(tmp_path):
@@ -366,7 +375,7 @@ def test_latency_table_command_writes_what_the_search_reads(tmp_path):
     assert main(["latency-table", str(job), "-o", str(out), "--repeats", "2", "--device", "cpu"]) == 0
     table = read_latency_table(out, primitives=SPACE.primitives, embed_dim=16)
     assert set(table) == set(SPACE.primitives) and all(ms >= 0 for ms in table.values())
-    assert json.loads(out.read_text())["seq_len"] == 14  # max_length without [CLS] and [SEP]
+    assert json.loads(out.read_text())["seq_len"] == 16  # the length every model is timed at: max_length
 
 
 def test_search_command_rejects_bad_options_before_any_work(tmp_path, capsys):

@@ -75,6 +75,12 @@ class SearchConfig(_Config):
     # sampled architectures on the same batch (REINFORCE with a leave-one-out baseline).
     arch_gradient: Literal["straight_through", "score_function"] = "straight_through"
     arch_samples: int = Field(4, ge=2, description="architectures sampled per alpha step (score_function)")
+    # The path the weight step trains: "uniform" draws every edge's op uniformly (SPOS: every op
+    # trains as often as any other); "alpha" samples it from alpha once the warm-up is over.
+    weight_path: Literal["uniform", "alpha"] = "uniform"
+    candidates: int = Field(16, ge=1, description="genotypes drawn from alpha after the search and scored "
+                            "with the supernet's weights (1: alpha's argmax only)")
+    report_candidates: int = Field(3, ge=1, description="the best of those reported for short retrains")
     max_train_examples: int | None = Field(None, ge=2)
     seed: int = 0
 

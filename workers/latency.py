@@ -1,7 +1,9 @@
-"""Measured latency of whole models (students and Hugging Face teachers) and the per-op table.
+"""Measured latency: the one timing function of the project, for students, teachers and single ops.
 
-Latency is wall-clock per forward call with warm-up, reported as median and p95 milliseconds,
-and always paired with the hardware it was measured on.
+Latency is wall-clock per forward call after warm-up calls, reported as median and p95
+milliseconds over the timed calls, with torch's thread count pinned for the measurement and
+recorded with the hardware. Every model compared is timed at the same sequence length with the
+same plan (`timing_plan`), so ratios between them mean what they say.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from search_space.config import SearchSpaceConfig
+from search_space.ops import OPS
 from search_space.student import Student
 
 LATENCY_TABLE_FORMAT = 1
@@ -27,6 +32,25 @@ LATENCY_TABLE_FORMAT = 1
 def _synchronize(device: torch.device) -> None:
     if device.type != "cpu":  # accelerators run asynchronously
         torch.accelerator.synchronize(device)
+
+
+@contextmanager
+def pinned_threads(threads: int | None) -> Iterator[int]:
+    """torch's intra-op threads set to `threads` (None: as they are) inside; yields the count."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def timing_plan(repeats: int) -> dict[int, tuple[int, int]]:
+    """{batch: (warm-up calls, timed calls)} for batch 1 and 128, the same for every model compared.
+
+    Batch 128 takes a third of the calls (at least 5, so its p95 is not its maximum)."""
+    return {1: (5, repeats), 128: (2, max(5, repeats // 3))}
 
 
 def time_callable(
@@ -53,9 +77,9 @@ def example_inputs(model: nn.Module, *, batch_size: int, seq_len: int, device: t
     """Random full-length inputs for a student or a Hugging Face encoder (keyword arguments)."""
     gen = torch.Generator().manual_seed(0)
     if isinstance(model, Student):
-        # Students read the ids without [CLS]/[SEP]: the teacher's max_length minus 2 specials.
-        width = max(seq_len - 2, 1)
-        ids = torch.randint(1, model.vocab_size, (batch_size, width), generator=gen)  # (B, T)
+        # The same length as the teacher's inputs (a student's real inputs are 2 tokens shorter: no
+        # [CLS]/[SEP]), so every model compared does the same amount of work per example.
+        ids = torch.randint(1, model.vocab_size, (batch_size, seq_len), generator=gen)  # (B, T)
         return {"ids_a": ids.to(device), "mask_a": torch.ones_like(ids, dtype=torch.bool).to(device)}
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "vocab_size"):
@@ -144,26 +168,49 @@ def read_latency_table(path: str | Path, *, primitives: tuple[str, ...], embed_d
     return {p: float(doc["latency_ms"][p]) for p in primitives}
 
 
-def latency_metrics(model: nn.Module, *, seq_len: int, repeats: int = 30, warmup: int = 5) -> dict[str, Any]:
-    """Median and p95 at batch 1 and 128 on CPU (and on CUDA when there is one), with the hardware.
+def latency_metrics(model: nn.Module, *, seq_len: int, repeats: int = 30, threads: int | None = None,
+                    gpu: bool = True) -> dict[str, Any]:
+    """Median and p95 at batch 1 and 128 on CPU (and on CUDA when there is one and `gpu`), with the
+    hardware, under `timing_plan(repeats)` and `threads` torch threads.
 
-    Keys: latency_b{1,128}_ms, latency_b{1,128}_p95_ms, hardware, and the same with a gpu_
-    prefix when CUDA is available. The model is back on its original device afterwards.
+    Keys: latency_b{1,128}_ms, latency_b{1,128}_p95_ms, hardware, threads, and the same with a gpu_
+    prefix on CUDA. The model is back on its original device afterwards.
     """
     original = next(model.parameters()).device
     targets = [("", torch.device("cpu"))]
-    if torch.cuda.is_available():
+    if gpu and torch.cuda.is_available():
         targets.append(("gpu_", torch.device("cuda")))
     metrics: dict[str, Any] = {}
-    try:
-        for prefix, device in targets:
-            model.to(device)
-            for batch_size in (1, 128):
-                timing = measure_latency(model, batch_size=batch_size, seq_len=seq_len, device=device,
-                                         repeats=repeats, warmup=warmup)
-                metrics[f"{prefix}latency_b{batch_size}_ms"] = timing["median_ms"]
-                metrics[f"{prefix}latency_b{batch_size}_p95_ms"] = timing["p95_ms"]
-            metrics[f"{prefix}hardware"] = hardware_name(device)
-    finally:
-        model.to(original)
+    with pinned_threads(threads) as pinned:
+        try:
+            for prefix, device in targets:
+                model.to(device)
+                for batch_size, (warmup, n) in timing_plan(repeats).items():
+                    timing = measure_latency(model, batch_size=batch_size, seq_len=seq_len, device=device,
+                                             repeats=n, warmup=warmup)
+                    metrics[f"{prefix}latency_b{batch_size}_ms"] = timing["median_ms"]
+                    metrics[f"{prefix}latency_b{batch_size}_p95_ms"] = timing["p95_ms"]
+                metrics[f"{prefix}hardware"] = hardware_name(device)
+        finally:
+            model.to(original)
+    metrics["threads"] = pinned
+    metrics["seq_len"] = seq_len
     return metrics
+
+
+@torch.no_grad()
+def op_latency_table(
+    space: SearchSpaceConfig, *, seq_len: int, batch_size: int = 1, device: torch.device | str = "cpu",
+    repeats: int = 30, warmup: int = 5,
+) -> dict[str, float]:
+    """Median milliseconds per call of each op in `space.primitives` at width embed_dim (for
+    `search.cost_source: latency`), timed by `time_callable` like every model."""
+    device = torch.device(device)
+    # Measuring must not shift the caller's global RNG stream (op init draws from it).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ops = {name: OPS[name](space.embed_dim).to(device).eval() for name in space.primitives}
+        x = torch.randn(batch_size, seq_len, space.embed_dim).to(device)  # (B, T, D)
+    mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=device)  # (B, T)
+    return {name: time_callable(lambda op=op: op(x, mask), device=device, repeats=repeats, warmup=warmup)["median_ms"]
+            for name, op in ops.items()}

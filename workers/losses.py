@@ -62,6 +62,36 @@ def matched_layers(num_cells: int, num_layers: int) -> list[int]:
     return [-(-i * num_layers // num_cells) for i in range(1, num_cells + 1)]  # integer ceil
 
 
+def hint_terms(
+    student_probes: list[torch.Tensor],
+    teacher_probe_logits: torch.Tensor,
+    layer_weights: torch.Tensor,
+    *,
+    temperature: float,
+    layers: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each student cell's probe (B, C) against its matched teacher layer `layers[i]`.
+
+    teacher_probe_logits (B, L+1, C) with index 0 = embeddings, j = hidden layer j;
+    layer_weights (B, L+1) from `probe_layer_weights`. Returns the per-cell KL (B, K) and the
+    matched layers' attentive weights (B, K), not yet renormalised.
+    """
+    index = torch.tensor(layers, device=teacher_probe_logits.device)
+    per_cell = torch.stack(
+        [_kl_rows(probe, teacher_probe_logits[:, layer], temperature=temperature)
+         for probe, layer in zip(student_probes, layers, strict=True)],
+        dim=-1,
+    )  # (B, K)
+    return per_cell, layer_weights[:, index]
+
+
+def prefix_hint_losses(per_cell: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(K,) hint loss of the first k cells, k = 1..K: the attentive mean over those cells, renormalised
+    per example, then the mean over the batch. per_cell, weights (B, K)."""
+    tiny = torch.finfo(weights.dtype).tiny
+    return ((weights * per_cell).cumsum(dim=-1) / weights.cumsum(dim=-1).clamp_min(tiny)).mean(dim=0)
+
+
 def hint_loss(
     student_probes: list[torch.Tensor],
     teacher_probe_logits: torch.Tensor,
@@ -69,24 +99,14 @@ def hint_loss(
     *,
     temperature: float,
 ) -> torch.Tensor:
-    """Probe hints: each student cell's probe (B, C) distils its matched teacher layer's probe.
-
-    teacher_probe_logits (B, L+1, C) with index 0 = embeddings, j = hidden layer j;
-    layer_weights (B, L+1) from `probe_layer_weights`, renormalised per example over the K
-    matched layers. Returns a scalar (0 when the student has no probes).
-    """
+    """Probe hints of a K-cell student, cell i matched to teacher layer ceil(i * L / K): a scalar
+    (0 when the student has no probes)."""
     if not student_probes:
         return teacher_probe_logits.new_zeros(())
     layers = matched_layers(len(student_probes), teacher_probe_logits.shape[1] - 1)
-    index = torch.tensor(layers, device=teacher_probe_logits.device)
-    weights = layer_weights[:, index]  # (B, K)
-    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-    per_cell = torch.stack(
-        [_kl_rows(probe, teacher_probe_logits[:, layer], temperature=temperature)
-         for probe, layer in zip(student_probes, layers, strict=True)],
-        dim=-1,
-    )  # (B, K)
-    return (weights * per_cell).sum(dim=-1).mean()
+    per_cell, weights = hint_terms(student_probes, teacher_probe_logits, layer_weights, temperature=temperature,
+                                   layers=layers)
+    return prefix_hint_losses(per_cell, weights)[-1]
 
 
 def kd_loss(
@@ -118,3 +138,31 @@ def adabert_loss(
     *, ce: torch.Tensor, kd: torch.Tensor, eff: torch.Tensor | float, gamma: float, beta: float
 ) -> torch.Tensor:
     return (1.0 - gamma) * ce + gamma * kd + beta * eff
+
+
+def depth_losses(
+    logits_by_depth: torch.Tensor,
+    *,
+    cell_probes: list[torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    gamma: float,
+    temperature: float,
+    k_max: int,
+) -> dict[str, torch.Tensor]:
+    """The task loss (1 - gamma) * CE + gamma * KD of the supernet's head at every depth k = 1..K.
+
+    logits_by_depth (K, B, C); cell_probes K tensors (B, C). Cell i is matched to teacher layer
+    ceil(i * L / k_max) whatever depth is scored, so the shared cells and probes chase one target
+    each. Returns {"ce", "kd", "task"}, each (K,).
+    """
+    labels, teacher_logits = batch["labels"], batch["teacher_logits"]
+    ce = torch.stack([gold_ce(logits, labels) for logits in logits_by_depth])  # (K,)
+    kd = torch.stack([soft_kl(logits, teacher_logits, temperature=temperature) for logits in logits_by_depth])
+    teacher_probes = batch.get("probe_logits")
+    if teacher_probes is not None and cell_probes:
+        layers = matched_layers(k_max, teacher_probes.shape[1] - 1)[: len(cell_probes)]
+        weights = probe_layer_weights(teacher_probes, labels, teacher_logits)  # (B, L+1)
+        per_cell, cell_weights = hint_terms(cell_probes, teacher_probes, weights, temperature=temperature,
+                                            layers=layers)
+        kd = kd + prefix_hint_losses(per_cell, cell_weights)
+    return {"ce": ce, "kd": kd, "task": adabert_loss(ce=ce, kd=kd, eff=0.0, gamma=gamma, beta=0.0)}

@@ -27,12 +27,12 @@ from search_space.genotype import Genotype
 from search_space.layers import project_embeddings
 from workers.config import RetrainConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
-from workers.latency import latency_metrics
 from workers.losses import adabert_loss, gold_ce, kd_loss
-from workers.search import sample_rows
+from workers.metrics import classification_scores
+from workers.training import GRAD_CLIP, to_device
+from workers.search_data import sample_rows
 from workers.student import Student
 
-GRAD_CLIP = 5.0
 WARMUP_SHARE = 0.1
 METRICS_FILE = "metrics.json"
 
@@ -58,10 +58,10 @@ def retrain(
     tokenizer_dir: str | Path,
     out_dir: Path,
     progress: bool = False,
-    measure_latency: bool = True,
     device: torch.device | str | None = None,
 ) -> RetrainResult:
-    """Train, pick the dev-best epoch, evaluate on dev and test, measure, save. See module doc."""
+    """Train, pick the dev-best epoch, evaluate on dev and test, save. See module doc. Latency is
+    measured elsewhere (orchestrator/measure.py), with nothing else running."""
     _check_inputs(train=train, dev=dev, test=test, meta=meta, num_teacher_layers=num_teacher_layers,
                   tokenizer_dir=tokenizer_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -77,13 +77,13 @@ def retrain(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
     best_score, best_state, best_epoch = -1.0, None, 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with tqdm(total=total, disable=not progress, desc="retrain", unit="step") as bar:
         for epoch in range(cfg.epochs):
             model.train()
             for batch in train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed * 1_000_003 + epoch,
                                        group_by_length=True):
-                batch = {k: v.to(device) for k, v in batch.items()}
+                batch = to_device(batch, device)
                 out = model(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b"))
                 ce = gold_ce(out.logits, batch["labels"])
                 kd = kd_loss(out.logits, student_probes=out.cell_probe_logits, teacher_logits=batch["teacher_logits"],
@@ -101,7 +101,7 @@ def retrain(
             if score > best_score:
                 best_score, best_epoch = score, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    train_seconds = time.perf_counter() - started
+    train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     model.load_state_dict(best_state)
 
     dev_scores = evaluate(model, dev, batch_size=2 * cfg.batch_size, device=device)
@@ -121,11 +121,10 @@ def retrain(
         "best_epoch": best_epoch,
         "train_examples": len(train),
         "train_seconds": train_seconds,
+        "cpu_seconds": cpu_seconds,  # this process's CPU time: what compute budgets compare
         "genotype": genotype.to_json(),
     }
     model.cpu().eval()
-    if measure_latency:
-        metrics.update(latency_metrics(model, seq_len=meta.max_length, repeats=cfg.latency_repeats))
     student_dir = _save_atomically(model, out_dir=out_dir, tokenizer_dir=tokenizer_dir, metrics=metrics, extra={
         "task": meta.task,
         "label_names": list(meta.label_names),
@@ -165,23 +164,11 @@ def evaluate(model: Student, split: TargetSplit, *, batch_size: int, device: tor
     model.eval()
     predictions = []
     for batch in split.batches(batch_size=batch_size):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         logits = model(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b")).logits  # (B, C)
         predictions.append(logits.argmax(dim=-1).cpu())
     model.train(was_training)
     return classification_scores(torch.cat(predictions), split.labels, num_labels=model.num_labels)
-
-
-def classification_scores(predictions: torch.Tensor, labels: torch.Tensor, *, num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (a class never predicted nor present scores 0, as scikit-learn's default)."""
-    accuracy = float((predictions == labels).float().mean())
-    f1s = []
-    for c in range(num_labels):
-        tp = int(((predictions == c) & (labels == c)).sum())
-        fp = int(((predictions == c) & (labels != c)).sum())
-        fn = int(((predictions != c) & (labels == c)).sum())
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"accuracy": accuracy, "f1_macro": sum(f1s) / num_labels}
 
 
 def _save_atomically(

@@ -403,3 +403,19 @@ def _quiet_hf():
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def teacher_scores(folder: str | Path, prepared_dir: str | Path, *, splits: tuple[str, ...] = ("dev", "test"),
+                   batch_size: int = 128) -> dict[str, dict[str, float]]:
+    """{split: {"accuracy", "f1_macro"}} of the saved teacher on prepared splits."""
+    from workers.metrics import classification_scores
+
+    meta = read_meta(prepared_dir)
+    with _quiet_hf():
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    out = {}
+    for split in splits:
+        data = load_split(prepared_dir, split)
+        _, logits = _features(model, data, meta=meta, batch_size=batch_size, progress=False)
+        out[split] = classification_scores(logits.argmax(dim=-1), data.labels, num_labels=meta.num_labels)
+    return out

@@ -18,6 +18,7 @@ from orchestrator.errors import AdarayError
 from search_space.genotype import Genotype
 from workers.config import SearchConfig
 from workers.latency import hardware_name, read_latency_table, write_latency_table
+from workers.local_files import write_json_atomic
 
 SEARCH_FILE = "search.json"
 STATE_FILE = "search_state.pt"
@@ -39,7 +40,8 @@ def search(
     from workers.cache import open_cache
     from workers.dataset import load_split
     from workers.retrain import retrain
-    from workers.search import check_search_data, load_search_data, run_search
+    from workers.search import run_search
+    from workers.search_data import check_search_data, load_search_data
 
     job = load_job(job_file)
     cfg = _search_config(job, beta=beta, seed=seed)
@@ -68,11 +70,11 @@ def search(
         def save_state(metrics: dict, state: dict) -> None:  # every epoch: a crash loses one epoch at most
             tmp = state_path.with_suffix(".tmp")
             torch.save({**state, "key": key}, tmp)
-            os.replace(tmp, state_path)
+            os.replace(tmp, state_path)  # torch.save writes the file itself; the rename makes it atomic
 
         result = run_search(space=job.space, cfg=cfg, data=data, report=save_state, resume=resume, progress=not quiet)
         genotype, search_metrics = result.genotype, result.metrics
-        _write_json(run_dir / SEARCH_FILE, {"key": key, "genotype": genotype.to_dict(), "metrics": result.metrics,
+        write_json_atomic(run_dir / SEARCH_FILE, {"key": key, "genotype": genotype.to_dict(), "metrics": result.metrics,
                                            "history": result.history})
         state_path.unlink(missing_ok=True)
 
@@ -82,8 +84,11 @@ def search(
         num_teacher_layers=teacher.num_layers, embedding_init=data.embedding_init, tokenizer_dir=teacher.dir,
         out_dir=run_dir / "student", progress=not quiet,
     )
+    from orchestrator.measure import student_latency
+
+    timing = student_latency(retrained.student_dir, seq_len=prepared.meta.max_length, repeats=job.retrain.latency_repeats)
     console.print(genotype_table(genotype))
-    console.print(_metrics_table(search_metrics, retrained.metrics, teacher_accuracy=teacher.dev_accuracy))
+    console.print(_metrics_table(search_metrics, {**retrained.metrics, **timing}, teacher_accuracy=teacher.dev_accuracy))
     console.print(f"student saved in {retrained.student_dir}")
 
 
@@ -93,11 +98,11 @@ def latency_table(
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the JSON table."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
-    seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="Default: the task's max_length - 2."),
+    seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="Default: the task's max_length."),
     repeats: int = typer.Option(30, "--repeats", min=1),
 ) -> None:
     """Measure every candidate op's latency on this device; `search.cost_source: latency` reads the table."""
-    from search_space.latency import measure_op_latency
+    from workers.latency import op_latency_table
 
     job = load_job(job_file)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,8 +110,8 @@ def latency_table(
         raise AdarayError(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise AdarayError("--device cuda: no CUDA device is visible here")
-    seq_len = seq_len or job.task.max_length - 2  # students read the ids without [CLS]/[SEP]
-    table = measure_op_latency(job.space, seq_len=seq_len, batch_size=batch_size, device=device, repeats=repeats)
+    seq_len = seq_len or job.task.max_length  # the length every model is timed at
+    table = op_latency_table(job.space, seq_len=seq_len, batch_size=batch_size, device=device, repeats=repeats)
     hardware = hardware_name(device)
     write_latency_table(output, latency_ms=table, hardware=hardware, embed_dim=job.space.embed_dim, seq_len=seq_len,
                         batch_size=batch_size)
@@ -153,12 +158,6 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def genotype_table(genotype: Genotype) -> Table:
     """One row per intermediate node: its two kept (op, input) edges. Inputs 0, 1 are cells k-2, k-1."""
     table = Table(title=f"genotype: {genotype.depth} cell(s)")
@@ -175,7 +174,7 @@ def _metrics_table(search: dict, student: dict, *, teacher_accuracy: float | Non
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [
-        ("search-valid acc (supernet weights)", f"{search['search_valid_acc']:.4f}"),
+        (f"search-valid {search['metric']} (supernet weights)", f"{search.get('best_candidate_score', search['search_valid_score']):.4f}"),
         ("collapse", search["collapse_reason"] or "no"),
         ("teacher dev acc", "-" if teacher_accuracy is None else f"{teacher_accuracy:.4f}"),
         ("student dev acc", f"{student['dev_acc']:.4f}"),

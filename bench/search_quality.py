@@ -1,0 +1,279 @@
+"""Does the search find students worth having? Every arm a user could pick, side by side in one run.
+
+    python bench/search_quality.py [--job examples/rotten_tomatoes.yaml] [--quick] [--seeds 3]
+
+On the job's data (prepare → teacher → cache: cache hits when done), on the same splits:
+
+  1. the teacher;
+  2. TF-IDF + logistic regression (orchestrator/baselines.py);
+  3. the searched champion: the job's whole outer loop (search, screen, retrain, select), per seed;
+  4. random search: genotypes drawn uniformly from the same space, each retrained as the pipeline
+     retrains, until it has spent the CPU-seconds that seed's outer loop spent (Li & Talwalkar);
+  5. a fixed hand cell (depth 3, dilated convs), retrained per seed;
+  6. AdaBERT's ablation at the job's beta, on the searched champion's genotype: KD on logits only
+     (no augmented copies), then + probe hints, then + augmentation (the pipeline's own retrain);
+  7. a beta sweep: searches at three betas over the seeds: the derived (argmax) students' params and
+     FLOPs, and how often the seeds agree on the genotype.
+
+Rows 3-5 print mean ± std over the seeds. Compute is CPU-seconds of the processes that trained
+(time.process_time in each search trial and retrain), so the machine's other load does not bend
+the equal-compute comparison. Latency: workers.latency.latency_metrics for every model, same
+length, plan and threads. Ends with one JSON line of flat keys. `--quick` runs the whole path on
+a tiny slice with one seed (figures not comparable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from bench_job import job_and_data  # noqa: E402
+from bench_job import quick_job as quick_data_job  # noqa: E402
+from orchestrator.baselines import tfidf_logreg  # noqa: E402
+from orchestrator.config import JobConfig  # noqa: E402
+from orchestrator.measure import student_latency, teacher_latency  # noqa: E402
+from orchestrator.outer_loop import DataRefs, open_study  # noqa: E402
+from orchestrator.pipeline import run_pipeline  # noqa: E402
+from orchestrator.retrain_stage import StudentSpec, retrain_students, student_key  # noqa: E402
+from search_space.genotype import Genotype, random_genotype  # noqa: E402
+from workers.cache import open_cache  # noqa: E402
+from workers.dataset import NO_LABEL, load_split  # noqa: E402
+from workers.latency import hardware_name  # noqa: E402
+from workers.retrain import retrain  # noqa: E402
+from workers.teacher import teacher_scores, teacher_word_embeddings  # noqa: E402
+
+HAND_CELL = Genotype(depth=3, nodes=(
+    (("dil_conv_3", 0), ("dil_conv_3", 1)),
+    (("dil_conv_3", 1), ("dil_conv_3", 2)),
+    (("dil_conv_3", 2), ("dil_conv_3", 3)),
+))
+BETAS = (0.5, 2.0, 8.0)
+
+
+def quick_job(job: JobConfig) -> JobConfig:
+    """The shared quick data slice, one tiny round: the whole path in a couple of minutes."""
+    job = quick_data_job(job)
+    return job.model_copy(update={
+        "search": job.search.model_copy(update={"epochs": 1, "max_train_examples": 128, "candidates": 4}),
+        "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256, "latency_repeats": 5}),
+        "outer_loop": job.outer_loop.model_copy(update={
+            "rounds": 1, "configs_per_round": 1, "seeds": 1,
+            "screen": job.outer_loop.screen.model_copy(update={"top": 1, "max_train_examples": 128, "finalists": 1}),
+        }),
+    })
+
+
+def seed_job(job: JobConfig, seed: int) -> JobConfig:
+    """The job's outer loop with its own study, sampler seed and search seeds; same data, teacher, cache."""
+    return job.model_copy(update={
+        "name": f"{job.name}-sq-seed{seed}",
+        "search": job.search.model_copy(update={"seed": 100 * seed}),
+        "outer_loop": job.outer_loop.model_copy(update={"sampler_seed": seed, "study_name": None}),
+        "tracking": job.tracking.model_copy(update={"model_name": f"{job.name}-bench-student"}),
+    })
+
+
+def spent(job: JobConfig) -> float:
+    """CPU-seconds the job's outer loop spent: its search trials, screens and final retrains."""
+    total = 0.0
+    for trial in open_study(job).trials:
+        total += sum(s.get("cpu_seconds", 0.0) for s in trial.user_attrs.get("seeds", []))
+    for folder in ("screen", "students"):
+        for metrics in (job.run_dir / folder).glob("*/metrics.json"):
+            total += json.loads(metrics.read_text()).get("cpu_seconds", 0.0)
+    return total
+
+
+def figures(metrics: dict, timing: dict) -> dict:
+    return {"dev": metrics["dev_metric"], "test": metrics["test_metric"], "params": metrics["params"],
+            "b1_ms": timing["latency_b1_ms"], "b128_ms": timing["latency_b128_ms"],
+            "cpu_s": metrics.get("cpu_seconds", 0.0), "genotype": metrics.get("genotype")}
+
+
+def retrain_all(job: JobConfig, genotypes: list[Genotype], *, refs: DataRefs, cache_key: str, seed: int,
+                folder: str) -> list[dict]:
+    """Full retrains (the pipeline's Ray tasks, cached by key) and their latency, one record each."""
+    cfg = job.retrain.model_copy(update={"seed": seed})
+    space = job.space.to_dict()
+    specs = []
+    for g in genotypes:
+        key = student_key(genotype=g.to_json(), space=space, cache_key=cache_key, retrain=cfg)
+        specs.append(StudentSpec(key, g.to_json(), space, cfg, job.run_dir / folder / key))
+    metrics = retrain_students(job, specs, refs=refs)
+    return [figures(metrics[s.key], student_latency(s.out_dir, seq_len=job.task.max_length,
+                                                    repeats=job.retrain.latency_repeats))
+            for s in specs]
+
+
+def random_search(job: JobConfig, *, budget: float, refs: DataRefs, cache_key: str, seed: int) -> dict:
+    """Uniform genotypes, retrained two at a time (the CPUs here), until `budget` CPU-seconds are spent;
+    the best by dev wins. Returns its figures with the arm's spend and count."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    done, total = [], 0.0
+    while total < budget:
+        batch = [random_genotype(num_nodes=job.space.num_nodes, k_max=job.space.k_max, generator=gen,
+                                 primitives=job.space.primitives) for _ in range(2)]
+        rows = retrain_all(job, batch, refs=refs, cache_key=cache_key, seed=job.retrain.seed, folder="random")
+        done += rows
+        total += sum(r["cpu_s"] for r in rows)
+    best = max(done, key=lambda r: r["dev"])
+    return {**best, "cpu_s": total, "count": len(done)}
+
+
+def ablation(job: JobConfig, genotype: Genotype, *, prepared, teacher, cache_uri: str) -> dict:
+    """Dev score of the genotype retrained on logits-only KD (no augmentation), then + probe hints."""
+    from dataclasses import replace
+
+    train = open_cache(cache_uri).split("train")
+    original = train.subset(torch.nonzero(train.labels != NO_LABEL).flatten())  # copy 0: no augmented rows
+    out = {}
+    for name, split in (("logits", replace(original, probe_logits=None)), ("hints", original)):
+        result = retrain(genotype=genotype, space=job.space, cfg=job.retrain, train=split,
+                         dev=load_split(prepared.folder, "dev"), test=load_split(prepared.folder, "test"),
+                         meta=prepared.meta, num_teacher_layers=teacher.num_layers,
+                         embedding_init=teacher_word_embeddings(teacher.dir), tokenizer_dir=teacher.dir,
+                         out_dir=job.run_dir / "ablation" / name)
+        out[name] = result.metrics["dev_metric"]
+    return out
+
+
+def _beta_search(args: dict) -> dict:
+    """A Ray task: one search at a beta and seed; the derived student's cost and the pool's best."""
+    from search_space.config import SearchSpaceConfig
+    from workers.config import SearchConfig
+    from workers.search import run_search
+    from workers.search_data import load_search_data
+
+    cfg = SearchConfig(**args["search"])
+    data = load_search_data(cache_uri=args["cache_uri"], prepared_dir=args["prepared_dir"],
+                            teacher_dir=args["teacher_dir"], max_train_examples=cfg.max_train_examples)
+    m = run_search(space=SearchSpaceConfig.from_dict(args["space"]), cfg=cfg, data=data).metrics
+    pool = json.loads(m.get("candidates", "[]"))
+    return {"beta": cfg.beta, "seed": cfg.seed, "genotype": m["genotype"], "params": m["derived_params"],
+            "flops": m["derived_flops"], "best": m.get("best_candidate", m["genotype"]),
+            "best_params": pool[0]["params"] if pool else m["derived_params"],
+            "best_flops": pool[0]["flops"] if pool else m["derived_flops"], "cpu_s": m["cpu_seconds"]}
+
+
+def beta_sweep(job: JobConfig, *, refs: DataRefs, seeds: int) -> list[dict]:
+    import ray
+
+    task = ray.remote(_beta_search).options(num_cpus=job.cluster.cpus_per_trial)
+    calls = [task.remote({"search": job.search.model_copy(update={"beta": beta, "seed": 100 * s}).model_dump(),
+                          "space": job.space.to_dict(), "cache_uri": refs.cache_uri,
+                          "prepared_dir": refs.prepared_dir, "teacher_dir": refs.teacher_dir})
+             for beta in BETAS for s in range(seeds)]
+    return ray.get(calls)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job", default=str(ROOT / "examples" / "rotten_tomatoes.yaml"))
+    parser.add_argument("--quick", action="store_true", help="tiny slice, one seed: no accuracy claim")
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    seeds = 1 if args.quick else args.seeds
+    console = Console(stderr=True)
+    started = time.perf_counter()
+
+    job, prepared, teacher, cache = job_and_data(args.job, quick=args.quick, slice_job=quick_job)
+    meta = prepared.meta
+    refs = DataRefs(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir))
+    repeats = job.retrain.latency_repeats
+
+    console.print("[bold]1-2[/] teacher and TF-IDF + LR")
+    t_scores = teacher_scores(teacher.dir, prepared.folder)
+    t_lat = teacher_latency(teacher.dir, seq_len=meta.max_length, cache_dir=job.run_dir, repeats=repeats)
+    teacher_row = {"dev": t_scores["dev"][meta.metric], "test": t_scores["test"][meta.metric],
+                   "params": t_lat["params"], "b1_ms": t_lat["latency_b1_ms"], "b128_ms": t_lat["latency_b128_ms"]}
+    tfidf = tfidf_logreg(prepared.folder)
+
+    searched, randoms, hands, sweep, ablated = [], [], [], [], {}
+    for s in range(seeds):
+        console.print(f"[bold]3[/] searched champion, seed {s}: the whole outer loop")
+        sj = seed_job(job, s)
+        result = run_pipeline(sj, progress=False, console=Console(stderr=True, quiet=True))
+        c = result.champion
+        searched.append({**figures(c.metrics, c.metrics), "cpu_s": spent(sj)})
+        console.print(f"    dev {searched[-1]['dev']:.4f}, {searched[-1]['cpu_s']:.0f} CPU-s, {c.genotype}")
+        console.print(f"[bold]4[/] random search, seed {s}, budget {searched[-1]['cpu_s']:.0f} CPU-s")
+        randoms.append(random_search(job, budget=searched[-1]["cpu_s"], refs=refs, cache_key=cache.key, seed=s))
+        console.print(f"    best of {randoms[-1]['count']}: dev {randoms[-1]['dev']:.4f}")
+        console.print(f"[bold]5[/] hand cell, seed {s}")
+        hands += retrain_all(job, [HAND_CELL], refs=refs, cache_key=cache.key, seed=s, folder="hand")
+    if not args.quick:
+        console.print("[bold]6[/] ablation on the seed-0 champion's genotype")
+        ablated = ablation(job, Genotype.from_json(searched[0]["genotype"]), prepared=prepared, teacher=teacher,
+                           cache_uri=cache.uri)
+        ablated["augmentation"] = searched[0]["dev"]
+        console.print(f"[bold]7[/] beta sweep {BETAS} x {seeds} seeds")
+        sweep = beta_sweep(job, refs=refs, seeds=seeds)
+
+    arms = {"searched": searched, "random": randoms, "hand": hands}
+    table = Table(title=f"{meta.task}: dev/test {meta.metric}, {hardware_name('cpu')}, max_length {meta.max_length}")
+    for col in ("arm", "dev", "test", "params", "b1 ms", "b128 ms", "CPU-s"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    table.add_row("teacher", f"{teacher_row['dev']:.4f}", f"{teacher_row['test']:.4f}",
+                  f"{teacher_row['params'] / 1e6:.2f}M", f"{teacher_row['b1_ms']:.2f}", f"{teacher_row['b128_ms']:.1f}",
+                  "-")
+    table.add_row("TF-IDF + LR", f"{tfidf.dev:.4f}", f"{tfidf.test:.4f}", "-", "-", "-", f"{tfidf.cpu_seconds:.0f}")
+    out: dict = {"quick": args.quick, "metric": meta.metric, "seeds": seeds, "teacher_dev": teacher_row["dev"],
+                 "teacher_test": teacher_row["test"], "teacher_params": teacher_row["params"],
+                 "teacher_b1_ms": teacher_row["b1_ms"], "teacher_b128_ms": teacher_row["b128_ms"],
+                 "tfidf_dev": tfidf.dev, "tfidf_test": tfidf.test}
+    for name, rows in arms.items():
+        stats = {k: mean_std([r[k] for r in rows]) for k in ("dev", "test", "params", "b1_ms", "b128_ms", "cpu_s")}
+        table.add_row(name, *(f"{stats[k][0]:.4f} ± {stats[k][1]:.4f}" for k in ("dev", "test")),
+                      f"{stats['params'][0] / 1e6:.2f}M", f"{stats['b1_ms'][0]:.2f}", f"{stats['b128_ms'][0]:.1f}",
+                      f"{stats['cpu_s'][0]:.0f}")
+        for k, (mean, std) in stats.items():
+            out[f"{name}_{k}"] = mean
+            out[f"{name}_{k}_std"] = std
+    for name in ("searched", "random", "hand"):
+        out[f"{name}_dev_per_seed"] = [r["dev"] for r in arms[name]]
+    out["random_count_mean"] = statistics.fmean(r["count"] for r in randoms)
+    out["searched_retention"] = out["searched_dev"] / teacher_row["dev"]
+    out["searched_speedup_b1"] = teacher_row["b1_ms"] / out["searched_b1_ms"]
+    out["searched_speedup_b128"] = teacher_row["b128_ms"] / out["searched_b128_ms"]
+    out["searched_minus_tfidf_points"] = 100 * (out["searched_dev"] - tfidf.dev)
+    console.print(table)
+    for name, value in ablated.items():
+        out[f"ablation_{name}_dev"] = value
+    if ablated:
+        console.print("ablation (dev): " + ", ".join(f"{k} {v:.4f}" for k, v in ablated.items()))
+    for beta in BETAS if sweep else ():
+        rows = [r for r in sweep if r["beta"] == beta]
+        modal = max(rows, key=lambda r: sum(x["genotype"] == r["genotype"] for x in rows))
+        key = f"beta{beta:g}"
+        out[f"{key}_derived_params"] = statistics.fmean(r["params"] for r in rows)
+        out[f"{key}_derived_flops"] = statistics.fmean(r["flops"] for r in rows)
+        out[f"{key}_best_params"] = statistics.fmean(r["best_params"] for r in rows)
+        out[f"{key}_agreement"] = sum(r["genotype"] == modal["genotype"] for r in rows) / len(rows)
+        console.print(f"beta {beta:g}: derived params {out[f'{key}_derived_params']:,.0f}, FLOPs "
+                      f"{out[f'{key}_derived_flops']:,.0f}, pool-best params {out[f'{key}_best_params']:,.0f}, "
+                      f"agreement {out[f'{key}_agreement']:.2f}")
+    if sweep:
+        params = [out[f"beta{b:g}_derived_params"] for b in BETAS]
+        out["beta_sweep_params_monotone"] = all(a >= b for a, b in zip(params, params[1:]))
+    out["hardware"] = hardware_name("cpu")
+    out["wall_s"] = time.perf_counter() - started
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Candidate students scored with the supernet's inherited weights: the cheap first fidelity.
+
+A search ends with a pool of genotypes (alpha's argmax and draws from alpha and the depth
+logits); each is scored on search_valid along its own path through the trained supernet, in the
+task's metric. Short KD retrains of the best few are the next fidelity (orchestrator/).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from search_space.config import SearchSpaceConfig
+from search_space.cost import genotype_params_flops
+from search_space.genotype import Genotype, sample_genotypes
+from search_space.supernet import Supernet, genotype_weights
+from workers.dataset import TargetSplit
+from workers.metrics import task_score
+
+
+@torch.no_grad()
+def inherited_scores(
+    model: Supernet, genotype: Genotype, split: TargetSplit, *, metric: str, batch_size: int, device: torch.device
+) -> list[float]:
+    """The task score of the genotype's path at every depth 1..genotype.depth (one pass)."""
+    was_training = model.training
+    model.eval()
+    weights = genotype_weights(genotype, primitives=model.space.primitives).to(device)  # (E, n_ops)
+    predictions = []
+    for batch in split.batches(batch_size=batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b"), op_weights=weights,
+                    depth=genotype.depth)
+        predictions.append(out.logits_by_depth.argmax(dim=-1).cpu())  # (K, B)
+    model.train(was_training)
+    by_depth = torch.cat(predictions, dim=1)  # (K, N)
+    return [task_score(p, split.labels, num_labels=model.num_labels, metric=metric) for p in by_depth]
+
+
+def candidate_pool(
+    model: Supernet, *, space: SearchSpaceConfig, valid: TargetSplit, metric: str, count: int, seed: int,
+    seq_len: int, batch_size: int, device: torch.device,
+) -> list[dict[str, Any]]:
+    """Up to `count` genotypes from alpha, best inherited score first (ties: fewer FLOPs).
+
+    Each: {"genotype" (JSON), "score", "params", "flops"}.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    pool = sample_genotypes(model.alpha, model.depth_logits, count=count, generator=generator,
+                            primitives=space.primitives)
+    rows = []
+    for genotype in pool:
+        score = inherited_scores(model, genotype, valid, metric=metric, batch_size=batch_size, device=device)[-1]
+        params, flops = genotype_params_flops(genotype, space=space, seq_len=seq_len, vocab_size=model.vocab_size,
+                                              num_labels=model.num_labels)
+        rows.append({"genotype": genotype.to_json(), "score": score, "params": params, "flops": flops})
+    return sorted(rows, key=lambda r: (-r["score"], r["flops"]))
