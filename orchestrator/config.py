@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.config import ClusterConfig
 from orchestrator.errors import AdarayError
@@ -106,11 +106,24 @@ class OuterLoopConfig(_Config):
         return self
 
 
+# URI schemes of MLflow's tracking stores (the part before any "+driver").
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
 class TrackingConfig(_Config):
     # None: MLflow with a SQLite store in the workspace (or $MLFLOW_TRACKING_URI when set).
     uri: str | None = None
     experiment: str | None = Field(None, description="default: adaray-<job name>")
     model_name: str | None = Field(None, description="default: <task>-student")
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        scheme = (uri or "").split(":", 1)[0].lower() if uri and "://" in uri else None
+        if scheme is not None and scheme.split("+", 1)[0] not in TRACKING_SCHEMES:
+            raise ValueError(f"tracking.uri {uri!r} has a scheme MLflow does not know ({scheme!r}); use "
+                             "sqlite:///PATH, http(s)://HOST:PORT, a database URI or a folder")
+        return uri
 
 
 class BudgetConfig(_Config):

@@ -351,7 +351,9 @@ def _say(hooks: LoopHooks, message: str) -> None:
 
 
 def study_summary(job: JobConfig) -> list[dict]:
-    """Every configuration in the study, for `adaray status`."""
+    """Every configuration in the study, for `adaray status` (read-only: creates no store)."""
+    if not (job.workspace_path / "optuna.db").is_file():
+        return []
     try:
         study = optuna.load_study(study_name=job.study_name, storage=storage_url(job))
     except KeyError:

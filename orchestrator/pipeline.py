@@ -24,7 +24,9 @@ from orchestrator.plots import cell_plot, pareto_plot
 from orchestrator.retrain_stage import StudentSpec, finalist_specs, retrain_students, screen_candidates
 from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
 from orchestrator.stages import data_stages
-from orchestrator.tracking import Tracker, ui_command
+from orchestrator.errors import AdarayError
+from orchestrator.job_lock import job_lock
+from orchestrator.tracking import StoreUnreachable, Tracker, check_tracking_store, default_tracking_uri, ui_command
 from search_space.genotype import Genotype
 from workers.latency import hardware_name
 from workers.metrics import METRIC_NAMES
@@ -61,7 +63,31 @@ class StatusFile:
 
 def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbacks: list | None = None,
                  progress: bool = True) -> PipelineResult:
+    """The whole job, after checks that take seconds (stores reachable, workspace writable), under
+    the job's lock (one driver per job)."""
     console = console or Console()
+    preflight(job)
+    with job_lock(job.run_dir, job_name=job.name, say=lambda message: console.print(f"[yellow]{message}[/]")):
+        return _run_stages(job, console=console, tune_callbacks=tune_callbacks, progress=progress)
+
+
+def preflight(job: JobConfig) -> None:
+    """AdarayError (one line) for a store or workspace the job cannot use, before Ray or any stage starts."""
+    try:
+        check_tracking_store(default_tracking_uri(job))
+    except StoreUnreachable as exc:
+        raise AdarayError(str(exc)) from None
+    try:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        probe = job.run_dir / f".write-check-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise AdarayError(f"cannot write the workspace {job.workspace_path} ({exc.strerror}); set `workspace:` "
+                          "in the job file to a writable folder") from None
+
+
+def _run_stages(job: JobConfig, *, console: Console, tune_callbacks: list | None, progress: bool) -> PipelineResult:
     status = StatusFile(job)
     status.update(stage="start", pid=os.getpid())
     job.run_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,36 @@ def default_tracking_uri(job: JobConfig) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+class StoreUnreachable(RuntimeError):
+    """A tracking store that cannot be used: one line naming the URI and what to do."""
+
+
+def check_tracking_store(uri: str, *, create: bool = True, timeout_s: float = 3.0) -> None:
+    """Seconds, before any expensive work: a server answers its health check; a SQLite store's
+    folder is writable (`create`) or its file exists (read-only commands must not create stores)."""
+    import urllib.error
+    import urllib.request
+
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+                return
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise StoreUnreachable(f"the MLflow tracking server {uri} does not answer ({reason}); start it, or "
+                                   "point tracking.uri / MLFLOW_TRACKING_URI at a running one") from None
+    if uri.startswith("sqlite:"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not create:
+            if not db.is_file():
+                raise StoreUnreachable(f"no MLflow store at {db}: has a job run with this workspace? "
+                                       "(give --workspace or --tracking-uri)")
+            return
+        folder = next((p for p in (db.parent, *db.parents) if p.exists()), None)
+        if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise StoreUnreachable(f"cannot write the MLflow store {db}: {folder} is not a writable folder")
+
+
 def ui_command(job: JobConfig) -> str:
     uri = default_tracking_uri(job)
     if uri.startswith("sqlite:"):
@@ -181,6 +211,7 @@ def pull_student(ref: str, *, dst: Path, tracking_uri: str, force: bool = False)
     only the student's own files in it change (workers.local_files.deliver_files).
     """
     check_destination(dst, force=force)
+    check_tracking_store(tracking_uri, create=False)
     mlflow.set_tracking_uri(tracking_uri)
     model_uri = resolve_model_uri(ref)
     with tempfile.TemporaryDirectory(prefix="adaray-pull-") as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -41,6 +42,7 @@ def resume(job_file: Path = typer.Argument(..., help="The job YAML file of a job
 @app.command()
 def status(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> None:
     """Show where a job stands: its stage, the outer loop's configurations, the champion."""
+    from orchestrator.job_lock import holder_alive, read_lock
     from orchestrator.outer_loop import study_summary
     from orchestrator.pipeline import StatusFile
 
@@ -51,6 +53,11 @@ def status(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> N
         console.print(f"job {job.name}: not started (workspace {job.workspace_path})")
         return
     console.print(f"job [cyan]{job.name}[/]: stage [bold]{state['stage']}[/], updated {state.get('updated')}")
+    if state["stage"] != "done":
+        holder = read_lock(job.run_dir)
+        alive = holder is not None and holder_alive(holder) is not False
+        console.print(f"  driver: pid {holder['pid']} on {holder['host']}, running" if alive else
+                      f"  [yellow]the driver is gone: run `adaray resume {job_file}`[/]")
     if "round" in state:
         console.print(f"  outer loop round {state['round']}/{state.get('rounds')}")
     configs = study_summary(job)
@@ -92,12 +99,12 @@ def pull(
         check_destination(output, force=force)  # before the store is even opened
     except DestinationError as exc:
         raise AdarayError(str(exc)) from None
-    from orchestrator.tracking import pull_student
+    from orchestrator.tracking import StoreUnreachable, pull_student
 
     uri = _tracking_uri(tracking_uri, workspace)
     try:
         folder = pull_student(ref, dst=output, tracking_uri=uri, force=force)
-    except (LookupError, FileNotFoundError, DestinationError) as exc:
+    except (LookupError, FileNotFoundError, DestinationError, StoreUnreachable) as exc:
         raise AdarayError(str(exc)) from None
     except Exception as exc:  # MLflow raises its own exception types for unknown names/aliases
         raise AdarayError(f"could not pull {ref!r} from {uri}: {str(exc).splitlines()[0]}") from None
@@ -122,6 +129,11 @@ def predict(
     if not texts:
         raise AdarayError("nothing to predict: give --text TEXT (repeatable) or --file FILE")
     folder = Path(student)
+    registry_ref = student.startswith("models:/") or re.fullmatch(r"[\w.-]+(@[\w.-]+|/\d+)?", student)
+    if not registry_ref and not folder.exists():
+        raise AdarayError(f"no student folder at {folder}; give a folder written by `adaray pull` or NAME@ALIAS")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise AdarayError(f"{folder} holds no student (no config.json); give a folder written by `adaray pull`")
     if folder.is_dir():
         predictions = _predict_folder(folder, texts)
     else:

@@ -1,0 +1,126 @@
+"""Never lose a user's work: one driver per job, stores checked before any work, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from tiny_jobs import tiny_job
+
+from orchestrator.cli import main
+from orchestrator.errors import AdarayError
+from orchestrator.job_lock import LOCK_FILE, job_lock, read_lock
+
+
+def _job_file(tmp_path, **overrides):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(tiny_job(tmp_path / "ws", name="safety", **overrides)))
+    return path
+
+
+def test_a_live_holder_blocks_a_second_driver_and_a_dead_one_is_taken_over(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+                                                      "since": "earlier"}))
+        with pytest.raises(AdarayError, match=f"already running \\(pid {sleeper.pid}"), job_lock(tmp_path, job_name="j"):
+            pass
+        assert read_lock(tmp_path)["pid"] == sleeper.pid  # the live holder's lock is untouched
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    said = []
+    with job_lock(tmp_path, job_name="j", say=said.append) as me:
+        assert read_lock(tmp_path)["pid"] == me["pid"] == os.getpid()
+    assert said and "gone" in said[0]
+    assert not (tmp_path / LOCK_FILE).exists()  # released on the way out
+
+
+def test_two_real_drivers_on_one_job(tmp_path, capsys):
+    job_file = _job_file(tmp_path)
+    run_dir = tmp_path / "ws" / "runs" / "safety"
+    first = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(job_file), "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while read_lock(run_dir) is None:
+            assert first.poll() is None and time.monotonic() < deadline, "the first driver never took the lock"
+            time.sleep(0.2)
+        started = time.monotonic()
+        assert main(["run", str(job_file), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "already running" in err and str(first.pid) in err and "Traceback" not in err
+        assert time.monotonic() - started < 10  # refused before any stage or Ray
+        while not (run_dir / "status.json").is_file():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # The dead driver's lock is left behind: status says so, and the next driver takes it over.
+    assert main(["status", str(job_file)]) == 0
+    assert "the driver is gone: run `adaray resume" in capsys.readouterr().out
+
+
+def test_status_of_a_job_never_run_writes_nothing(tmp_path, capsys):
+    job_file = _job_file(tmp_path)
+    assert main(["status", str(job_file)]) == 0
+    assert "not started" in capsys.readouterr().out
+    assert not (tmp_path / "ws").exists()
+
+
+def test_a_dead_tracking_server_is_one_line_before_any_work(tmp_path, capsys):
+    job_file = _job_file(tmp_path, tracking={"uri": "http://127.0.0.1:1"})
+    started = time.monotonic()
+    assert main(["run", str(job_file)]) == 2
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:1 does not answer" in err and "Traceback" not in err
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "ws").exists()  # nothing was written, no stage ran
+
+
+def test_an_unknown_tracking_scheme_fails_validation(tmp_path, capsys):
+    assert main(["validate", str(_job_file(tmp_path, tracking={"uri": "foo://bar"}))]) == 2
+    assert "scheme MLflow does not know" in capsys.readouterr().err
+
+
+def test_an_unwritable_workspace_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(tiny_job(blocker / "ws", name="safety")))
+    assert main(["run", str(job_file)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err
+
+
+def test_pull_and_predict_against_a_dead_server_answer_in_seconds(tmp_path, capsys):
+    started = time.monotonic()
+    dead = ["--tracking-uri", "http://127.0.0.1:1"]
+    assert main(["pull", "m@champion", "-o", str(tmp_path / "out"), *dead]) == 2
+    assert "does not answer" in capsys.readouterr().err
+    assert main(["predict", "m@champion", "--text", "good", *dead]) == 2
+    assert "does not answer" in capsys.readouterr().err
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_names_a_missing_or_empty_folder(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope"), "--text", "good"]) == 2
+    assert "no student folder at" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--text", "good"]) == 2
+    assert "holds no student" in capsys.readouterr().err
+
+
+def test_pull_from_a_missing_sqlite_store_creates_nothing(tmp_path, capsys):
+    db = tmp_path / "none" / "mlflow.db"
+    assert main(["pull", "m@champion", "-o", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{db}"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
