@@ -75,7 +75,10 @@ def quick_job(job: JobConfig) -> JobConfig:
 
 
 def seed_job(job: JobConfig, seed: int) -> JobConfig:
-    """The job's outer loop with its own study, sampler seed and search seeds; same data, teacher, cache."""
+    """The job's outer loop with its own study, sampler seed and search seeds; same data, teacher, cache.
+    Seed 0 is the job itself (a finished `adaray run` of it is all cache hits here)."""
+    if seed == 0:
+        return job
     return job.model_copy(update={
         "name": f"{job.name}-sq-seed{seed}",
         "search": job.search.model_copy(update={"seed": 100 * seed}),

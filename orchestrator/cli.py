@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from rich.console import Console
 
 from orchestrator import commands
 from orchestrator.app import STATE, app
-from orchestrator.errors import AdarayError
+from orchestrator.errors import AdarayError, Interrupted
 
 for _module in pkgutil.iter_modules(commands.__path__):
     importlib.import_module(f"{commands.__name__}.{_module.name}")
@@ -19,16 +21,33 @@ for _module in pkgutil.iter_modules(commands.__path__):
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code. Typer reports usage errors itself (standalone mode);
     an AdarayError becomes one `error:` line and exit code 2 (a traceback only with --debug)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         app(args=argv, prog_name="adaray")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Interrupted:
+        if STATE["debug"]:
+            raise
+        Console(stderr=True).print("[bold yellow]interrupted[/]: stopped before the next step; what finished is "
+                                   "kept, nothing half-done was registered. Carry on with `adaray resume JOB.yaml`.",
+                                   highlight=False, soft_wrap=True)
+        return 130
     except AdarayError as exc:
         if STATE["debug"]:
             raise
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted()
 
 
 if __name__ == "__main__":

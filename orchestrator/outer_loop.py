@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from ray import tune
 
 from cluster.connect import trial_resources
 from orchestrator.config import SEARCHABLE, JobConfig, ParamRange
+from orchestrator.errors import Interrupted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 logger = logging.getLogger(__name__)
@@ -173,12 +175,20 @@ def run_round(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-    grid = tuner.fit()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()  # on Ctrl-C, Tune stops the trials, saves the experiment and returns
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Tune leaves its own handler installed: Ctrl-C after fit must stop us
     out = []
     for result in grid:
+        trial = result.config["trial"]
+        if result.error is None and (result.metrics or {}).get("epoch") != trial["search"]["epochs"]:
+            # Neither failed nor finished: Tune was interrupted. Its state on disk resumes the round.
+            raise Interrupted(f"round {round_index} interrupted")
         history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
         metrics = None if result.error is not None or not result.metrics else dict(result.metrics)
-        out.append((result.config["trial"], metrics, history))
+        out.append((trial, metrics, history))
     return out
 
 

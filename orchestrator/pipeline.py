@@ -18,15 +18,21 @@ from rich.table import Table
 
 from cluster.connect import ensure_ray
 from orchestrator.config import JobConfig, dump_job
+from orchestrator.errors import AdarayError
+from orchestrator.job_lock import job_lock
 from orchestrator.measure import student_latency, teacher_latency
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
 from orchestrator.plots import cell_plot, pareto_plot
 from orchestrator.retrain_stage import StudentSpec, finalist_specs, retrain_students, screen_candidates
 from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
 from orchestrator.stages import data_stages
-from orchestrator.errors import AdarayError
-from orchestrator.job_lock import job_lock
-from orchestrator.tracking import StoreUnreachable, Tracker, check_tracking_store, default_tracking_uri, ui_command
+from orchestrator.tracking import (
+    StoreUnreachable,
+    Tracker,
+    check_tracking_store,
+    default_tracking_uri,
+    ui_command,
+)
 from search_space.genotype import Genotype
 from workers.latency import hardware_name
 from workers.metrics import METRIC_NAMES
@@ -41,6 +47,7 @@ class PipelineResult:
     teacher_accuracy: float
     teacher_latency_ms: float
     teacher_params: int
+    teacher_latency: dict  # latency_b{1,128}_ms of the teacher, timed like every student
     model_name: str
     champion_version: str
     parent_run_id: str
@@ -184,6 +191,7 @@ def _run_stages(job: JobConfig, *, console: Console, tune_callbacks: list | None
     result = PipelineResult(
         champion=choice.champion, choice=choice, front=front, candidates=candidates, teacher_accuracy=teacher_acc,
         teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], teacher_params=teacher_lat["params"],
+        teacher_latency=teacher_lat,
         model_name=tracker.model_name, champion_version=versions[choice.champion.key], parent_run_id=parent,
     )
     status.update(stage="done", champion=choice.champion.key, champion_version=result.champion_version,
@@ -325,10 +333,12 @@ def _print_summary(console: Console, job: JobConfig, r: PipelineResult) -> None:
     c = r.champion
     console.rule("[bold]done")
     console.print(f"champion: [bold]{r.model_name}@champion[/] (version {r.champion_version}, student {c.key})")
-    console.print(f"  dev accuracy {100 * c.accuracy:.2f}% (teacher {100 * r.teacher_accuracy:.2f}%, "
+    metric = METRIC_NAMES[c.metrics.get("metric", "accuracy")]
+    console.print(f"  dev {metric} {100 * c.accuracy:.2f}% (teacher {100 * r.teacher_accuracy:.2f}%, "
                   f"{100 * c.accuracy / r.teacher_accuracy:.1f}% retained)")
-    console.print(f"  {r.teacher_latency_ms / c.latency_ms:.1f}x faster than the teacher at batch "
-                  f"{job.budget.latency_batch} ({c.latency_ms:.2f} ms vs {r.teacher_latency_ms:.2f} ms), "
-                  f"{c.params / 1e6:.2f}M params ({r.teacher_params / max(c.params, 1):.1f}x smaller)")
+    for batch in (1, 128):
+        mine, theirs = c.metrics[f"latency_b{batch}_ms"], r.teacher_latency[f"latency_b{batch}_ms"]
+        console.print(f"  {theirs / mine:.1f}x faster than the teacher at batch {batch} ({mine:.2f} ms vs {theirs:.2f} ms)")
+    console.print(f"  {c.params / 1e6:.2f}M params ({r.teacher_params / max(c.params, 1):.1f}x smaller)")
     console.print(f"  pull it:      adaray pull {r.model_name}@champion -o student/")
     console.print(f"  MLflow UI:    {ui_command(job)}")

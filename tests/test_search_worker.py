@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from search_space import Genotype, SearchSpaceConfig, Supernet, normalised_cost_vector, op_costs
+from search_space.supernet import genotype_weights, inherit_weights, uniform_path
 from workers.cache import MANIFEST
 from workers.cache_shards import CacheLayout, serialise, shard_batch
+from workers.candidates import inherited_scores
 from workers.config import SearchConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit, split_table, write_prepared
 from workers.latency import read_latency_table, write_latency_table
-from search_space.supernet import genotype_weights, inherit_weights, uniform_path
-from workers.candidates import inherited_scores
 from workers.search import _halves, arch_objective, frozen, leave_one_out_surrogate, run_search, weight_losses
 from workers.search_data import SearchData, load_search_data
 from workers.search_state import STATE_FILE

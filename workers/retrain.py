@@ -29,9 +29,9 @@ from workers.config import RetrainConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
 from workers.losses import adabert_loss, gold_ce, kd_loss
 from workers.metrics import classification_scores
-from workers.training import GRAD_CLIP, to_device
 from workers.search_data import sample_rows
 from workers.student import Student
+from workers.training import GRAD_CLIP, to_device
 
 WARMUP_SHARE = 0.1
 METRICS_FILE = "metrics.json"
