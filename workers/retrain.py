@@ -76,7 +76,7 @@ def retrain(
     total = cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
-    best_score, best_state, best_epoch = -1.0, None, 0
+    best_score, best_state, best_epoch, by_epoch = -1.0, None, 0, []
     started, cpu_started = time.perf_counter(), time.process_time()
     with tqdm(total=total, disable=not progress, desc="retrain", unit="step") as bar:
         for epoch in range(cfg.epochs):
@@ -98,6 +98,7 @@ def retrain(
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
             score = evaluate(model, dev, batch_size=2 * cfg.batch_size, device=device)[meta.metric]
+            by_epoch.append(score)
             if score > best_score:
                 best_score, best_epoch = score, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -119,6 +120,7 @@ def retrain(
         "params": sum(p.numel() for p in model.parameters()),
         "flops": flops,
         "best_epoch": best_epoch,
+        "dev_by_epoch": by_epoch,  # the task's metric after each epoch: how soon a student shows its worth
         "train_examples": len(train),
         "train_seconds": train_seconds,
         "cpu_seconds": cpu_seconds,  # this process's CPU time: what compute budgets compare
