@@ -51,6 +51,7 @@ class PipelineResult:
     model_name: str
     champion_version: str
     parent_run_id: str
+    alias_kept: str | None = None  # why @champion stayed on a better version of another run
 
 
 class StatusFile:
@@ -182,7 +183,9 @@ def _run_stages(job: JobConfig, *, console: Console, tune_callbacks: list | None
             tags=_lineage(job, c, spec=spec, teacher_dir=teacher.dir, cache_key=cache.key,
                           fingerprint=prepared.meta.fingerprint),
         )
-    tracker.set_alias("champion", versions[choice.champion.key])
+    kept = tracker.promote("champion", versions[choice.champion.key], score=choice.champion.accuracy)
+    if kept:
+        console.print(f"[yellow]{kept}[/]")
     tracker.log_metrics(parent, {"champion_dev_accuracy": choice.champion.accuracy,
                                  "champion_latency_ms": choice.champion.latency_ms,
                                  "champion_params": choice.champion.params,
@@ -193,6 +196,7 @@ def _run_stages(job: JobConfig, *, console: Console, tune_callbacks: list | None
         teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], teacher_params=teacher_lat["params"],
         teacher_latency=teacher_lat,
         model_name=tracker.model_name, champion_version=versions[choice.champion.key], parent_run_id=parent,
+        alias_kept=kept,
     )
     status.update(stage="done", champion=choice.champion.key, champion_version=result.champion_version,
                   model=tracker.model_name)
@@ -332,7 +336,10 @@ def selection_table(candidates: list[Candidate], front: list[Candidate], champio
 def _print_summary(console: Console, job: JobConfig, r: PipelineResult) -> None:
     c = r.champion
     console.rule("[bold]done")
-    console.print(f"champion: [bold]{r.model_name}@champion[/] (version {r.champion_version}, student {c.key})")
+    if r.alias_kept:
+        console.print(f"this job's best: [bold]{r.model_name}/{r.champion_version}[/] (student {c.key}); {r.alias_kept}")
+    else:
+        console.print(f"champion: [bold]{r.model_name}@champion[/] (version {r.champion_version}, student {c.key})")
     metric = METRIC_NAMES[c.metrics.get("metric", "accuracy")]
     console.print(f"  dev {metric} {100 * c.accuracy:.2f}% (teacher {100 * r.teacher_accuracy:.2f}%, "
                   f"{100 * c.accuracy / r.teacher_accuracy:.1f}% retained)")

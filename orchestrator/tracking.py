@@ -203,6 +203,23 @@ class Tracker:
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)
 
+    def promote(self, alias: str, version: str, *, score: float) -> str | None:
+        """Point `alias` at `version` unless the version it points at now scored better on the same data
+        (another job's, or an earlier run's). Returns why it was kept, or None when it moved."""
+        try:
+            current = self.client.get_model_version_by_alias(self.model_name, alias)
+        except Exception:  # MLflow raises its own type when the alias does not exist yet
+            current = None
+        mine = self.client.get_model_version(self.model_name, version)
+        if current is not None and current.version != version:
+            same_data = current.tags.get("data_fingerprint") == mine.tags.get("data_fingerprint")
+            theirs = float(current.tags.get("dev_accuracy", "nan"))
+            if same_data and theirs > score:
+                return (f"@{alias} stays on version {current.version} (job {current.tags.get('job', '?')}, dev "
+                        f"{theirs:.4f} > {score:.4f}); move it by hand with MlflowClient.set_registered_model_alias")
+        self.set_alias(alias, version)
+        return None
+
 
 def pull_student(ref: str, *, dst: Path, tracking_uri: str, force: bool = False) -> Path:
     """Fetch a registered student (NAME@ALIAS, NAME/VERSION, NAME or a models:/ URI) into folder `dst`.

@@ -124,3 +124,25 @@ def test_pull_from_a_missing_sqlite_store_creates_nothing(tmp_path, capsys):
     assert main(["pull", "m@champion", "-o", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{db}"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_the_champion_never_moves_to_a_worse_version_on_the_same_data(tmp_path):
+    from orchestrator.config import load_job
+    from orchestrator.tracking import Tracker
+
+    tracker = Tracker(load_job(_job_file(tmp_path)), task_name="t")
+    client = tracker.client
+    client.create_registered_model(tracker.model_name)
+
+    def version(score, fingerprint="f1", job="a"):
+        return client.create_model_version(tracker.model_name, source=str(tmp_path), tags={
+            "dev_accuracy": str(score), "data_fingerprint": fingerprint, "job": job}).version
+
+    good, worse, other_data, better = version(0.786), version(0.5, job="b"), version(0.4, "f2"), version(0.8)
+    assert tracker.promote("champion", good, score=0.786) is None
+    kept = tracker.promote("champion", worse, score=0.5)
+    assert f"stays on version {good}" in kept and "0.7860 > 0.5000" in kept
+    assert client.get_model_version_by_alias(tracker.model_name, "champion").version == good
+    assert tracker.promote("champion", better, score=0.8) is None  # a better one moves it
+    assert tracker.promote("champion", other_data, score=0.4) is None  # other data: scores do not compare
+    assert client.get_model_version_by_alias(tracker.model_name, "champion").version == other_data
