@@ -161,9 +161,10 @@ def run_round(
     # "snapshotting may become a bottleneck" warning would only bury the progress lines.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(_run_trial, trial_resources(job.cluster))
-    tuner = _restore(storage / name, trainable) if tune.Tuner.can_restore(str(storage / name)) else None
-    if tuner is None:
-        tuner = tune.Tuner(
+    path = storage / name
+
+    def fresh() -> tune.Tuner:
+        return tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trial_dicts)},
             tune_config=tune.TuneConfig(
@@ -175,11 +176,17 @@ def run_round(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-    handler = signal.getsignal(signal.SIGINT)
+
+    restored = _restore(path, trainable) if tune.Tuner.can_restore(str(path)) else None
     try:
-        grid = tuner.fit()  # on Ctrl-C, Tune stops the trials, saves the experiment and returns
-    finally:
-        signal.signal(signal.SIGINT, handler)  # Tune leaves its own handler installed: Ctrl-C after fit must stop us
+        grid = _fit(restored or fresh())
+    except Exception as exc:
+        if restored is None:
+            raise
+        # A driver killed while Tune set the round up can leave state that restores but cannot run
+        # (e.g. trials without their config): the round counts as not started, from Optuna's asked configs.
+        _set_aside(path, reason=f"{type(exc).__name__}: {exc}")
+        grid = _fit(fresh())
     out = []
     for result in grid:
         trial = result.config["trial"]
@@ -192,6 +199,21 @@ def run_round(
     return out
 
 
+def _fit(tuner: tune.Tuner):
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return tuner.fit()  # on Ctrl-C, Tune stops the trials, saves the experiment and returns
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Tune leaves its own handler installed: Ctrl-C after fit must stop us
+
+
+def _set_aside(path: Path, *, reason: str) -> None:
+    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+    path.rename(aside)
+    logger.warning("Tune state of %s cannot be resumed (%s); moved it to %s and starting the round afresh",
+                   path, reason, aside)
+
+
 def _restore(path: Path, trainable) -> tune.Tuner | None:
     """The round's experiment as Tune saved it; None (the folder set aside) if its state is unreadable,
     e.g. a driver killed while Tune wrote it."""
@@ -199,11 +221,8 @@ def _restore(path: Path, trainable) -> tune.Tuner | None:
     tune.register_trainable(_run_trial.__name__, trainable)
     try:
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
-    except (EOFError, pickle.UnpicklingError) as exc:
-        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-        path.rename(aside)
-        logger.warning("Tune state of %s is unreadable (%s); moved it to %s and starting the round afresh",
-                       path, exc, aside)
+    except (EOFError, pickle.UnpicklingError, KeyError) as exc:
+        _set_aside(path, reason=f"{type(exc).__name__}: {exc}")
         return None
 
 

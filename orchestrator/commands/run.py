@@ -73,7 +73,11 @@ def status(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> N
     if state.get("champion"):
         console.print(f"champion: {state['model']} version {state['champion_version']} (student {state['champion']})")
     if state.get("tracking_uri"):
-        console.print(f"tracking: {state['tracking_uri']}  parent run {state.get('parent_run_id')}")
+        uri = state["tracking_uri"]
+        missing = uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file()
+        console.print(f"tracking: {uri}  parent run {state.get('parent_run_id')}"
+                      + ("  [yellow](the tracking store is missing: its runs and registered students are gone)[/]"
+                         if missing else ""))
 
 
 def _fmt(v) -> str:
