@@ -8,14 +8,15 @@ on the same train rows, in the same order, three ways:
   (a) online:    the teacher runs its forward pass in the loop for every batch;
   (b) cached:    targets from the Arrow cache (open_cache(...).split("train"), memory-mapped);
   (c) in memory: the same targets as private in-memory tensors (TargetSplit.materialize()).
-(b) and (c) are timed in alternating rounds and the best round of each counts (the machine may
-be shared). Ends with one JSON line. Figures, not tests: nothing here asserts a speed.
+All three are timed the same way: three alternating rounds, the median round of each counts,
+and the spread of its rounds is printed (the machine may be shared). Ends with one JSON line. Figures, not tests: nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -112,10 +113,13 @@ def main() -> None:
 
     seconds = 2.0 if args.quick else 8.0
     console.print(f"timing KD epochs over {rows} train rows (batch {BATCH}) ...")
-    speed = {"online": kd_throughput(plain, online, min_seconds=seconds, **common)}
-    for _ in range(2 if args.quick else 3):  # alternate, keep each one's best round
-        for name, split in (("cached", cached), ("in_memory", in_memory)):
-            speed[name] = max(speed.get(name, 0.0), kd_throughput(split, stored, min_seconds=seconds, **common))
+    arms = {"online": (plain, online), "cached": (cached, stored), "in_memory": (in_memory, stored)}
+    rounds: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(3):  # every arm the same way: alternating rounds, the median round of each counts
+        for name, (split, targets) in arms.items():
+            rounds[name].append(kd_throughput(split, targets, min_seconds=seconds, **common))
+    speed = {name: statistics.median(values) for name, values in rounds.items()}
+    spread = {name: (max(values) - min(values)) / statistics.median(values) for name, values in rounds.items()}
 
     shards = reader.manifest["shards"]
     bytes_per_1k = 1000 * sum(s["bytes"] for s in shards) / sum(s["rows"] for s in shards)
@@ -138,6 +142,7 @@ def main() -> None:
         "speedup_vs_online": round(speed["cached"] / speed["online"], 2),
         "overhead_vs_in_memory": round(speed["in_memory"] / speed["cached"] - 1, 4),
         "bytes_per_1k_examples": round(bytes_per_1k),
+        **{f"{name}_round_spread": round(value, 3) for name, value in spread.items()},
     }))
 
 
