@@ -18,14 +18,15 @@ from rich.table import Table
 
 from cluster.connect import ensure_ray
 from orchestrator.config import JobConfig, dump_job
-from orchestrator.errors import AdarayError
+from orchestrator.data import PreparedData
+from orchestrator.errors import AdarayError, worker_errors
 from orchestrator.job_lock import job_lock
 from orchestrator.measure import student_latency, teacher_latency
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
 from orchestrator.plots import cell_plot, pareto_plot
 from orchestrator.retrain_stage import StudentSpec, finalist_specs, retrain_students, screen_candidates
 from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
-from orchestrator.stages import data_stages
+from orchestrator.stages import cache_stage, prepare_stage, teacher_stage
 from orchestrator.tracking import (
     StoreUnreachable,
     Tracker,
@@ -35,6 +36,7 @@ from orchestrator.tracking import (
 )
 from search_space.genotype import Genotype
 from workers.latency import hardware_name
+from workers.local_files import write_text_atomic
 from workers.metrics import METRIC_NAMES
 
 
@@ -75,8 +77,10 @@ def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbac
     the job's lock (one driver per job)."""
     console = console or Console()
     preflight(job)
+    prepared = prepare_stage(job, progress=progress)  # the data is checked before Ray starts or a run file appears
+    console.print(f"[green]✓[/] prepare  {prepared.meta.sizes}  fingerprint {prepared.meta.fingerprint[:12]}")
     with job_lock(job.run_dir, job_name=job.name, say=lambda message: console.print(f"[yellow]{message}[/]")):
-        return _run_stages(job, console=console, tune_callbacks=tune_callbacks, progress=progress)
+        return _run_stages(job, prepared, console=console, tune_callbacks=tune_callbacks, progress=progress)
 
 
 def preflight(job: JobConfig) -> None:
@@ -86,8 +90,8 @@ def preflight(job: JobConfig) -> None:
     except StoreUnreachable as exc:
         raise AdarayError(str(exc)) from None
     try:
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        probe = job.run_dir / f".write-check-{os.getpid()}"
+        job.workspace_path.mkdir(parents=True, exist_ok=True)
+        probe = job.workspace_path / f".write-check-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -95,19 +99,20 @@ def preflight(job: JobConfig) -> None:
                           "in the job file to a writable folder") from None
 
 
-def _run_stages(job: JobConfig, *, console: Console, tune_callbacks: list | None, progress: bool) -> PipelineResult:
+def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tune_callbacks: list | None,
+                progress: bool) -> PipelineResult:
     status = StatusFile(job)
     status.update(stage="start", pid=os.getpid())
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    (job.run_dir / "job.yaml").write_text(dump_job(job))
-    resources = ensure_ray(job.cluster)
-    console.print(f"[bold]adaray[/] job [cyan]{job.name}[/]: Ray with {resources['cpus']:g} CPUs, "
-                  f"{resources['gpus']:g} GPUs")
+    write_text_atomic(job.run_dir / "job.yaml", dump_job(job))
 
-    # -- prepare, teacher, cache ------------------------------------------------------------
+    # -- teacher, cache ---------------------------------------------------------------------
     status.update(stage="data")
-    prepared, teacher, cache = data_stages(job, progress=progress)
-    console.print(f"[green]✓[/] prepare  {prepared.meta.sizes}  fingerprint {prepared.meta.fingerprint[:12]}")
+    with worker_errors():
+        teacher = teacher_stage(job, prepared, progress=progress)
+        resources = ensure_ray(job.cluster)
+        console.print(f"[bold]adaray[/] job [cyan]{job.name}[/]: Ray with {resources['cpus']:g} CPUs, "
+                      f"{resources['gpus']:g} GPUs")
+        cache = cache_stage(job, prepared, teacher, progress=progress)
     console.print(f"[green]✓[/] teacher  dev accuracy {teacher.dev_accuracy:.4f}"
                   f"{'  (cache hit)' if teacher.cache_hit else ''}")
     console.print(f"[green]✓[/] cache    {cache.rows}  key {cache.key[:12]}{'  (cache hit)' if cache.cache_hit else ''}")

@@ -146,3 +146,20 @@ def test_the_champion_never_moves_to_a_worse_version_on_the_same_data(tmp_path):
     assert tracker.promote("champion", better, score=0.8) is None  # a better one moves it
     assert tracker.promote("champion", other_data, score=0.4) is None  # other data: scores do not compare
     assert client.get_model_version_by_alias(tracker.model_name, "champion").version == other_data
+
+
+def test_rejected_data_starts_no_ray_and_leaves_no_run_files(tmp_path, capsys):
+    import ray
+
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,stars\ngood film,5\nbad film,1\n")
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({"name": "bad-data", "workspace": str(tmp_path / "ws"),
+                                        "task": {"path": str(data), "text_column": "review",
+                                                 "label_column": "sentiment"}}))
+    started = time.monotonic()
+    assert main(["run", str(job_file)]) == 2
+    err = capsys.readouterr().err
+    assert "sentiment" in err and "Traceback" not in err
+    assert time.monotonic() - started < 20 and not ray.is_initialized()
+    assert not (tmp_path / "ws" / "runs").exists()

@@ -9,9 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.app import cache_app
-from orchestrator.commands.teacher import worker_errors
 from orchestrator.config import JobConfig, load_job
-from orchestrator.errors import AdarayError
+from orchestrator.errors import AdarayError, worker_errors
 
 JOB_FILE = typer.Argument(..., help="The job YAML file.")
 

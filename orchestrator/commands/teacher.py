@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -12,16 +10,7 @@ from rich.markup import escape
 
 from orchestrator.app import app
 from orchestrator.config import load_job
-from orchestrator.errors import AdarayError
-
-
-@contextmanager
-def worker_errors() -> Iterator[None]:
-    """Workers report bad input as ValueError; the user sees it as a one-line error."""
-    try:
-        yield
-    except ValueError as exc:
-        raise AdarayError(str(exc)) from exc
+from orchestrator.errors import worker_errors
 
 
 @app.command()
