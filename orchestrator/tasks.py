@@ -26,7 +26,6 @@ Built-in tasks (real data shipped inside PyPI packages; sizes for split_seed 0, 
 
 from __future__ import annotations
 
-import csv
 import difflib
 import importlib.util
 import re
@@ -37,9 +36,10 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.errors import AdarayError
+from orchestrator.user_files import URL, check_file, only_numbers, read_table, url_message
 from workers.dataset import SPLITS
 
 SPLIT_FRACTIONS = {"train": 0.8, "search_valid": 0.05, "dev": 0.075, "test": 0.075}
@@ -51,9 +51,6 @@ PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("premise"
 # Hub split names -> adaray splits; splits with no labels (GLUE's test) are dropped and carved.
 HUB_SPLITS = {"train": "train", "validation": "dev", "validation_matched": "dev", "dev": "dev",
               "test": "test", "search_valid": "search_valid"}
-_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
-            ".pq": "parquet"}
-_COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".zip", ".brotli"}
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
@@ -79,6 +76,21 @@ class TaskConfig(BaseModel):
     max_length: int = Field(64, ge=8, description="tokens per example, [CLS] and [SEP] included")
     max_examples: int | None = Field(None, ge=8, description="a fixed-seed slice of each split")
     split_seed: int = 0
+
+    @field_validator("path")
+    @classmethod
+    def _local_path(cls, path: str | None) -> str | None:
+        if path is not None and URL.match(path):
+            raise ValueError(url_message(path))
+        return path
+
+    @field_validator("files")
+    @classmethod
+    def _local_files(cls, files: dict[str, str] | None) -> dict[str, str] | None:
+        for split, path in (files or {}).items():
+            if URL.match(path):
+                raise ValueError(f"{split}: {url_message(path)}")
+        return files
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
@@ -246,7 +258,7 @@ def _read_source(task: TaskConfig) -> tuple[dict[str, pd.DataFrame], dict[str, s
         return {"train": read_table(task.path, field="task.path")}, {"train": task.path}, task
     if task.files:
         for split, path in task.files.items():  # every file exists before any is read
-            _check_file(path, field=f"task.files.{split}")
+            check_file(path, field=f"task.files.{split}")
         frames = {split: read_table(path, field=f"task.files.{split}") for split, path in task.files.items()}
         offset = 0  # ids unique across files: each file's rows follow the previous file's
         for split in SPLITS:
@@ -290,40 +302,6 @@ def _read_hub(task: TaskConfig) -> tuple[dict[str, pd.DataFrame], dict[str, str]
     return frames, {split: f"{where} ({split})" for split in frames}, task
 
 
-def _file_format(path: Path) -> str | None:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSION:
-        suffixes = suffixes[:-1]
-    return _FORMATS.get(suffixes[-1]) if suffixes else None
-
-
-def _check_file(path: str | Path, *, field: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise AdarayError(f"{field}: file not found: {path}")
-    if _file_format(path) is None:
-        raise AdarayError(f"{field}: unknown file type {path.name!r}; "
-                          "use .csv, .tsv, .jsonl, .json or .parquet (optionally compressed)")
-    return path
-
-
-def read_table(path: str | Path, *, field: str = "task.path") -> pd.DataFrame:
-    """One local data file as a DataFrame (CSV/TSV cells as strings: those formats have no types)."""
-    path = _check_file(path, field=field)
-    fmt = _file_format(path)
-    try:
-        if fmt in ("csv", "tsv"):
-            # Only empty cells are missing: "NA" or "null" in a text is text. TSV has no quoting.
-            return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
-                               na_values=[""], quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-        if fmt in ("jsonl", "json"):
-            return pd.read_json(path, lines=fmt == "jsonl", dtype=False, convert_dates=False)
-        return pd.read_parquet(path)
-    except Exception as exc:  # parsers raise many types; the file is the user's to fix
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AdarayError(f"{field}: cannot read {path} as {fmt.upper()}: {reason}") from None
-
-
 # --- validation -------------------------------------------------------------------------------
 
 
@@ -348,6 +326,9 @@ def _check_columns(df: pd.DataFrame, *, where: str, task: TaskConfig, text_colum
 
 
 def _check_texts(values: pd.Series, *, field: str, column: str, where: str) -> None:
+    if (example := only_numbers(values)) is not None:
+        raise AdarayError(f"task.{field}: column {column!r} in {where} holds only numbers (e.g. {example!r}), "
+                          f"not texts; set task.{field} to the column that holds the texts")
     bad = ~values.map(lambda v: isinstance(v, str) and bool(v.strip())).to_numpy(dtype=bool)
     if bad.any():
         first = int(np.flatnonzero(bad)[0]) + 1
