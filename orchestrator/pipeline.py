@@ -77,9 +77,9 @@ def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbac
     the job's lock (one driver per job)."""
     console = console or Console()
     preflight(job)
-    prepared = prepare_stage(job, progress=progress)  # the data is checked before Ray starts or a run file appears
-    console.print(f"[green]✓[/] prepare  {prepared.meta.sizes}  fingerprint {prepared.meta.fingerprint[:12]}")
-    with job_lock(job.run_dir, job_name=job.name, say=lambda message: console.print(f"[yellow]{message}[/]")):
+    with job_lock(job, say=lambda message: console.print(f"[yellow]{message}[/]")):
+        prepared = prepare_stage(job, progress=progress)  # the data is checked before Ray starts or a run file appears
+        console.print(f"[green]✓[/] prepare  {prepared.meta.sizes}  fingerprint {prepared.meta.fingerprint[:12]}")
         return _run_stages(job, prepared, console=console, tune_callbacks=tune_callbacks, progress=progress)
 
 

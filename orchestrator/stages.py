@@ -7,10 +7,14 @@ pipeline call these same functions, so a stage computed by one is reused by the 
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 from cluster.connect import ensure_ray
 from orchestrator.config import JobConfig
 from orchestrator.data import PreparedData, prepare, resolve_teacher_source
-from workers.cache import CacheInfo, build_cache
+from orchestrator.job_lock import wait_lock
+from workers.cache import CacheInfo, build_cache, cache_key
 from workers.teacher import TeacherArtifacts, prepare_teacher
 
 
@@ -36,10 +40,15 @@ def cache_stage(
     job: JobConfig, prepared: PreparedData, teacher: TeacherArtifacts, *, progress: bool = True
 ) -> CacheInfo:
     ensure_ray(job.cluster)
-    return build_cache(
-        teacher_dir=teacher.dir, prepared_dir=prepared.folder, cfg=job.cache, root_uri=cache_root(job),
-        progress=progress,
-    )
+    root = cache_root(job)
+    build = partial(build_cache, teacher_dir=teacher.dir, prepared_dir=prepared.folder, cfg=job.cache, root_uri=root,
+                    progress=progress)
+    if "://" in root and not root.startswith("file://"):
+        return build()  # object storage: no local lock to take; concurrent builds publish the same bytes
+    key, _ = cache_key(teacher_dir=teacher.dir, meta=prepared.meta, cfg=job.cache)
+    folder = Path(root.removeprefix("file://"))
+    with wait_lock(folder / f".{key}.lock", what=f"the teacher cache {key}"):
+        return build()
 
 
 def data_stages(job: JobConfig, *, progress: bool = True) -> tuple[PreparedData, TeacherArtifacts, CacheInfo]:

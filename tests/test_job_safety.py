@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -15,8 +16,9 @@ import yaml
 from tiny_jobs import tiny_job
 
 from orchestrator.cli import main
+from orchestrator.config import load_job
 from orchestrator.errors import AdarayError
-from orchestrator.job_lock import LOCK_FILE, job_lock, read_lock
+from orchestrator.job_lock import job_lock, job_lock_path, read_lock
 
 
 def _job_file(tmp_path, **overrides):
@@ -26,38 +28,42 @@ def _job_file(tmp_path, **overrides):
 
 
 def test_a_live_holder_blocks_a_second_driver_and_a_dead_one_is_taken_over(tmp_path):
+    job = load_job(_job_file(tmp_path))
+    lock = job_lock_path(job)
+    lock.parent.mkdir(parents=True)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
-                                                      "since": "earlier"}))
-        with pytest.raises(AdarayError, match=f"already running \\(pid {sleeper.pid}"), job_lock(tmp_path, job_name="j"):
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "since": "earlier"}))
+        with pytest.raises(AdarayError, match=f"already running \\(pid {sleeper.pid}"), job_lock(job):
             pass
-        assert read_lock(tmp_path)["pid"] == sleeper.pid  # the live holder's lock is untouched
+        assert read_lock(lock)["pid"] == sleeper.pid  # the live holder's lock is untouched
     finally:
         sleeper.kill()
         sleeper.wait()
     said = []
-    with job_lock(tmp_path, job_name="j", say=said.append) as me:
-        assert read_lock(tmp_path)["pid"] == me["pid"] == os.getpid()
+    with job_lock(job, say=said.append) as me:
+        assert read_lock(lock)["pid"] == me["pid"] == os.getpid()
     assert said and "gone" in said[0]
-    assert not (tmp_path / LOCK_FILE).exists()  # released on the way out
+    assert not lock.exists()  # released on the way out
 
 
 def test_two_real_drivers_on_one_job(tmp_path, capsys):
     job_file = _job_file(tmp_path)
     run_dir = tmp_path / "ws" / "runs" / "safety"
+    lock = job_lock_path(load_job(job_file))
     first = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(job_file), "--quiet"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while read_lock(run_dir) is None:
+        while read_lock(lock) is None:
             assert first.poll() is None and time.monotonic() < deadline, "the first driver never took the lock"
             time.sleep(0.2)
-        started = time.monotonic()
+        import ray
+
         assert main(["run", str(job_file), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert "already running" in err and str(first.pid) in err and "Traceback" not in err
-        assert time.monotonic() - started < 10  # refused before any stage or Ray
+        assert not ray.is_initialized()  # refused before any stage or Ray
         while not (run_dir / "status.json").is_file():
             assert time.monotonic() < deadline
             time.sleep(0.2)
@@ -163,3 +169,19 @@ def test_rejected_data_starts_no_ray_and_leaves_no_run_files(tmp_path, capsys):
     assert "sentiment" in err and "Traceback" not in err
     assert time.monotonic() - started < 20 and not ray.is_initialized()
     assert not (tmp_path / "ws" / "runs").exists()
+
+
+def test_a_second_builder_waits_for_the_first(tmp_path):
+    from orchestrator.job_lock import wait_lock
+
+    lock = tmp_path / ".key.lock"
+    builder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    threading.Thread(target=builder.wait, daemon=True).start()  # reaped as soon as it ends, as init would
+    lock.write_text(json.dumps({"pid": builder.pid, "host": socket.gethostname(), "since": "now"}))
+    said, started = [], time.monotonic()
+    with wait_lock(lock, what="the teacher cache k", say=said.append, poll_s=0.1):
+        waited = time.monotonic() - started
+        assert builder.poll() is not None  # entered only once the first builder was gone
+    builder.wait()
+    assert waited >= 1.0 and "waiting for pid" in said[0] and "the teacher cache k" in said[0]
+    assert not lock.exists()

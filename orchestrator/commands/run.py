@@ -42,7 +42,7 @@ def resume(job_file: Path = typer.Argument(..., help="The job YAML file of a job
 @app.command()
 def status(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> None:
     """Show where a job stands: its stage, the outer loop's configurations, the champion."""
-    from orchestrator.job_lock import holder_alive, read_lock
+    from orchestrator.job_lock import holder_alive, job_lock_path, read_lock
     from orchestrator.outer_loop import study_summary
     from orchestrator.pipeline import StatusFile
 
@@ -54,7 +54,7 @@ def status(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> N
         return
     console.print(f"job [cyan]{job.name}[/]: stage [bold]{state['stage']}[/], updated {state.get('updated')}")
     if state["stage"] != "done":
-        holder = read_lock(job.run_dir)
+        holder = read_lock(job_lock_path(job))
         alive = holder is not None and holder_alive(holder) is not False
         console.print(f"  driver: pid {holder['pid']} on {holder['host']}, running" if alive else
                       f"  [yellow]the driver is gone: run `adaray resume {job_file}`[/]")
