@@ -32,15 +32,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.errors import AdarayError
 from orchestrator.user_files import URL, check_file, only_numbers, read_table, url_message
-from workers.dataset import SPLITS
+from workers.splits import SPLITS
+
+if TYPE_CHECKING:  # pandas is imported where data is read: validating a job file needs none
+    import pandas as pd
 
 SPLIT_FRACTIONS = {"train": 0.8, "search_valid": 0.05, "dev": 0.075, "test": 0.075}
 # A binary task whose smaller class holds at least this share is scored by accuracy.
@@ -173,6 +175,8 @@ def _rotten_tomatoes(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _clothing_reviews(df: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     df = df[df["Review Text"].notna()].drop_duplicates("Review Text")
     recommended = df["Recommended IND"].map({0: "not_recommended", 1: "recommended"})
     return pd.DataFrame({"Review Text": df["Review Text"], "Recommended IND": recommended})
@@ -198,6 +202,8 @@ BUILTIN_TASKS = tuple(BUILTINS)
 
 def load_task(task: TaskConfig) -> tuple[TaskSpec, dict[str, pd.DataFrame]]:
     """Read, validate and split a task's data; every problem is a one-line AdarayError."""
+    import pandas as pd
+
     frames, where, task = _read_source(task)
     text_column = task.text_column or "text"
     label_column = task.label_column or "label"
@@ -246,6 +252,8 @@ def load_task(task: TaskConfig) -> tuple[TaskSpec, dict[str, pd.DataFrame]]:
 def _read_source(task: TaskConfig) -> tuple[dict[str, pd.DataFrame], dict[str, str], TaskConfig]:
     """Raw frames of the given splits, where each came from (for messages), and the task with a
     built-in's or hub data set's own columns and label names filled in."""
+    import pandas as pd
+
     if task.builtin:
         builtin = BUILTINS[task.builtin]
         df = builtin.clean(read_table(builtin.location))
@@ -271,6 +279,7 @@ def _read_source(task: TaskConfig) -> tuple[dict[str, pd.DataFrame], dict[str, s
 
 def _read_hub(task: TaskConfig) -> tuple[dict[str, pd.DataFrame], dict[str, str], TaskConfig]:
     import datasets  # heavy: only the hub source needs it
+    import pandas as pd
 
     where = f"hub {task.hub}" + (f"/{task.hub_config}" if task.hub_config else "")
     try:

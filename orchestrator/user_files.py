@@ -15,11 +15,14 @@ import math
 import re
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from orchestrator.errors import AdarayError
+
+if TYPE_CHECKING:  # pandas is imported where a file is read: validating a job file needs none
+    import pandas as pd
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
             ".pq": "parquet"}
@@ -76,6 +79,8 @@ def read_table(path: str | Path, *, field: str = "task.path") -> pd.DataFrame:
     cp1252/Latin-1 when the file is not valid UTF-8 and holds no UTF-8 sequences (so a UTF-8 file is
     never read as cp1252). A binary file is a one-line AdarayError, like every other problem.
     """
+    import pandas as pd
+
     path = check_file(path, field=field)
     fmt = _file_format(path)
     try:
@@ -166,6 +171,8 @@ def _binary(raw: bytes) -> str | None:
 def _read_delimited(text: str, *, sep: str, raw_fallback: bool) -> pd.DataFrame:
     """CSV or TSV text with standard quoting; with raw_fallback (TSV), text that does not parse
     that way (a stray quote: `"Wow" he said`) is read with no quoting, its quotes as text."""
+    import pandas as pd
+
     quotings = [csv.QUOTE_MINIMAL]
     if raw_fallback and '"' in text:
         quotings = [csv.QUOTE_MINIMAL, csv.QUOTE_NONE] if _quotes_well_formed(text, sep=sep) else [csv.QUOTE_NONE]

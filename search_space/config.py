@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from search_space.ops import OPS, PRIMITIVES, ZERO
+from search_space.primitives import OP_SPECS, PRIMITIVES, ZERO
 
 MAX_CELLS = 16
 
@@ -44,9 +44,9 @@ class SearchSpaceConfig:
             raise ValueError(f"k_max must be an int in 1..{MAX_CELLS}, got {self.k_max!r}")
         if not _is_int(self.num_nodes) or self.num_nodes < 1:
             raise ValueError(f"num_nodes must be an int >= 1, got {self.num_nodes!r}")
-        unknown = [p for p in self.primitives if p not in OPS]
+        unknown = [p for p in self.primitives if p not in OP_SPECS]
         if unknown:
-            raise ValueError(f"unknown primitives {unknown}; known: {list(OPS)}")
+            raise ValueError(f"unknown primitives {unknown}; known: {list(OP_SPECS)}")
         if len(set(self.primitives)) != len(self.primitives):
             raise ValueError(f"primitives has duplicates: {list(self.primitives)}")
         if not any(p != ZERO for p in self.primitives):

@@ -7,26 +7,14 @@ Every op maps `x: (B, T, D)` and `mask: (B, T)` (bool, int or float; 1 = real to
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRIMITIVES: tuple[str, ...] = (
-    "conv_3",
-    "conv_5",
-    "conv_7",
-    "dil_conv_3",
-    "dil_conv_5",
-    "dil_conv_7",
-    "max_pool_3",
-    "avg_pool_3",
-    "identity",
-    "zero",
-)
-ZERO = "zero"  # the op a derived genotype never keeps
+# The plain data lives torch-free in primitives.py; re-exported here for existing imports.
+from search_space.primitives import OP_SPECS, PRIMITIVES, ZERO, OpSpec  # noqa: F401
 
 
 def _float_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -132,29 +120,6 @@ class AvgPool(nn.Module):
         count = self._window_mean(m)  # (B, T, 1) real tokens / k
         # Divide by the real tokens in the window, not by k; >= 1/k at every real position.
         return _on_one_scale(total / count.clamp_min(1.0 / self.kernel_size), mask, norm=self.norm)
-
-
-@dataclass(frozen=True)
-class OpSpec:
-    """What an op is, for the analytic cost model."""
-
-    kind: str  # "conv" | "max_pool" | "avg_pool" | "identity" | "zero"
-    kernel_size: int = 0
-    dilation: int = 1
-
-
-OP_SPECS: dict[str, OpSpec] = {
-    "conv_3": OpSpec("conv", 3),
-    "conv_5": OpSpec("conv", 5),
-    "conv_7": OpSpec("conv", 7),
-    "dil_conv_3": OpSpec("conv", 3, dilation=2),
-    "dil_conv_5": OpSpec("conv", 5, dilation=2),
-    "dil_conv_7": OpSpec("conv", 7, dilation=2),
-    "max_pool_3": OpSpec("max_pool", 3),
-    "avg_pool_3": OpSpec("avg_pool", 3),
-    "identity": OpSpec("identity"),
-    "zero": OpSpec("zero"),
-}
 
 
 def build_op(name: str, dim: int, *, norm: bool = True, kernel: nn.Conv1d | None = None) -> nn.Module:

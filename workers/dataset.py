@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
-SPLITS = ("train", "search_valid", "dev", "test")
+from workers.splits import SPLITS
+
 NO_LABEL = -1
 
 SPLIT_SCHEMA = pa.schema(

@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from cluster.submit import SubmitError, dashboard_url, submit_job
 from orchestrator.app import app
 from orchestrator.config import JobConfig, dump_job, load_job
 from orchestrator.errors import AdarayError
@@ -30,6 +29,8 @@ def submit(
 
     Token-authenticated clusters (`ray start --head` makes one) need RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN.
     """
+    from cluster.submit import SubmitError, dashboard_url, submit_job  # ray and aiohttp: only here
+
     job = load_job(job_file)  # a bad job fails here, before the cluster is contacted
     root = project_root(job_file)
     try:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
 from rich import box
 from rich.console import Console
@@ -13,9 +13,11 @@ from rich.table import Table
 
 from orchestrator.app import app, data_app
 from orchestrator.config import load_job
-from orchestrator.data import fingerprint, length_summary, open_teacher_tokenizer
 from orchestrator.tasks import BUILTINS, TaskConfig, load_task
-from workers.dataset import SPLITS, is_prepared
+from workers.splits import SPLITS
+
+if TYPE_CHECKING:  # pandas, torch and transformers are imported by the commands that use them
+    import pandas as pd
 
 
 def _console() -> Console:
@@ -32,6 +34,8 @@ def _balance(labels: pd.Series, *, label_names: tuple[str, ...]) -> str:
 @app.command()
 def tasks() -> None:
     """List the built-in tasks with their split sizes and label balance (loads their data)."""
+    import pandas as pd
+
     table = Table(title="built-in tasks (split_seed 0)", box=box.SIMPLE_HEAD)
     for column in ("task", "examples", *SPLITS, "labels", "metric", "data from"):
         table.add_column(column, justify="right" if column == "examples" or column in SPLITS else "left")
@@ -48,6 +52,9 @@ def tasks() -> None:
 @data_app.command("describe")
 def describe(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> None:
     """Split sizes, label balance and teacher token lengths of JOB_FILE's task."""
+    from orchestrator.data import fingerprint, length_summary, open_teacher_tokenizer
+    from workers.dataset import is_prepared
+
     job = load_job(job_file)
     task = job.task
     source, tokenizer = open_teacher_tokenizer(job.teacher.model, max_length=task.max_length)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -15,10 +15,10 @@ from rich.table import Table
 from orchestrator.app import app
 from orchestrator.config import JobConfig, load_job
 from orchestrator.errors import AdarayError
-from search_space.genotype import Genotype
 from workers.config import SearchConfig
-from workers.latency import hardware_name, read_latency_table, write_latency_table
-from workers.local_files import write_json_atomic
+
+if TYPE_CHECKING:  # torch and the workers are imported by the commands that use them: a fast --help
+    from search_space.genotype import Genotype
 
 SEARCH_FILE = "search.json"
 STATE_FILE = "search_state.pt"
@@ -36,9 +36,13 @@ def search(
     Runs the data stages first (cache hits when done). The search checkpoints every epoch and a
     re-run resumes it; the student lands in <workspace>/runs/<job>/search-beta<B>-seed<S>/student.
     """
+    import torch
+
     from orchestrator.stages import data_stages
+    from search_space.genotype import Genotype
     from workers.cache import open_cache
     from workers.dataset import load_split
+    from workers.local_files import write_json_atomic
     from workers.retrain import retrain
     from workers.search import run_search
     from workers.search_data import check_search_data, load_search_data
@@ -102,7 +106,9 @@ def latency_table(
     repeats: int = typer.Option(30, "--repeats", min=1),
 ) -> None:
     """Measure every candidate op's latency on this device; `search.cost_source: latency` reads the table."""
-    from workers.latency import op_latency_table
+    import torch
+
+    from workers.latency import hardware_name, op_latency_table, write_latency_table
 
     job = load_job(job_file)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -133,6 +139,8 @@ def _search_config(job: JobConfig, *, beta: float | None, seed: int) -> SearchCo
     except ValidationError as exc:
         raise AdarayError(f"search: {exc.errors()[0]['msg']}") from None
     if cfg.cost_source == "latency":
+        from workers.latency import read_latency_table
+
         if cfg.latency_table is None:
             raise AdarayError("search.cost_source is latency but search.latency_table is not set "
                               "(make one with `adaray latency-table JOB.yaml -o FILE`)")
@@ -147,6 +155,8 @@ def _resume_state(path: Path, *, key: dict) -> dict | None:
     """The checkpoint of an interrupted search with the same key, else None (and a stale one is removed)."""
     if not path.is_file():
         return None
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.pop("key", None) != key:
         path.unlink()
