@@ -1,5 +1,7 @@
 """User-facing errors: one line that says what is wrong and how to fix it."""
 
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,3 +22,27 @@ def worker_errors() -> Iterator[None]:
         yield
     except ValueError as exc:
         raise AdarayError(str(exc)) from exc
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """A first Ctrl-C inside is held until the block ends, then stops the job (a registration is all
+    or nothing); a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def hold(signum, frame) -> None:
+        if held and callable(previous):
+            previous(signum, frame)
+        held.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise Interrupted("interrupted during registration, which finished first")

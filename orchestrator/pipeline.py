@@ -19,7 +19,7 @@ from rich.table import Table
 from cluster.connect import ensure_ray
 from orchestrator.config import JobConfig, dump_job
 from orchestrator.data import PreparedData
-from orchestrator.errors import AdarayError, worker_errors
+from orchestrator.errors import AdarayError, deferred_interrupt, worker_errors
 from orchestrator.job_lock import job_lock
 from orchestrator.measure import student_latency, teacher_latency
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
@@ -178,17 +178,9 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
 
     # -- register -----------------------------------------------------------------------------
     status.update(stage="register")
-    to_register = [choice.champion] + [c for c in front if c is not choice.champion][: job.budget.register_top - 1]
-    versions = {}
-    for c in to_register:
-        spec = next(s for s in specs if s.key == c.key)
-        run_id = _retrain_run(tracker, parent, job=job, spec=spec, metrics=c.metrics)
-        versions[c.key] = tracker.register_student(
-            run_id=run_id, student_dir=spec.out_dir, key=f"{job.name}/{c.key}", input_example=["a great movie"],
-            tags=_lineage(job, c, spec=spec, teacher_dir=teacher.dir, cache_key=cache.key,
-                          fingerprint=prepared.meta.fingerprint),
-        )
-    kept = tracker.promote("champion", versions[choice.champion.key], score=choice.champion.accuracy)
+    with deferred_interrupt():
+        versions, kept = _register(job, tracker, parent, choice=choice, front=front, specs=specs, teacher=teacher,
+                                   cache=cache, prepared=prepared)
     if kept:
         console.print(f"[yellow]{kept}[/]")
     tracker.log_metrics(parent, {"champion_dev_accuracy": choice.champion.accuracy,
@@ -207,6 +199,24 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                   model=tracker.model_name)
     _print_summary(console, job, result)
     return result
+
+
+
+def _register(job: JobConfig, tracker: Tracker, parent: str, *, choice: Choice, front: list[Candidate],
+              specs: list[StudentSpec], teacher, cache, prepared) -> tuple[dict[str, str], str | None]:
+    """Register the champion and the front's best; move @champion unless a better version holds it.
+    Returns ({student key: version}, why the alias stayed, or None)."""
+    to_register = [choice.champion] + [c for c in front if c is not choice.champion][: job.budget.register_top - 1]
+    versions = {}
+    for c in to_register:
+        spec = next(s for s in specs if s.key == c.key)
+        run_id = _retrain_run(tracker, parent, job=job, spec=spec, metrics=c.metrics)
+        versions[c.key] = tracker.register_student(
+            run_id=run_id, student_dir=spec.out_dir, key=f"{job.name}/{c.key}", input_example=["a great movie"],
+            tags=_lineage(job, c, spec=spec, teacher_dir=teacher.dir, cache_key=cache.key,
+                          fingerprint=prepared.meta.fingerprint),
+        )
+    return versions, tracker.promote("champion", versions[choice.champion.key], score=choice.champion.accuracy)
 
 
 def _screen(job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key: str, console: Console,

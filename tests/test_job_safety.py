@@ -185,3 +185,28 @@ def test_a_second_builder_waits_for_the_first(tmp_path):
     builder.wait()
     assert waited >= 1.0 and "waiting for pid" in said[0] and "the teacher cache k" in said[0]
     assert not lock.exists()
+
+
+def test_ctrl_c_during_registration_finishes_it_and_a_second_stops_at_once():
+    from orchestrator.errors import Interrupted, deferred_interrupt
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGINT, interrupt)  # what the CLI installs
+    try:
+        finished = []
+        with pytest.raises(Interrupted), deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            finished.append("registered")  # the block runs to its end
+        assert finished == ["registered"]
+        with pytest.raises(Interrupted), deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            finished.append("never")
+        assert finished == ["registered"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
