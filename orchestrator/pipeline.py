@@ -99,6 +99,27 @@ def preflight(job: JobConfig) -> None:
                           "in the job file to a writable folder") from None
 
 
+MAJORITY_MARGIN = 0.02  # "clearly better than the majority class": at least this much, in the task's metric
+
+
+def teacher_score(teacher, *, metric: str) -> float:
+    """The teacher's dev score in the task's metric (teachers saved before macro-F1 was kept: accuracy)."""
+    return (teacher.dev_scores or {}).get(metric, teacher.dev_accuracy)
+
+
+def above_majority(prepared: PreparedData, *, score: float, who: str, hint: str) -> float:
+    """The majority-class dev score; AdarayError (one line) when `score` does not clearly beat it."""
+    from workers.dataset import load_split
+    from workers.metrics import majority_score
+
+    meta = prepared.meta
+    majority = majority_score(load_split(prepared.folder, "dev").labels, num_labels=meta.num_labels, metric=meta.metric)
+    if score < majority + MAJORITY_MARGIN:
+        raise AdarayError(f"{who} scores dev {METRIC_NAMES[meta.metric]} {score:.4f}, no better than always "
+                          f"predicting the majority class ({majority:.4f}); {hint}")
+    return majority
+
+
 def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tune_callbacks: list | None,
                 progress: bool) -> PipelineResult:
     status = StatusFile(job)
@@ -109,12 +130,16 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     status.update(stage="data")
     with worker_errors():
         teacher = teacher_stage(job, prepared, progress=progress)
+        majority = above_majority(prepared, score=teacher_score(teacher, metric=prepared.meta.metric), who="the teacher",
+                                  hint="train the teacher longer (teacher.epochs), with more data, or give a "
+                                       "stronger teacher.model")
         resources = ensure_ray(job.cluster)
         console.print(f"[bold]adaray[/] job [cyan]{job.name}[/]: Ray with {resources['cpus']:g} CPUs, "
                       f"{resources['gpus']:g} GPUs")
         cache = cache_stage(job, prepared, teacher, progress=progress)
-    console.print(f"[green]✓[/] teacher  dev accuracy {teacher.dev_accuracy:.4f}"
-                  f"{'  (cache hit)' if teacher.cache_hit else ''}")
+    metric_name = METRIC_NAMES[prepared.meta.metric]
+    console.print(f"[green]✓[/] teacher  dev {metric_name} {teacher_score(teacher, metric=prepared.meta.metric):.4f} "
+                  f"(majority class {majority:.4f}){'  (cache hit)' if teacher.cache_hit else ''}")
     console.print(f"[green]✓[/] cache    {cache.rows}  key {cache.key[:12]}{'  (cache hit)' if cache.cache_hit else ''}")
     tracker = Tracker(job, task_name=prepared.meta.task)
     parent = tracker.parent_run()
@@ -145,7 +170,6 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     # -- retrain ----------------------------------------------------------------------------
     status.update(stage="retrain")
     specs = finalist_specs(job, outcomes, cache_key=cache.key)
-    metric_name = METRIC_NAMES[prepared.meta.metric]
     console.print(f"[bold]retrain[/]: the {len(specs)} best of the screened students, {job.retrain.epochs} epochs")
     metrics = retrain_students(
         job, specs, refs=refs,
@@ -165,7 +189,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
         candidates.append(_candidate(spec, {**metrics[spec.key], **lat}, metric=prepared.meta.metric,
                                      batch=job.budget.latency_batch))
     front = pareto_front(candidates)
-    teacher_acc = teacher.dev_accuracy
+    teacher_acc = teacher_score(teacher, metric=prepared.meta.metric)  # the one metric: students are scored in it too
     choice = pick_champion(front, budget=job.budget, teacher_accuracy=teacher_acc)
     b = job.budget.latency_batch
     plot = pareto_plot(candidates, front, choice.champion, job.run_dir / "pareto.png", teacher_accuracy=teacher_acc,
@@ -177,6 +201,9 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     tracker.log_text(parent, json.dumps([c.__dict__ for c in candidates], indent=2, default=str), "selection.json")
 
     # -- register -----------------------------------------------------------------------------
+    above_majority(prepared, score=choice.champion.accuracy, who="the best student",
+                   hint="retrain longer (retrain.epochs), add augmented copies (cache.augment.copies) or widen "
+                        "the search; nothing was registered")
     status.update(stage="register")
     with deferred_interrupt():
         versions, kept = _register(job, tracker, parent, choice=choice, front=front, specs=specs, teacher=teacher,

@@ -138,3 +138,23 @@ def test_cli_data_describe(tmp_path, capsys):
     # Texts up to 71 tokens: some rows are cut to fit 32.
     train_row = next(line for line in out.splitlines() if line.strip().startswith("train"))
     assert train_row.split()[-1] != "0.0%"
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1_macro"])
+def test_a_score_no_better_than_the_majority_class_is_refused_in_the_tasks_metric(tmp_path, metric):
+    from orchestrator.errors import AdarayError
+    from orchestrator.pipeline import MAJORITY_MARGIN, above_majority
+    from workers.metrics import majority_score
+
+    rows = [(f"review {i} of a film", "good" if i % 10 < 6 else ("bad" if i % 10 < 9 else "meh")) for i in range(400)]
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+    task = TaskConfig(path=str(path), text_column="text", label_column="label", metric=metric)
+    prepared = prepare(task, tokenizer_source=MINILM, workspace=tmp_path / "ws", progress=False)
+    labels = load_split(prepared.folder, "dev").labels
+    majority = majority_score(labels, num_labels=3, metric=metric)
+    share = float((labels == torch.bincount(labels).argmax()).float().mean())
+    assert majority == pytest.approx(share if metric == "accuracy" else 2 * share / (1 + share) / 3)
+    with pytest.raises(AdarayError, match=f"no better than always predicting the majority class \\({majority:.4f}\\)"):
+        above_majority(prepared, score=majority + MAJORITY_MARGIN / 2, who="the teacher", hint="train it longer")
+    assert above_majority(prepared, score=majority + 2 * MAJORITY_MARGIN, who="the teacher", hint="-") == majority

@@ -25,3 +25,10 @@ def task_score(predictions: torch.Tensor, labels: torch.Tensor, *, num_labels: i
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return classification_scores(predictions, labels, num_labels=num_labels)[metric]
+
+
+def majority_score(labels: torch.Tensor, *, num_labels: int, metric: str) -> float:
+    """The task score of always predicting the most frequent label of `labels`: the bar every
+    teacher and student must clear."""
+    majority = int(torch.bincount(labels, minlength=num_labels).argmax())
+    return task_score(torch.full_like(labels, majority), labels, num_labels=num_labels, metric=metric)

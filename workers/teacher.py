@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from workers.config import TeacherConfig
 from workers.dataset import PreparedMeta, TargetSplit, is_prepared, load_split, read_meta, teacher_inputs
+from workers.metrics import classification_scores
 from workers.probes import (
     PROBES_FILE,
     LayerProbes,
@@ -62,6 +63,7 @@ class TeacherArtifacts:
     num_layers: int  # L hidden layers; there are L+1 probes (embedding output first)
     hidden_size: int
     num_labels: int
+    dev_scores: dict[str, float] | None = None  # accuracy and f1_macro on dev (None: saved before they were kept)
 
 
 @dataclass
@@ -224,14 +226,15 @@ def prepare_teacher(
                            desc="teacher: train states")
     dev_x, dev_logits = _features(model, dev, meta=meta, batch_size=4 * cfg.batch_size, progress=progress,
                                   desc="teacher: dev states")
-    dev_accuracy = float((dev_logits.argmax(dim=-1) == dev.labels).float().mean())
+    dev_scores = classification_scores(dev_logits.argmax(dim=-1), dev.labels, num_labels=meta.num_labels)
+    dev_accuracy = dev_scores["accuracy"]
     probes = train_probes(train_x, train.labels, num_labels=meta.num_labels, epochs=cfg.probe_epochs,
                           lr=cfg.probe_lr, seed=cfg.seed)
     accuracies = probe_accuracies(probes, dev_x, dev.labels)
     artifacts = TeacherArtifacts(
         dir=out, key=key, cache_hit=False, fine_tuned=fine_tuned, dev_accuracy=dev_accuracy,
         probe_accuracies=accuracies, num_layers=dev_x.shape[1] - 1, hidden_size=dev_x.shape[2],
-        num_labels=meta.num_labels,
+        num_labels=meta.num_labels, dev_scores=dev_scores,
     )
     record = {k: v for k, v in asdict(artifacts).items() if k not in ("dir", "cache_hit")}
     record |= {"source": source, "data_fingerprint": meta.fingerprint, "config": cfg.model_dump(mode="json"),
@@ -279,6 +282,7 @@ def read_artifacts(folder: Path, *, cache_hit: bool) -> TeacherArtifacts:
         dir=Path(folder), key=record["key"], cache_hit=cache_hit, fine_tuned=record["fine_tuned"],
         dev_accuracy=record["dev_accuracy"], probe_accuracies=record["probe_accuracies"],
         num_layers=record["num_layers"], hidden_size=record["hidden_size"], num_labels=record["num_labels"],
+        dev_scores=record.get("dev_scores"),
     )
 
 
@@ -408,8 +412,6 @@ def _quiet_hf():
 def teacher_scores(folder: str | Path, prepared_dir: str | Path, *, splits: tuple[str, ...] = ("dev", "test"),
                    batch_size: int = 128) -> dict[str, dict[str, float]]:
     """{split: {"accuracy", "f1_macro"}} of the saved teacher on prepared splits."""
-    from workers.metrics import classification_scores
-
     meta = read_meta(prepared_dir)
     with _quiet_hf():
         model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
