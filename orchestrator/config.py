@@ -137,6 +137,9 @@ class BudgetConfig(_Config):
     within_teacher_points: float | None = Field(
         None, ge=0, description="smallest student within this many accuracy points of the teacher"
     )
+    min_over_majority: float = Field(
+        0.02, ge=-1, le=1, description="the teacher and the champion must beat always predicting the majority "
+        "class by this much (task's metric), or the job stops before distilling or registering; -1 turns it off")
     register_top: int = Field(3, ge=1, description="how many Pareto-front students to register")
 
 

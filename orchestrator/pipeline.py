@@ -99,22 +99,19 @@ def preflight(job: JobConfig) -> None:
                           "in the job file to a writable folder") from None
 
 
-MAJORITY_MARGIN = 0.02  # "clearly better than the majority class": at least this much, in the task's metric
-
-
 def teacher_score(teacher, *, metric: str) -> float:
     """The teacher's dev score in the task's metric (teachers saved before macro-F1 was kept: accuracy)."""
     return (teacher.dev_scores or {}).get(metric, teacher.dev_accuracy)
 
 
-def above_majority(prepared: PreparedData, *, score: float, who: str, hint: str) -> float:
-    """The majority-class dev score; AdarayError (one line) when `score` does not clearly beat it."""
+def above_majority(prepared: PreparedData, *, score: float, margin: float, who: str, hint: str) -> float:
+    """The majority-class dev score; AdarayError (one line) when `score` does not beat it by `margin`."""
     from workers.dataset import load_split
     from workers.metrics import majority_score
 
     meta = prepared.meta
     majority = majority_score(load_split(prepared.folder, "dev").labels, num_labels=meta.num_labels, metric=meta.metric)
-    if score < majority + MAJORITY_MARGIN:
+    if score < majority + margin:
         raise AdarayError(f"{who} scores dev {METRIC_NAMES[meta.metric]} {score:.4f}, no better than always "
                           f"predicting the majority class ({majority:.4f}); {hint}")
     return majority
@@ -130,7 +127,8 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     status.update(stage="data")
     with worker_errors():
         teacher = teacher_stage(job, prepared, progress=progress)
-        majority = above_majority(prepared, score=teacher_score(teacher, metric=prepared.meta.metric), who="the teacher",
+        majority = above_majority(prepared, score=teacher_score(teacher, metric=prepared.meta.metric),
+                                  margin=job.budget.min_over_majority, who="the teacher",
                                   hint="train the teacher longer (teacher.epochs), with more data, or give a "
                                        "stronger teacher.model")
         resources = ensure_ray(job.cluster)
@@ -201,7 +199,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     tracker.log_text(parent, json.dumps([c.__dict__ for c in candidates], indent=2, default=str), "selection.json")
 
     # -- register -----------------------------------------------------------------------------
-    above_majority(prepared, score=choice.champion.accuracy, who="the best student",
+    above_majority(prepared, score=choice.champion.accuracy, margin=job.budget.min_over_majority, who="the best student",
                    hint="retrain longer (retrain.epochs), add augmented copies (cache.augment.copies) or widen "
                         "the search; nothing was registered")
     status.update(stage="register")

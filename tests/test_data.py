@@ -143,7 +143,7 @@ def test_cli_data_describe(tmp_path, capsys):
 @pytest.mark.parametrize("metric", ["accuracy", "f1_macro"])
 def test_a_score_no_better_than_the_majority_class_is_refused_in_the_tasks_metric(tmp_path, metric):
     from orchestrator.errors import AdarayError
-    from orchestrator.pipeline import MAJORITY_MARGIN, above_majority
+    from orchestrator.pipeline import above_majority
     from workers.metrics import majority_score
 
     rows = [(f"review {i} of a film", "good" if i % 10 < 6 else ("bad" if i % 10 < 9 else "meh")) for i in range(400)]
@@ -156,5 +156,5 @@ def test_a_score_no_better_than_the_majority_class_is_refused_in_the_tasks_metri
     share = float((labels == torch.bincount(labels).argmax()).float().mean())
     assert majority == pytest.approx(share if metric == "accuracy" else 2 * share / (1 + share) / 3)
     with pytest.raises(AdarayError, match=f"no better than always predicting the majority class \\({majority:.4f}\\)"):
-        above_majority(prepared, score=majority + MAJORITY_MARGIN / 2, who="the teacher", hint="train it longer")
-    assert above_majority(prepared, score=majority + 2 * MAJORITY_MARGIN, who="the teacher", hint="-") == majority
+        above_majority(prepared, score=majority + 0.01, margin=0.02, who="the teacher", hint="train it longer")
+    assert above_majority(prepared, score=majority + 0.03, margin=0.02, who="the teacher", hint="-") == majority
