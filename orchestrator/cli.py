@@ -28,18 +28,19 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="adaray")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except Interrupted:
-        if STATE["debug"]:
-            raise
-        Console(stderr=True).print("[bold yellow]interrupted[/]: stopped before the next step; what finished is "
-                                   "kept, nothing half-done was registered. Carry on with `adaray resume JOB.yaml`.",
-                                   highlight=False, soft_wrap=True)
-        return 130
     except AdarayError as exc:
         if STATE["debug"]:
             raise
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
+    except BaseException as exc:
+        # Raised inside a C extension's call (Ray's wait), our Interrupted arrives wrapped in a SystemError.
+        if STATE["debug"] or not _caused_by_interrupt(exc):
+            raise
+        Console(stderr=True).print("[bold yellow]interrupted[/]: stopped before the next step; what finished is "
+                                   "kept, nothing half-done was registered. Carry on with `adaray resume JOB.yaml`.",
+                                   highlight=False, soft_wrap=True)
+        return 130
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, previous)
@@ -48,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupt(signum, frame) -> None:
     raise Interrupted()
+
+
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Interrupted):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":

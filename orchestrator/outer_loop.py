@@ -189,9 +189,9 @@ def run_round(
         grid = _fit(fresh())
     out = []
     for result in grid:
-        trial = result.config["trial"]
-        if result.error is None and (result.metrics or {}).get("epoch") != trial["search"]["epochs"]:
-            # Neither failed nor finished: Tune was interrupted. Its state on disk resumes the round.
+        trial = (result.config or {}).get("trial")
+        if trial is None or (result.error is None and (result.metrics or {}).get("epoch") != trial["search"]["epochs"]):
+            # Never started, or neither failed nor finished: Tune was interrupted. Its state on disk resumes the round.
             raise Interrupted(f"round {round_index} interrupted")
         history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
         metrics = None if result.error is not None or not result.metrics else dict(result.metrics)
