@@ -32,14 +32,15 @@ from bench_job import quick_job as quick_data_job  # noqa: E402
 from orchestrator.config import JobConfig  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
 from workers.dataset import load_split  # noqa: E402
-from workers.latency import hardware_name, measure_latency  # noqa: E402
+from workers.latency import hardware_name, latency_metrics  # noqa: E402
 from workers.retrain import retrain  # noqa: E402
 from workers.search import run_search  # noqa: E402
 from workers.search_data import load_search_data  # noqa: E402
 from workers.student import Student  # noqa: E402
 
-# (warm-up, timed repeats) per batch size; a BERT-base batch of 128 takes seconds on a laptop CPU.
-REPEATS = {"full": {1: (5, 30), 128: (1, 5)}, "quick": {1: (2, 10), 128: (0, 1)}}
+# Timed calls at batch 1 (batch 128 gets a third, at least 5: workers.latency.timing_plan); a BERT-base
+# batch of 128 takes seconds on a laptop CPU.
+REPEATS = {"full": 30, "quick": 5}
 
 
 def quick_job(job: JobConfig) -> JobConfig:
@@ -51,10 +52,11 @@ def quick_job(job: JobConfig) -> JobConfig:
     })
 
 
-def latencies(model: torch.nn.Module, *, seq_len: int, repeats: dict[int, tuple[int, int]]) -> dict[int, float]:
+def latencies(model: torch.nn.Module, *, seq_len: int, repeats: int) -> dict[int, float]:
+    """Median ms at batch 1 and 128: the project's one timing function, the same plan for every model."""
     model.eval()
-    return {batch: measure_latency(model, batch_size=batch, seq_len=seq_len, warmup=warmup, repeats=n)["median_ms"]
-            for batch, (warmup, n) in repeats.items()}
+    timed = latency_metrics(model, seq_len=seq_len, repeats=repeats, gpu=False)
+    return {batch: timed[f"latency_b{batch}_ms"] for batch in (1, 128)}
 
 
 def main() -> None:
@@ -76,7 +78,7 @@ def main() -> None:
         genotype=searched.genotype, space=job.space, cfg=job.retrain, train=open_cache(cache.uri).split("train"),
         dev=load_split(prepared.folder, "dev"), test=load_split(prepared.folder, "test"), meta=meta,
         num_teacher_layers=teacher.num_layers, embedding_init=data.embedding_init, tokenizer_dir=teacher.dir,
-        out_dir=job.run_dir / f"bench-beta{cfg.beta:g}-seed0" / "student", progress=True, measure_latency=False,
+        out_dir=job.run_dir / f"bench-beta{cfg.beta:g}-seed0" / "student", progress=True,
     )
 
     # One model at a time on the same CPU, same length, same repeats.
