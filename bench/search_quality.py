@@ -272,7 +272,8 @@ def main() -> None:
                       f"agreement {out[f'{key}_agreement']:.2f}")
     if sweep:
         params = [out[f"beta{b:g}_derived_params"] for b in BETAS]
-        out["beta_sweep_params_monotone"] = all(a >= b for a, b in zip(params, params[1:]))
+        # Falling: never up as beta rises, and down at least once (equal sizes at every beta show no effect).
+        out["beta_sweep_params_falling"] = all(a >= b for a, b in zip(params, params[1:])) and params[0] > params[-1]
     out["hardware"] = hardware_name("cpu")
     out["wall_s"] = time.perf_counter() - started
     print(json.dumps(out), flush=True)
