@@ -36,7 +36,7 @@ from orchestrator.tracking import (
 )
 from search_space.genotype import Genotype
 from workers.latency import hardware_name
-from workers.local_files import write_text_atomic
+from workers.local_files import write_json_atomic, write_text_atomic
 from workers.metrics import METRIC_NAMES
 
 
@@ -65,10 +65,7 @@ class StatusFile:
 
     def update(self, **fields) -> None:
         self.state.update(fields, updated=time.strftime("%Y-%m-%d %H:%M:%S"))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2, default=str))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.state, default=str)
 
 
 def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbacks: list | None = None,

@@ -9,9 +9,7 @@ same plan (`timing_plan`), so ratios between them mean what they say.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +23,7 @@ from torch import nn
 from search_space.config import SearchSpaceConfig
 from search_space.ops import OPS
 from search_space.student import Student
+from workers.local_files import write_json_atomic
 
 LATENCY_TABLE_FORMAT = 1
 
@@ -133,19 +132,9 @@ def write_latency_table(
     path: str | Path, *, latency_ms: dict[str, float], hardware: str, embed_dim: int, seq_len: int, batch_size: int
 ) -> Path:
     """The per-op table that `cost_source: latency` reads, written atomically as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": LATENCY_TABLE_FORMAT, "hardware": hardware, "embed_dim": embed_dim, "seq_len": seq_len,
            "batch_size": batch_size, "latency_ms": latency_ms}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, doc)
 
 
 def read_latency_table(path: str | Path, *, primitives: tuple[str, ...], embed_dim: int) -> dict[str, float]:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from workers.config import TeacherConfig
 from workers.dataset import PreparedMeta, TargetSplit, is_prepared, load_split, read_meta, teacher_inputs
+from workers.local_files import publish_dir
 from workers.metrics import classification_scores
 from workers.probes import (
     PROBES_FILE,
@@ -219,7 +218,7 @@ def prepare_teacher(
             _fine_tune(model, train=train, dev=dev, meta=meta, cfg=cfg, progress=progress)
         model.config.id2label = dict(enumerate(meta.label_names))
         model.config.label2id = {name: i for i, name in enumerate(meta.label_names)}
-        _publish(out_root, checkpoint, lambda folder: _save_model(model, tokenizer, folder, fine_tuned=fine_tuned))
+        publish_dir(checkpoint, lambda folder: _save_model(model, tokenizer, folder, fine_tuned=fine_tuned))
 
     model.eval()
     train_x, _ = _features(model, train, meta=meta, batch_size=4 * cfg.batch_size, progress=progress,
@@ -248,7 +247,7 @@ def prepare_teacher(
         write_probe_report(folder, accuracies, teacher_accuracy=dev_accuracy)
         (folder / TEACHER_JSON).write_text(json.dumps(record, indent=2))
 
-    _publish(out_root, out, write_teacher)
+    publish_dir(out, write_teacher)
     shutil.rmtree(checkpoint, ignore_errors=True)
     _say(f"teacher: saved {key}: dev accuracy {dev_accuracy:.4f}; layer probes "
          + " ".join(f"{a:.3f}" for a in accuracies))
@@ -260,20 +259,6 @@ def _save_model(model: nn.Module, tokenizer, folder: Path, *, fine_tuned: bool) 
         model.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
     (folder / _FINE_TUNED).write_text(json.dumps({"fine_tuned": fine_tuned}))
-
-
-def _publish(root: Path, target: Path, write: Callable[[Path], None]) -> None:
-    """Fill a private temp folder, then rename it to `target` in one step. When `target` already
-    exists (a concurrent run with the same key got there first: same inputs), ours is dropped."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_artifacts(folder: Path, *, cache_hit: bool) -> TeacherArtifacts:
