@@ -64,7 +64,7 @@ SEARCHABLE = {
 
 def _default_params() -> dict[str, ParamRange]:
     return {
-        "beta": ParamRange(low=0.5, high=8.0, log=True),
+        "beta": ParamRange(low=0.02, high=0.3, log=True),
         "gamma": ParamRange(low=0.5, high=0.95),
         "lr_weights": ParamRange(low=5e-4, high=5e-3, log=True),
         "tau_end": ParamRange(low=0.05, high=0.3, log=True),

@@ -37,31 +37,43 @@ def op_costs(*, primitives: tuple[str, ...], dim: int, seq_len: int) -> dict[str
     return costs
 
 
-def _normalise(values: list[float]) -> torch.Tensor:
-    top = max(values)
+def _normalise(values: list[float], *, by: float) -> torch.Tensor:
     vec = torch.tensor(values, dtype=torch.float32)
-    return vec / top if top > 0 else torch.zeros_like(vec)
+    return vec / by if by > 0 else torch.zeros_like(vec)
 
 
 def normalised_cost_vector(
     costs: Mapping[str, OpCost],
     *,
+    reference: OpCost | None = None,
+    kept_edges: int = 1,
     source: Literal["params_flops", "latency"] = "params_flops",
     latency_table: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
-    """(n_ops,) costs in [0, 1], in the order of `costs` (= the primitives order)."""
+    """(n_ops,) op costs, in the order of `costs` (= the primitives order).
+
+    params_flops with `reference` (the teacher's cost): each op's params and FLOPs as a share of the teacher's,
+    averaged and times `kept_edges` (K_max * edges kept per cell), so that `efficiency_loss` is about the
+    derived student's cell ops as a share of the teacher. A conv edge then costs under 1% of the teacher, as
+    flat as AdaBERT's op costs (0.094-0.108), where max-normalised costs (1 for conv_7, 0 for free ops)
+    outweighed the task loss at every beta measured (0.5, 2, 8: every cell parameter-free).
+    params_flops without `reference`, and latency: each measure over its max op, in [0, 1].
+    """
     if source == "params_flops":
-        # Each measure over its max, then averaged, so neither dominates by its units.
-        params = _normalise([float(c.params) for c in costs.values()])
-        flops = _normalise([c.flops for c in costs.values()])
-        return (params + flops) / 2
+        params = [float(c.params) for c in costs.values()]
+        flops = [c.flops for c in costs.values()]
+        if reference is None:
+            return (_normalise(params, by=max(params)) + _normalise(flops, by=max(flops))) / 2
+        share = (_normalise(params, by=reference.params) + _normalise(flops, by=reference.flops)) / 2
+        return share * kept_edges
     if source == "latency":
         if latency_table is None:
             raise ValueError("source='latency' needs a latency_table")
         missing = [name for name in costs if name not in latency_table]
         if missing:
             raise ValueError(f"latency_table has no entry for ops {missing}")
-        return _normalise([float(latency_table[name]) for name in costs])
+        values = [float(latency_table[name]) for name in costs]
+        return _normalise(values, by=max(values))
     raise ValueError(f"source must be 'params_flops' or 'latency', got {source!r}")
 
 

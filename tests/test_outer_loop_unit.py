@@ -40,7 +40,7 @@ def test_trial_configs_place_params_and_vary_seeds(tmp_path):
     assert all(d["search"]["beta"] == 2.5 and d["space"]["k_max"] == 4 for d in dicts)
     assert all(d["config_number"] == 5 and d["round"] == 1 and d["cache_uri"] == "/c" for d in dicts)
     # the job's own config is not mutated by one configuration's params
-    assert j.search.beta == 4.0 and j.space.k_max == 8
+    assert j.search.beta == 0.1 and j.space.k_max == 8
 
 
 def _seed(seed, best, pool, collapse=0):

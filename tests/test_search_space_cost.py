@@ -7,6 +7,7 @@ from search_space import (
     OPS,
     PRIMITIVES,
     Genotype,
+    OpCost,
     SearchSpaceConfig,
     efficiency_loss,
     expected_flops,
@@ -44,6 +45,33 @@ def test_params_flops_cost_vector():
     assert by_name["conv_3"] < by_name["conv_5"] < by_name["conv_7"]
     assert 0 < by_name["max_pool_3"] < by_name["conv_3"]
     assert by_name["identity"] == by_name["zero"] == 0.0
+
+
+def test_teacher_share_cost_vector():
+    teacher = OpCost(params=1000 * D * D, flops=2000.0 * D * D * T)
+    vec = normalised_cost_vector(COSTS, reference=teacher, kept_edges=12)
+    by_name = dict(zip(PRIMITIVES, vec.tolist(), strict=True))
+    conv_3 = COSTS["conv_3"]
+    assert by_name["conv_3"] == pytest.approx((conv_3.params / teacher.params + conv_3.flops / teacher.flops) / 2 * 12)
+    assert by_name["conv_3"] < by_name["conv_5"] < by_name["conv_7"] < 0.1  # flat: a few percent of the teacher
+    assert by_name["identity"] == by_name["zero"] == 0.0
+    # Same order as the max-normalised costs, on a scale set by the teacher instead of the costliest op.
+    assert vec.argsort().tolist() == normalised_cost_vector(COSTS).argsort().tolist()
+
+
+def test_teacher_cost_counts_the_checkpoint():
+    from transformers import AutoConfig, AutoModel
+
+    from orchestrator.data import MINILM, resolve_teacher_source
+    from workers.teacher import teacher_cost
+
+    folder = resolve_teacher_source(MINILM)
+    cost = teacher_cost(folder, seq_len=64)
+    assert cost.params == AutoModel.from_pretrained(folder).num_parameters()
+    c = AutoConfig.from_pretrained(folder)
+    h, i, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    encoder = 2 * 64 * layers * (4 * h * h + 2 * h * i)  # the matmuls, biases and pooler aside
+    assert encoder <= cost.flops <= 1.02 * encoder
 
 
 def test_latency_cost_vector():

@@ -64,7 +64,9 @@ class SearchConfig(_Config):
     lr_alpha: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     gamma: float = Field(0.8, ge=0, le=1, description="KD weight")
-    beta: float = Field(4.0, ge=0, description="efficiency-loss weight")
+    # L_E is the student's cell ops as a share of the teacher's params and FLOPs (search_space/cost.py): on
+    # rotten_tomatoes, beta 0.05 kept 3 convs, 0.1 one, 0.25 and up none (AdaBERT's 4 is on another scale).
+    beta: float = Field(0.1, ge=0, description="efficiency-loss weight")
     kd_temperature: float = Field(1.0, gt=0)
     tau_start: float = Field(1.0, gt=0)
     tau_end: float = Field(0.1, gt=0)

@@ -89,7 +89,8 @@ def run_search(
         if cfg.latency_table is None:
             raise ValueError("cost_source 'latency' needs search.latency_table (make one with `adaray latency-table`)")
         latency_ms = read_latency_table(cfg.latency_table, primitives=space.primitives, embed_dim=space.embed_dim)
-    cost_vec = normalised_cost_vector(costs, source=cfg.cost_source, latency_table=latency_ms).to(device)  # (n_ops,)
+    cost_vec = normalised_cost_vector(costs, reference=data.teacher_cost, kept_edges=space.k_max * 2 * space.num_nodes,
+                                      source=cfg.cost_source, latency_table=latency_ms).to(device)  # (n_ops,)
 
     train = sample_rows(data.train, cfg.max_train_examples, seed=SUBSET_SEED)
     weights_half, arch_half = _halves(train, seed=cfg.seed)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from search_space.cost import OpCost
 from workers.cache import open_cache
 from workers.dataset import NO_LABEL, TargetSplit, load_split, read_meta
-from workers.teacher import teacher_word_embeddings
+from workers.teacher import teacher_cost, teacher_word_embeddings
 
 SUBSET_SEED = 0  # every seed of a configuration searches the same training subset
 
@@ -24,6 +25,7 @@ class SearchData:
     embedding_init: torch.Tensor | None = None  # teacher word embeddings (V, H)
     max_length: int = 64  # tokens per example, for the FLOPs figures
     metric: str = "accuracy"  # the task's score, for search_valid
+    teacher_cost: OpCost | None = None  # the teacher's params and FLOPs: the efficiency loss's reference
 
 
 def load_search_data(
@@ -45,6 +47,7 @@ def load_search_data(
         embedding_init=None if teacher_dir is None else teacher_word_embeddings(teacher_dir),
         max_length=meta.max_length,
         metric=meta.metric,
+        teacher_cost=None if teacher_dir is None else teacher_cost(teacher_dir, seq_len=meta.max_length),
     )
 
 

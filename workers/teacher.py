@@ -30,6 +30,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from search_space.cost import OpCost
 from workers.config import TeacherConfig
 from workers.dataset import PreparedMeta, TargetSplit, is_prepared, load_split, read_meta, teacher_inputs
 from workers.local_files import publish_dir
@@ -110,6 +111,24 @@ def teacher_word_embeddings(folder: str | Path) -> torch.Tensor:
         if len(names) != 1:
             raise ValueError(f"{folder}/{MODEL_FILE}: expected one word_embeddings tensor, found {names}")
         return f.get_tensor(names[0])
+
+
+def teacher_cost(folder: str | Path, *, seq_len: int) -> OpCost:
+    """The teacher's params and FLOPs per example, from model.safetensors' header alone.
+
+    FLOPs: 2 per weight outside the embedding tables, per token (attention's T^2 terms, a few percent at
+    short lengths, are left out).
+    """
+    params = dense = 0
+    with safe_open(str(Path(folder) / MODEL_FILE), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            tensor = f.get_slice(name)
+            if not tensor.get_dtype().startswith(("F", "BF")):  # integer buffers (position_ids) are no weights
+                continue
+            n = math.prod(tensor.get_shape())
+            params += n
+            dense += 0 if "embeddings" in name else n
+    return OpCost(params=params, flops=2.0 * dense * seq_len)
 
 
 def files_sha256(paths: list[Path]) -> str:
