@@ -82,6 +82,13 @@ def check_reachable(host: str, port: int, *, timeout_s: float = 5.0) -> None:
         raise ConnectionError(f"cannot reach the Ray cluster at {host}:{port}: {exc.strerror or exc}") from None
 
 
+def check_cluster(cfg: ClusterConfig) -> None:
+    """ConnectionError in seconds when the job names a Ray cluster (cluster.address or RAY_ADDRESS) that
+    nothing answers at; a local Ray needs no check."""
+    if address := cfg.address or os.environ.get("RAY_ADDRESS"):
+        _check_address(address)
+
+
 def _check_address(address: str) -> None:
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if sep and port.isdigit():  # "auto" and the like: Ray resolves them and fails fast itself

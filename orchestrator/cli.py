@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
+    except OSError as exc:  # disk full, read-only or unwritable folders, a file where a folder belongs
+        if STATE["debug"]:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.strerror or exc}{where}; free the space or fix the "
+                                   "path, then carry on with `adaray resume JOB.yaml` (what finished is kept; "
+                                   "--debug shows the traceback)", highlight=False, soft_wrap=True)
+        return 1
     except BaseException as exc:
         # Raised inside a C extension's call (Ray's wait), our Interrupted arrives wrapped in a SystemError.
         if STATE["debug"] or not _caused_by_interrupt(exc):

@@ -61,6 +61,9 @@ def resolve_teacher_source(model: str) -> str:
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise AdarayError(f"teacher.model: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
                           "save it there with tokenizer.save_pretrained(folder)")
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise AdarayError(f"teacher.model: {path} holds a tokenizer but no model (config.json and *.safetensors or "
+                          "pytorch_model.bin); save it there with model.save_pretrained(folder)")
     return str(path)
 
 
@@ -154,14 +157,24 @@ def fingerprint(spec: TaskSpec, splits: dict[str, pd.DataFrame], *, tokenizer, m
     return h.hexdigest()[:16]
 
 
+def _load_and_fingerprint(task: TaskConfig, *, tokenizer_source: str):
+    source, tokenizer = open_teacher_tokenizer(tokenizer_source, max_length=task.max_length)
+    spec, splits = load_task(task)
+    return source, tokenizer, spec, splits, fingerprint(spec, splits, tokenizer=tokenizer, max_length=task.max_length)
+
+
+def prepared_folder(task: TaskConfig, *, tokenizer_source: str, workspace: str | Path) -> Path:
+    """Where `prepare` writes the task (read and fingerprinted here; nothing is written)."""
+    *_, key = _load_and_fingerprint(task, tokenizer_source=tokenizer_source)
+    return Path(workspace) / "prepared" / key
+
+
 def prepare(task: TaskConfig, *, tokenizer_source: str, workspace: str | Path, progress: bool = True) -> PreparedData:
     """Load and validate the task, tokenize it and write it once per fingerprint.
 
     Everything that can be wrong with the inputs fails before anything is written.
     """
-    source, tokenizer = open_teacher_tokenizer(tokenizer_source, max_length=task.max_length)
-    spec, splits = load_task(task)
-    key = fingerprint(spec, splits, tokenizer=tokenizer, max_length=task.max_length)
+    source, tokenizer, spec, splits, key = _load_and_fingerprint(task, tokenizer_source=tokenizer_source)
     folder = Path(workspace) / "prepared" / key
     if is_prepared(folder):
         return PreparedData(folder=folder, meta=read_meta(folder), cache_hit=True)

@@ -26,6 +26,7 @@ from ray import tune
 from cluster.connect import trial_resources
 from orchestrator.config import SEARCHABLE, JobConfig, ParamRange
 from orchestrator.errors import Interrupted
+from orchestrator.faults import CRASH_ENV, TuneCrashPoints, crash_point
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 logger = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ def run_round(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(_run_trial, trial_resources(job.cluster))
     path = storage / name
+    callbacks = [*(callbacks or []), TuneCrashPoints(name)] if os.environ.get(CRASH_ENV) else callbacks
 
     def fresh() -> tune.Tuner:
         return tune.Tuner(
@@ -330,7 +332,9 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
         all_dicts = [d for ds in refs_dicts.values() for d in ds]
         if hooks.on_round_start:
             hooks.on_round_start(r, len(pending), len(all_dicts))
+        crash_point(f"round-{r}-asked")
         results = run_round(job, round_index=r, trial_dicts=all_dicts, callbacks=hooks.tune_callbacks)
+        crash_point(f"round-{r}-trials-done")
         by_key = {(c["config_number"], c["seed_index"]): m for c, m, _ in results}
         seeds_of = {trial.number: [_with_seed(by_key.get((trial.number, d["seed_index"])), d)
                                    for d in refs_dicts[trial.number]] for trial in pending}

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cluster.connect import ensure_ray
+from cluster.connect import check_cluster, ensure_ray
 from orchestrator.config import JobConfig, dump_job
 from orchestrator.data import PreparedData
 from orchestrator.errors import AdarayError, deferred_interrupt, worker_errors
@@ -28,7 +28,6 @@ from orchestrator.retrain_stage import StudentSpec, finalist_specs, retrain_stud
 from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
 from orchestrator.stages import cache_stage, prepare_stage, teacher_stage
 from orchestrator.tracking import (
-    StoreUnreachable,
     Tracker,
     check_tracking_store,
     default_tracking_uri,
@@ -82,10 +81,11 @@ def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbac
 
 def preflight(job: JobConfig) -> None:
     """AdarayError (one line) for a store or workspace the job cannot use, before Ray or any stage starts."""
+    check_tracking_store(default_tracking_uri(job))
     try:
-        check_tracking_store(default_tracking_uri(job))
-    except StoreUnreachable as exc:
-        raise AdarayError(str(exc)) from None
+        check_cluster(job.cluster)
+    except ConnectionError as exc:
+        raise AdarayError(f"{exc}; start it, or drop cluster.address (and RAY_ADDRESS) to run on a local Ray") from None
     try:
         job.workspace_path.mkdir(parents=True, exist_ok=True)
         probe = job.workspace_path / f".write-check-{os.getpid()}"
@@ -136,7 +136,10 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     console.print(f"[green]✓[/] teacher  dev {metric_name} {teacher_score(teacher, metric=prepared.meta.metric):.4f} "
                   f"(majority class {majority:.4f}){'  (cache hit)' if teacher.cache_hit else ''}")
     console.print(f"[green]✓[/] cache    {cache.rows}  key {cache.key[:12]}{'  (cache hit)' if cache.cache_hit else ''}")
-    tracker = Tracker(job, task_name=prepared.meta.task)
+    tracker = Tracker(job, task_name=prepared.meta.task, say=lambda message: console.print(f"[yellow]{message}[/]"))
+    if orphans := tracker.settle_orphans():
+        console.print(f"[yellow]{orphans} MLflow runs left RUNNING by a dead driver are marked failed; the job "
+                      "logs again those it reaches[/]")
     parent = tracker.parent_run()
     status.update(parent_run_id=parent, tracking_uri=tracker.uri, study=job.study_name)
     _log_parent(tracker, parent, job=job, prepared=prepared, teacher=teacher, cache=cache)
@@ -284,9 +287,9 @@ def _log_round(tracker: Tracker, parent: str, *, job: JobConfig, results, outcom
     """Child run per configuration, nested run per trial (params, per-epoch metrics, genotype, cell)."""
     by_config = {o.number: o for o in outcomes}
     for number, outcome in by_config.items():
-        config_run, created = tracker.ensure_run(f"{job.name}/config-{number}", name=f"config-{number}",
-                                                 role="config", parent_id=parent)
-        if created:
+        config_run, to_log = tracker.ensure_run(f"{job.name}/config-{number}", name=f"config-{number}",
+                                                role="config", parent_id=parent)
+        if to_log:
             tracker.log_params(config_run, {**outcome.params, "round": outcome.round})
             tracker.log_metrics(config_run, {"short_retrain_dev_score": outcome.accuracy, "cost": outcome.cost,
                                              "genotype_agreement": outcome.agreement, "collapse": outcome.collapse})
@@ -300,9 +303,9 @@ def _log_round(tracker: Tracker, parent: str, *, job: JobConfig, results, outcom
         config_run, _ = tracker.ensure_run(f"{job.name}/config-{number}", name=f"config-{number}", role="config",
                                            parent_id=parent)
         key = f"{job.name}/config-{number}/seed-{trial['seed_index']}"
-        run_id, created = tracker.ensure_run(key, name=f"config-{number}-seed-{trial['search']['seed']}",
-                                             role="trial", parent_id=config_run)
-        if not created:
+        run_id, to_log = tracker.ensure_run(key, name=f"config-{number}-seed-{trial['search']['seed']}",
+                                            role="trial", parent_id=config_run)
+        if not to_log:
             continue
         tracker.log_params(run_id, {"search": trial["search"], "space": trial["space"]})
         for row in history:
@@ -322,9 +325,9 @@ _EPOCH_METRICS = {"search_valid_score", "best_candidate_score", "expected_params
 def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: StudentSpec, metrics: dict) -> str:
     config_run, _ = tracker.ensure_run(f"{job.name}/config-{spec.outcome.number}",
                                        name=f"config-{spec.outcome.number}", role="config", parent_id=parent)
-    run_id, created = tracker.ensure_run(f"{job.name}/student-{spec.key}", name=f"student-{spec.key}",
-                                         role="retrain", parent_id=config_run)
-    if created:
+    run_id, to_log = tracker.ensure_run(f"{job.name}/student-{spec.key}", name=f"student-{spec.key}",
+                                        role="retrain", parent_id=config_run)
+    if to_log:
         tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), "space": spec.space})
         tracker.log_metrics(run_id, {**metrics, "inherited_score": spec.figures["score"] if spec.figures else None,
                                      "short_retrain_dev_score": spec.figures.get("short_score") if spec.figures else None})

@@ -8,11 +8,14 @@ run or a registry version.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,17 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from orchestrator.config import JobConfig
+from orchestrator.errors import AdarayError
 from workers.local_files import check_destination, deliver_files
 
 # Per-file download bars and INFO lines drown the job's own progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.ERROR)
+# MLflow's own retries are silent and last minutes (7, doubling); keep them short, ours below say so.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+STORE_RETRY_WAITS_S = (5.0, 15.0, 30.0)  # then the job stops: about a minute without the store
 
 KEY_TAG = "adaray.key"
 ROLE_TAG = "adaray.role"
@@ -43,8 +52,59 @@ def default_tracking_uri(job: JobConfig) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-class StoreUnreachable(RuntimeError):
+class StoreUnreachable(AdarayError):
     """A tracking store that cannot be used: one line naming the URI and what to do."""
+
+
+def _lost_store(exc: BaseException) -> bool:
+    """True for a store that does not answer (refused, reset, timed out), not for a request it refused."""
+    import requests
+
+    while exc is not None:
+        if isinstance(exc, ConnectionError | TimeoutError | requests.exceptions.ConnectionError
+                      | requests.exceptions.Timeout):
+            return True
+        if "Max retries exceeded" in str(exc) or "Connection refused" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class StoreGuard:
+    """Calls to the tracking store with bounded, visible retries while it does not answer; then one
+    line that says the work is on disk and how to carry on."""
+
+    def __init__(self, uri: str, *, run_dir: Path, say: Callable[[str], None], waits_s=STORE_RETRY_WAITS_S) -> None:
+        self.uri, self.run_dir, self.say, self.waits_s = uri, run_dir, say, waits_s
+
+    def __call__(self, fn: Callable, *args, **kwargs):
+        for attempt in range(len(self.waits_s) + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not _lost_store(exc):
+                    raise
+                if attempt == len(self.waits_s):
+                    raise StoreUnreachable(
+                        f"the tracking store {self.uri} stopped answering; what the job computed is on disk in "
+                        f"{self.run_dir} and the workspace caches: start the store again and run "
+                        "`adaray resume JOB.yaml`") from exc
+                wait = self.waits_s[attempt]
+                self.say(f"the tracking store {self.uri} is not answering; retry {attempt + 1}/{len(self.waits_s)} "
+                         f"in {wait:g} s")
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+
+class _GuardedClient:
+    """An MlflowClient whose every method goes through a StoreGuard."""
+
+    def __init__(self, client: MlflowClient, guard: StoreGuard) -> None:
+        self._client, self._guard = client, guard
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        return functools.partial(self._guard, attr) if callable(attr) else attr
 
 
 def check_tracking_store(uri: str, *, create: bool = True, timeout_s: float = 3.0) -> None:
@@ -100,13 +160,14 @@ class StudentPyfunc(PythonModel):
 class Tracker:
     """One job's view of MLflow. Create it on the driver only."""
 
-    def __init__(self, job: JobConfig, *, task_name: str) -> None:
+    def __init__(self, job: JobConfig, *, task_name: str, say: Callable[[str], None] | None = None) -> None:
         self.job = job
         self.uri = default_tracking_uri(job)
         if self.uri.startswith("sqlite:"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        self.guard = StoreGuard(self.uri, run_dir=job.run_dir, say=say or (lambda m: print(m, file=sys.stderr)))
+        self.client = _GuardedClient(MlflowClient(self.uri), self.guard)
         self.model_name = job.tracking.model_name or f"{task_name}-student"
         self.experiment_id = self._experiment(job.tracking.experiment or f"adaray-{job.name}")
 
@@ -129,9 +190,10 @@ class Tracker:
     def ensure_run(
         self, key: str, *, name: str, role: str, parent_id: str | None = None, tags: dict | None = None
     ) -> tuple[str, bool]:
-        """The run with this key, created if missing. Returns (run_id, created)."""
+        """The run with this key, created if missing. Returns (run_id, to_log): to_log unless the run
+        was finished, so a run a dead driver left half-logged is logged again (each log is idempotent)."""
         if (run_id := self.find_run(key)) is not None:
-            return run_id, False
+            return run_id, self.client.get_run(run_id).info.status != RunStatus.to_string(RunStatus.FINISHED)
         all_tags = {KEY_TAG: key, ROLE_TAG: role, "adaray.job": self.job.name, **(tags or {})}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
@@ -172,6 +234,16 @@ class Tracker:
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
         self.client.set_terminated(run_id, status=status)
 
+    def settle_orphans(self) -> int:
+        """Mark FAILED the runs of this job that a dead driver left RUNNING (call it holding the job's
+        lock); those the job reaches again are logged again and finished. Returns how many."""
+        left = self.client.search_runs([self.experiment_id], max_results=10_000,
+                                       filter_string=f"attributes.status = 'RUNNING' and tags.`adaray.job` = '{self.job.name}'")
+        for run in left:
+            self.client.set_tag(run.info.run_id, "adaray.note", "its driver died; a later run of the job resumes it")
+            self.finish(run.info.run_id, failed=True)
+        return len(left)
+
     def runs_by_role(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for run in self.client.search_runs([self.experiment_id], max_results=10_000):
@@ -190,14 +262,16 @@ class Tracker:
         for mv in self.client.search_model_versions(f"name = '{self.model_name}'"):
             if mv.tags.get(KEY_TAG) == key:
                 return mv.version
-        with _active_run(run_id):
-            info = mlflow.pyfunc.log_model(
-                name="student", python_model=StudentPyfunc(), artifacts={"student": str(student_dir)},
-                input_example=input_example,
-            )
-        mv = mlflow.register_model(
-            info.model_uri, self.model_name, tags={KEY_TAG: key, **{k: _short(v) for k, v in tags.items()}}
-        )
+        def log_model():
+            with _active_run(run_id):
+                return mlflow.pyfunc.log_model(
+                    name="student", python_model=StudentPyfunc(), artifacts={"student": str(student_dir)},
+                    input_example=input_example,
+                )
+
+        info = self.guard(log_model)
+        mv = self.guard(mlflow.register_model, info.model_uri, self.model_name,
+                        tags={KEY_TAG: key, **{k: _short(v) for k, v in tags.items()}})
         return mv.version
 
     def set_alias(self, alias: str, version: str) -> None:

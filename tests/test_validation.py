@@ -35,6 +35,14 @@ def _teacher_without_tokenizer(tmp_path: Path) -> str:
     return str(folder)
 
 
+def _teacher_without_weights(tmp_path: Path) -> str:
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(Path(resolve_teacher_source(MINILM)) / name, folder)
+    return str(folder)
+
+
 # (name, how to build the task and teacher in tmp_path, the message)
 CASES = [
     ("missing file", lambda p: ({"path": str(p / "nope.csv")}, MINILM), r"task.path: file not found: .*nope.csv"),
@@ -78,6 +86,8 @@ CASES = [
      r"teacher.model: no teacher folder at .*models/teacher"),
     ("teacher without tokenizer", lambda p: ({"path": _csv(p)}, _teacher_without_tokenizer(p)),
      r"teacher.model: .*teacher has no tokenizer \(none of tokenizer.json.*save it there"),
+    ("teacher with a tokenizer but no weights", lambda p: ({"path": _csv(p)}, _teacher_without_weights(p)),
+     r"teacher.model: .*teacher holds a tokenizer but no model \(config.json and \*.safetensors"),
     ("max_length over the teacher's limit", lambda p: ({"path": _csv(p), "max_length": 1024}, MINILM),
      r"task.max_length 1024 is over the teacher's limit of 512 tokens \(minilm\)"),
 ]

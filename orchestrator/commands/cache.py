@@ -71,20 +71,24 @@ def verify(job_file: Path = JOB_FILE) -> None:
 
 
 def _locate(job: JobConfig) -> str:
-    """The job's cache URI, from the prepared data and the teacher already computed."""
-    from orchestrator.data import resolve_teacher_source
-    from orchestrator.stages import cache_root, prepare_stage
+    """The job's cache URI, from the prepared data and the teacher already computed (writes nothing)."""
+    from orchestrator.data import prepared_folder, resolve_teacher_source
+    from orchestrator.stages import cache_root
     from workers.cache import cache_location
+    from workers.dataset import is_prepared
     from workers.teacher import TEACHER_JSON, teacher_location
 
-    prepared = prepare_stage(job, progress=False)
+    source = resolve_teacher_source(job.teacher.model)
+    folder = prepared_folder(job.task, tokenizer_source=source, workspace=job.workspace_path)
+    if not is_prepared(folder):
+        raise AdarayError(f"job {job.name!r} has no prepared data, teacher or cache yet in {job.workspace_path}; "
+                          "run `adaray cache build` (or `adaray run`)")
     with worker_errors():
-        teacher_dir = teacher_location(source=resolve_teacher_source(job.teacher.model), cfg=job.teacher,
-                                       prepared_dir=prepared.folder, out_root=job.workspace_path / "teachers")
+        teacher_dir = teacher_location(source=source, cfg=job.teacher, prepared_dir=folder,
+                                       out_root=job.workspace_path / "teachers")
         if not (teacher_dir / TEACHER_JSON).is_file():
             raise AdarayError(f"job {job.name!r} has no teacher yet; run `adaray cache build` (or `adaray teacher`)")
-        return cache_location(teacher_dir=teacher_dir, prepared_dir=prepared.folder, cfg=job.cache,
-                              root_uri=cache_root(job))
+        return cache_location(teacher_dir=teacher_dir, prepared_dir=folder, cfg=job.cache, root_uri=cache_root(job))
 
 
 def _size(n: float) -> str:

@@ -63,12 +63,13 @@ def status(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> N
     configs = study_summary(job)
     if configs:
         table = Table(title=f"Optuna study {job.study_name}")
-        for col in ("config", "round", "state", "accuracy", "cost", "agreement", "collapse", "params"):
+        names = sorted({name for c in configs for name in c["params"]})  # one column per searched parameter
+        for col in ("config", "round", "state", "score", "cost", "agreement", "collapse", *names):
             table.add_column(col)
         for c in configs:
             values = c["values"] or [None, None]
             table.add_row(str(c["number"]), str(c["round"]), c["state"], _fmt(values[0]), _fmt(values[1]),
-                          _fmt(c["agreement"]), str(c["collapse"]), json.dumps(c["params"], default=str))
+                          _fmt(c["agreement"]), str(c["collapse"]), *(_fmt(c["params"].get(n), digits=3) for n in names))
         console.print(table)
     if state.get("champion"):
         console.print(f"champion: {state['model']} version {state['champion_version']} (student {state['champion']})")
@@ -80,8 +81,8 @@ def status(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> N
                          if missing else ""))
 
 
-def _fmt(v) -> str:
-    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+def _fmt(v, *, digits: int = 4) -> str:
+    return "" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
 @app.command()
@@ -103,12 +104,14 @@ def pull(
         check_destination(output, force=force)  # before the store is even opened
     except DestinationError as exc:
         raise AdarayError(str(exc)) from None
-    from orchestrator.tracking import StoreUnreachable, pull_student
+    from orchestrator.tracking import pull_student
 
     uri = _tracking_uri(tracking_uri, workspace)
     try:
         folder = pull_student(ref, dst=output, tracking_uri=uri, force=force)
-    except (LookupError, FileNotFoundError, DestinationError, StoreUnreachable) as exc:
+    except AdarayError:
+        raise
+    except (LookupError, FileNotFoundError, DestinationError) as exc:
         raise AdarayError(str(exc)) from None
     except Exception as exc:  # MLflow raises its own exception types for unknown names/aliases
         raise AdarayError(f"could not pull {ref!r} from {uri}: {str(exc).splitlines()[0]}") from None
