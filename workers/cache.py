@@ -45,6 +45,7 @@ from workers.cache_shards import (
 )
 from workers.config import AugmentConfig, CacheConfig
 from workers.dataset import PreparedMeta, TargetSplit, is_prepared, read_meta
+from workers.progress import say
 from workers.teacher import (
     TEACHER_JSON,
     files_sha256,
@@ -128,17 +129,17 @@ def build_cache(
     done = {t.name: records[t.name] for t in plan if t.name in records and _intact(fs, base, records[t.name])}
     todo = [t for t in plan if t.name not in done]
     if manifest is not None and not todo:
-        _say(f"cache: hit {key}")
+        say(f"cache: hit {key}")
         return CacheInfo(uri=uri, key=key, cache_hit=True, built_shards=0, repaired_shards=0, rows=rows)
     if not ray.is_initialized():
         raise ValueError("build_cache needs Ray: call cluster.connect.ensure_ray first")
     repaired = sum(t.name in records for t in todo)
     if repaired:
-        _say(f"cache: rebuilding {repaired} missing or corrupted shard(s) of {key}")
+        say(f"cache: rebuilding {repaired} missing or corrupted shard(s) of {key}")
     elif done:
-        _say(f"cache: resuming {key}: {len(done)} of {len(plan)} shards done")
+        say(f"cache: resuming {key}: {len(done)} of {len(plan)} shards done")
     else:
-        _say(f"cache: building {key} ({len(plan)} shards) at {uri}")
+        say(f"cache: building {key} ({len(plan)} shards) at {uri}")
 
     layout = CacheLayout(max_length=meta.max_length, pair=meta.pair, num_labels=meta.num_labels,
                          num_layers=record["num_layers"], hidden_size=record["hidden_size"],
@@ -177,7 +178,7 @@ def build_cache(
         stale = leftover.base_name.endswith(".tmp") and (leftover.mtime_ns or 0) < started_ns
         if leftover.base_name == PROGRESS or stale:
             fs.delete_file(leftover.path)
-    _say(f"cache: {'repaired' if repaired else 'built'} {key}: {len(todo)} shard(s) written, rows {rows}")
+    say(f"cache: {'repaired' if repaired else 'built'} {key}: {len(todo)} shard(s) written, rows {rows}")
     return CacheInfo(uri=uri, key=key, cache_hit=False, built_shards=len(todo), repaired_shards=repaired, rows=rows)
 
 
@@ -347,6 +348,3 @@ class CacheReader:
 def open_cache(uri: str) -> CacheReader:
     return CacheReader(uri)
 
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -45,6 +45,7 @@ from workers.probes import (
     train_probes,
     write_probe_report,
 )
+from workers.progress import say
 
 TEACHER_JSON = "teacher.json"
 MODEL_FILE = "model.safetensors"
@@ -203,7 +204,7 @@ def prepare_teacher(
     out = teacher_location(source=source, cfg=cfg, prepared_dir=prepared_dir, out_root=out_root, backbone=backbone)
     key = out.name
     if (out / TEACHER_JSON).is_file():
-        _say(f"teacher: cache hit {key}")
+        say(f"teacher: cache hit {key}")
         return read_artifacts(out, cache_hit=True)
 
     _check_backbone(backbone, meta=meta, source=source)
@@ -220,7 +221,7 @@ def prepare_teacher(
     with _quiet_hf():
         tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     if (checkpoint / _FINE_TUNED).is_file():
-        _say(f"teacher: resuming {key} after fine-tuning")
+        say(f"teacher: resuming {key} after fine-tuning")
         fine_tuned = json.loads((checkpoint / _FINE_TUNED).read_text())["fine_tuned"]
         with _quiet_hf():
             model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), dtype=torch.float32)
@@ -233,7 +234,7 @@ def prepare_teacher(
         # A head missing from the checkpoint, or one of another size, is untrained for this task.
         fine_tuned = bool(info["missing_keys"] or info["mismatched_keys"])
         if fine_tuned:
-            _say(f"teacher: fine-tuning {source} on {len(train)} examples ({meta.task})")
+            say(f"teacher: fine-tuning {source} on {len(train)} examples ({meta.task})")
             _fine_tune(model, train=train, dev=dev, meta=meta, cfg=cfg, progress=progress)
         model.config.id2label = dict(enumerate(meta.label_names))
         model.config.label2id = {name: i for i, name in enumerate(meta.label_names)}
@@ -268,7 +269,7 @@ def prepare_teacher(
 
     publish_dir(out, write_teacher)
     shutil.rmtree(checkpoint, ignore_errors=True)
-    _say(f"teacher: saved {key}: dev accuracy {dev_accuracy:.4f}; layer probes "
+    say(f"teacher: saved {key}: dev accuracy {dev_accuracy:.4f}; layer probes "
          + " ".join(f"{a:.3f}" for a in accuracies))
     return artifacts
 
@@ -394,9 +395,6 @@ def _features(model: nn.Module, split: TargetSplit, *, meta: PreparedMeta, batch
     bar.close()
     return pooled, logits
 
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager

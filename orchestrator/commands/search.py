@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # torch and the workers are imported by the commands that use
     from search_space.genotype import Genotype
 
 SEARCH_FILE = "search.json"
-STATE_FILE = "search_state.pt"
 
 
 @app.command()
@@ -46,6 +45,7 @@ def search(
     from workers.retrain import retrain
     from workers.search import run_search
     from workers.search_data import check_search_data, load_search_data
+    from workers.search_state import STATE_FILE
 
     job = load_job(job_file)
     cfg = _search_config(job, beta=beta, seed=seed)
