@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,6 +164,28 @@ class JobConfig(_Config):
             raise ValueError("name may hold letters, digits, '.', '_' and '-' only")
         return self
 
+    @model_validator(mode="after")
+    def _searched_values_fit(self) -> JobConfig:
+        """Each searched range's ends and each choice must be a value its target field takes, checked
+        by that field's own config now, not when the trials start."""
+        for name, r in self.outer_loop.params.items():
+            section, field = SEARCHABLE[name]
+            for value in r.choices if r.choices is not None else (r.low, r.high):
+                if r.choices is None and r.int:
+                    value = int(value)
+                try:
+                    if section == "space":
+                        SearchSpaceConfig.from_dict({**self.space.to_dict(), field: value})
+                    else:
+                        SearchConfig.model_validate({**self.search.model_dump(), field: value})
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    raise ValueError(f"outer_loop.params.{name}: {value!r} is not a valid {section}.{field} "
+                                     f"({err['msg'].removeprefix('Value error, ')})") from None
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"outer_loop.params.{name}: {value!r} is not a valid {section}.{field} ({exc})") from None
+        return self
+
     @property
     def workspace_path(self) -> Path:
         # Absolute: Tune trials and Ray tasks run in folders of their own, where a relative
@@ -186,7 +209,12 @@ def _suggest(word: str, options) -> str:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model (or dataclass) whose fields a validation-error location points into."""
     model: Any = JobConfig
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        if typing.get_origin(model) is dict:  # a mapping's key (outer_loop.params.beta): into its values
+            model, _ = typing.get_args(model)[1], parts.pop(0)
+            continue
+        part = parts.pop(0)
         fields = getattr(model, "model_fields", None) or getattr(model, "__dataclass_fields__", {})
         field = fields.get(part) if isinstance(part, str) else None
         if field is None:
@@ -212,12 +240,32 @@ def _one_line(exc: ValidationError, source: str) -> str:
     ctx = err.get("ctx", {})
     if "expected" in ctx:
         msg = f"{msg} (got {err.get('input')!r})"
-    return f"{source}: {where}: {msg}"
+    return f"{source}: {where}: {msg}" if loc else f"{source}: {msg}"
+
+
+def _boolean_number(data: Any, model: Any, prefix: str = "") -> str | None:
+    """The first key of `data` that holds true/false where `model` wants a number (pydantic would read
+    `epochs: true` as 1), or None."""
+    fields = getattr(model, "model_fields", None)
+    if not isinstance(data, dict) or not fields:
+        return None
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        kinds = set(typing.get_args(field.annotation)) or {field.annotation}
+        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+            return f"{prefix}{key}"
+        if found := _boolean_number(value, field.annotation, f"{prefix}{key}."):
+            return found
+    return None
 
 
 def parse_job(data: dict, *, source: str = "job") -> JobConfig:
     if not isinstance(data, dict):
         raise AdarayError(f"{source}: a job file must be a YAML mapping, got {type(data).__name__}")
+    if where := _boolean_number(data, JobConfig):
+        raise AdarayError(f"{source}: {where}: expected a number, got a boolean (true/false)")
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:

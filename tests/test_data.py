@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from orchestrator.cli import main
-from orchestrator.data import (
-    MINILM,
-    fingerprint,
-    load_tokenizer,
-    prepare,
-    resolve_teacher_source,
-    token_budget,
-    tokenize,
-)
+from orchestrator.data import fingerprint, load_tokenizer, prepare, token_budget, tokenize
 from orchestrator.tasks import TaskConfig, load_task
+from orchestrator.teacher_source import MINILM, resolve_teacher_source
 from workers.dataset import SPLITS, is_prepared, load_split, read_split_table, teacher_inputs
 
 

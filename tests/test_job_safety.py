@@ -139,11 +139,13 @@ def test_pull_and_predict_against_a_dead_server_answer_in_seconds(tmp_path, caps
     assert not (tmp_path / "out").exists()
 
 
-def test_predict_names_a_missing_or_empty_folder(tmp_path, capsys):
+def test_predict_names_a_missing_or_empty_folder_and_an_empty_text(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nope"), "--text", "good"]) == 2
     assert "no student folder at" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "--text", "good"]) == 2
     assert "holds no student" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--text", " "]) == 2
+    assert "--text is empty" in capsys.readouterr().err
 
 
 def test_pull_from_a_missing_sqlite_store_creates_nothing(tmp_path, capsys):

@@ -62,7 +62,7 @@ def test_teacher_share_cost_vector():
 def test_teacher_cost_counts_the_checkpoint():
     from transformers import AutoConfig, AutoModel
 
-    from orchestrator.data import MINILM, resolve_teacher_source
+    from orchestrator.teacher_source import MINILM, resolve_teacher_source
     from workers.teacher import teacher_cost
 
     folder = resolve_teacher_source(MINILM)

@@ -10,9 +10,10 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.config import load_job
-from orchestrator.data import MINILM, prepare, resolve_teacher_source
+from orchestrator.data import prepare
 from orchestrator.errors import AdarayError
 from orchestrator.tasks import TaskConfig
+from orchestrator.teacher_source import MINILM, resolve_teacher_source
 
 
 def _csv(tmp_path: Path, name: str = "d.csv", *, drop=(), **columns) -> str:
@@ -121,6 +122,28 @@ def test_unknown_key_in_job_file_suggests_the_right_one(tmp_path):
     job.write_text("name: demo\ntask:\n  path: d.csv\n  text_colum: review\n")
     with pytest.raises(AdarayError, match=r"unknown key 'task.text_colum' \(did you mean 'text_column'\?\)"):
         load_job(job)
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("teacher: {epochs: true}", r"teacher.epochs: expected a number, got a boolean"),
+    ("cache: {augment: {copies: false}}", r"cache.augment.copies: expected a number, got a boolean"),
+    ("outer_loop: {params: {beta: {lo: 0.1, high: 1}}}",
+     r"unknown key 'outer_loop.params.beta.lo' \(did you mean 'low'\?\); allowed keys: low, high, log, int, choices$"),
+    ("outer_loop: {params: {beta: {low: -1, high: 1}}}",
+     r"outer_loop.params.beta: -1.0 is not a valid search.beta \(Input should be greater than or equal to 0\)$"),
+    ("outer_loop: {params: {k_max: {choices: [99]}}}", r"outer_loop.params.k_max: 99 is not a valid space.k_max"),
+    ("outer_loop: {params: {k_max: {choices: [4, x]}}}", r"outer_loop.params.k_max: 'x' is not a valid space.k_max"),
+    ("task: {builtin: rotten_tomatoes, max_length: 100000}",
+     r"task.max_length 100000 is over the teacher's limit of 512 tokens \(minilm\)"),
+], ids=["bool-int", "bool-nested", "range-key", "range-end", "choice-range", "choice-type", "max-length"])
+def test_validate_refuses_values_the_job_would_fail_on_later(tmp_path, capsys, yaml_text, message):
+    job = tmp_path / "job.yaml"
+    body = yaml_text if yaml_text.startswith("task:") else f"task: {{builtin: rotten_tomatoes}}\n{yaml_text}"
+    job.write_text(f"name: demo\nworkspace: ws\n{body}\n")
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "ws").exists()
 
 
 def test_job_file_task_errors_are_one_line(tmp_path):

@@ -72,8 +72,9 @@ def verify(job_file: Path = JOB_FILE) -> None:
 
 def _locate(job: JobConfig) -> str:
     """The job's cache URI, from the prepared data and the teacher already computed (writes nothing)."""
-    from orchestrator.data import prepared_folder, resolve_teacher_source
+    from orchestrator.data import prepared_folder
     from orchestrator.stages import cache_root
+    from orchestrator.teacher_source import resolve_teacher_source
     from workers.cache import cache_location
     from workers.dataset import is_prepared
     from workers.teacher import TEACHER_JSON, teacher_location

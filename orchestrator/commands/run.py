@@ -129,6 +129,8 @@ def predict(
 ) -> None:
     """Classify texts with a student."""
     texts = list(text or [])
+    if any(not t.strip() for t in texts):
+        raise AdarayError("--text is empty: give the text to classify, e.g. --text \"a fine film\"")
     if file is not None:
         if not file.is_file():
             raise AdarayError(f"--file {file} does not exist")
