@@ -152,15 +152,21 @@ class TrialProgress(tune.Callback):
         self.on_event("error", {"trial": trial.config["trial"]})
 
 
+# Tune reads these from the driver's environment. Short search epochs checkpoint every few seconds: on local
+# storage that is cheap, and the "snapshotting may become a bottleneck" warning would only bury our progress
+# lines. Tune's newer console output prints its config box, "View detailed results here" and a TensorBoard hint
+# even at verbose=0; the classic reporter at verbose=0 prints nothing.
+QUIET_TUNE_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
 def run_round(
     job: JobConfig, *, round_index: int, trial_dicts: list[dict], callbacks: list | None = None
 ) -> list[tuple[dict, dict | None, list[dict]]]:
     """Run (or restore) one round's Tune experiment. Returns (trial config, last metrics, history)."""
     storage = (job.run_dir / "tune").resolve()
     name = f"round-{round_index}"
-    # Short search epochs checkpoint every few seconds; on local storage that is cheap, and Tune's
-    # "snapshotting may become a bottleneck" warning would only bury the progress lines.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for name, value in QUIET_TUNE_ENV.items():
+        os.environ.setdefault(name, value)
     trainable = tune.with_resources(_run_trial, trial_resources(job.cluster))
     path = storage / name
     callbacks = [*(callbacks or []), TuneCrashPoints(name)] if os.environ.get(CRASH_ENV) else callbacks

@@ -188,11 +188,12 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                                      batch=job.budget.latency_batch))
     front = pareto_front(candidates)
     teacher_acc = teacher_score(teacher, metric=prepared.meta.metric)  # the one metric: students are scored in it too
-    choice = pick_champion(front, budget=job.budget, teacher_accuracy=teacher_acc)
+    choice = pick_champion(front, budget=job.budget, teacher_accuracy=teacher_acc, metric_name=metric_name)
     b = job.budget.latency_batch
     plot = pareto_plot(candidates, front, choice.champion, job.run_dir / "pareto.png", teacher_accuracy=teacher_acc,
-                       teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], latency_batch=b)
-    table = selection_table(candidates, front, choice.champion, latency_batch=b)
+                       teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], latency_batch=b,
+                       metric_name=metric_name)
+    table = selection_table(candidates, front, choice.champion, latency_batch=b, metric_name=metric_name)
     console.print(table)
     console.print(f"champion: {choice.reason}" + ("" if choice.met_budget else "  [yellow](budget not met)[/]"))
     tracker.log_artifact(parent, plot)
@@ -361,9 +362,9 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
 
 
 def selection_table(candidates: list[Candidate], front: list[Candidate], champion: Candidate, *,
-                    latency_batch: int) -> Table:
+                    latency_batch: int, metric_name: str) -> Table:
     table = Table(title="Retrained students")
-    for col in ("student", "config", "dev acc", f"b{latency_batch} ms (p50/p95)", "params", "front"):
+    for col in ("student", "config", f"dev {metric_name}", f"b{latency_batch} ms (p50/p95)", "params", "front"):
         table.add_column(col, justify="right" if col not in ("student", "front") else "left")
     on_front = {c.key for c in front}
     for c in sorted(candidates, key=lambda c: -c.accuracy):

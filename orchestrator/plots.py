@@ -16,6 +16,7 @@ from search_space.genotype import Genotype  # noqa: E402
 def pareto_plot(
     candidates: list[Candidate], front: list[Candidate], champion: Candidate, path: Path, *,
     teacher_accuracy: float | None = None, teacher_latency_ms: float | None = None, latency_batch: int = 1,
+    metric_name: str = "accuracy",
 ) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     on_front = {c.key for c in front}
@@ -28,12 +29,12 @@ def pareto_plot(
     ax.scatter([champion.latency_ms], [100 * champion.accuracy], s=260, facecolors="none", edgecolors="tab:red",
                linewidths=2, label="champion")
     if teacher_accuracy is not None:
-        ax.axhline(100 * teacher_accuracy, ls="--", c="tab:green", lw=1, label="teacher accuracy")
+        ax.axhline(100 * teacher_accuracy, ls="--", c="tab:green", lw=1, label=f"teacher {metric_name}")
     if teacher_latency_ms is not None:
         ax.axvline(teacher_latency_ms, ls=":", c="tab:green", lw=1, label="teacher latency")
     ax.set_xscale("log")
     ax.set_xlabel(f"median latency, batch {latency_batch} (ms, log)")
-    ax.set_ylabel("dev accuracy (%)")
+    ax.set_ylabel(f"dev {metric_name} (%)")
     ax.set_title("Retrained students (marker size = parameters)")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -45,8 +45,10 @@ class Choice:
     met_budget: bool
 
 
-def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_accuracy: float | None) -> Choice:
-    """The budget's pick from the front. When no student meets the budget, the closest one, flagged."""
+def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_accuracy: float | None,
+                  metric_name: str = "accuracy") -> Choice:
+    """The budget's pick from the front. When no student meets the budget, the closest one, flagged.
+    `metric_name` names the task's metric (what `accuracy` holds) in the reason."""
     if not front:
         raise ValueError("no retrained students to choose from")
     rules = []
@@ -61,8 +63,8 @@ def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_accur
     if smallest:
         floor = teacher_accuracy - budget.within_teacher_points / 100
         ok = [c for c in ok if c.accuracy >= floor]
-        rules.append(f"accuracy >= teacher - {budget.within_teacher_points} points ({floor:.4f})")
-    goal = "smallest" if smallest else "best accuracy"
+        rules.append(f"{metric_name} >= teacher - {budget.within_teacher_points} points ({floor:.4f})")
+    goal = "smallest" if smallest else f"best {metric_name}"
     if ok:
         pick = min(ok, key=lambda c: (c.params, -c.accuracy)) if smallest else max(ok, key=lambda c: c.accuracy)
         return Choice(pick, f"{goal} with {' and '.join(rules)}" if rules else goal, True)
@@ -71,4 +73,4 @@ def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_accur
         pick = min(front, key=lambda c: c.latency_p95_ms)
         return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest", False)
     pick = max(front, key=lambda c: c.accuracy)
-    return Choice(pick, f"no student meets {' and '.join(rules)}; picked the most accurate", False)
+    return Choice(pick, f"no student meets {' and '.join(rules)}; picked the best {metric_name}", False)

@@ -23,7 +23,7 @@ GENOTYPE = Genotype(depth=2, nodes=((("conv_3", 0), ("identity", 1)), (("max_poo
 META = PreparedMeta(task="toy", label_names=("rotten", "fresh"), pair=False, max_length=WIDTH + 2, metric="accuracy",
                     fingerprint="test", tokenizer=str(MINILM), pad_id=0, cls_id=101, sep_id=102, vocab_size=30522,
                     sizes={})
-CFG = RetrainConfig(epochs=6, batch_size=16, lr=5e-3, latency_repeats=2)
+CFG = RetrainConfig(epochs=6, min_steps=0, batch_size=16, lr=5e-3, latency_repeats=2)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -89,6 +89,17 @@ def test_retrain_replaces_an_older_student_atomically(retrained, tmp_path):
     )
     assert result.student_dir == out and not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["student"]
+
+
+def test_min_steps_lengthens_training_on_a_small_transfer_set(tmp_path):
+    # 32 rows at batch 16: 2 steps an epoch, so 5 steps at least take 3 epochs where 1 was asked for.
+    result = retrain(
+        genotype=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1, "min_steps": 5}),
+        train=tiny_split(32, seed=0), dev=tiny_split(16, seed=1, teacher=False),
+        test=tiny_split(16, seed=2, teacher=False), meta=META, num_teacher_layers=LAYERS, embedding_init=None,
+        tokenizer_dir=MINILM, out_dir=tmp_path / "student",
+    )
+    assert len(result.metrics["dev_by_epoch"]) == 3
 
 
 def test_retrain_rejects_bad_inputs_before_training(tmp_path):

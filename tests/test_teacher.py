@@ -32,7 +32,7 @@ POSITIVE = "good great wonderful fun moving superb".split()
 NEGATIVE = "bad awful boring dull poor tedious".split()
 FILLER = "the movie film story was is a an and plot of".split()
 # Tiny but learnable: a cue word decides the label.
-TINY_TEACHER = TeacherConfig(epochs=6, batch_size=16, lr=5e-3, warmup_ratio=0.0, evals_per_epoch=1, patience=3,
+TINY_TEACHER = TeacherConfig(epochs=6, min_steps=0, batch_size=16, lr=5e-3, warmup_ratio=0.0, evals_per_epoch=1, patience=3,
                              probe_epochs=20, probe_lr=5e-2)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -221,3 +221,13 @@ def test_bad_inputs_fail_before_any_work(tmp_path, tiny):
 
 def _must_not_run(*args, **kwargs):
     raise AssertionError("fine-tuning ran again")
+
+
+def test_class_weights_leave_balanced_data_alone_and_lift_rare_classes():
+    from workers.teacher import class_weights
+
+    assert class_weights(torch.tensor([0, 1, 1, 0]), num_labels=2).tolist() == [1.0, 1.0]
+    weights = class_weights(torch.tensor([0] * 64 + [1] * 27 + [2] * 9 + [-1] * 5), num_labels=4)  # -1: unlabelled
+    assert weights[2] > weights[1] > weights[0] and weights[3] == 0  # a class never seen gets no weight
+    counts = torch.tensor([64.0, 27.0, 9.0])
+    assert torch.allclose((weights[:3] * counts).sum(), counts.sum())  # the loss keeps its scale

@@ -73,13 +73,14 @@ def retrain(
 
     train = sample_rows(train, cfg.max_train_examples, seed=cfg.seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    total = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
     best_score, best_state, best_epoch, by_epoch = -1.0, None, 0, []
     started, cpu_started = time.perf_counter(), time.process_time()
     with tqdm(total=total, disable=not progress, desc="retrain", unit="step") as bar:
-        for epoch in range(cfg.epochs):
+        for epoch in range(epochs):
             model.train()
             for batch in train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed * 1_000_003 + epoch,
                                        group_by_length=True):

@@ -269,8 +269,8 @@ def prepare_teacher(
 
     publish_dir(out, write_teacher)
     shutil.rmtree(checkpoint, ignore_errors=True)
-    say(f"teacher: saved {key}: dev accuracy {dev_accuracy:.4f}; layer probes "
-         + " ".join(f"{a:.3f}" for a in accuracies))
+    say(f"teacher: saved {key}: dev {meta.metric} {dev_scores[meta.metric]:.4f}; layer probes (accuracy) "
+        + " ".join(f"{a:.3f}" for a in accuracies))
     return artifacts
 
 
@@ -316,44 +316,50 @@ def _labelled(split: TargetSplit) -> TargetSplit:
 
 def _fine_tune(model: nn.Module, *, train: TargetSplit, dev: TargetSplit, meta: PreparedMeta, cfg: TeacherConfig,
                progress: bool) -> float:
-    """AdamW with linear warm-up and decay; early stopping on dev accuracy; keeps the best weights."""
+    """AdamW with linear warm-up and decay, at least cfg.min_steps steps; early stopping on the task's
+    metric once those are done; keeps the best weights. Returns the best dev score."""
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    total = steps_per_epoch * epochs
     eval_steps = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
+    weights = class_weights(train.labels, num_labels=meta.num_labels) if cfg.balance_classes else None  # (C,)
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and LayerNorm weights
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     schedule = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    best, best_state, stale = -1.0, None, 0
+    best, best_state, stale, done = -1.0, None, 0, 0
     bar = tqdm(total=total, desc="teacher: fine-tune", disable=None if progress else True, file=sys.stderr)
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(epochs):
             model.train()
             batches = train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
             for step, batch in enumerate(batches, 1):
                 inputs = _inputs(batch, meta)
-                loss = model(**_model_kwargs(model, **inputs), labels=batch["labels"]).loss
+                logits = model(**_model_kwargs(model, **inputs)).logits  # (B, C)
+                loss = nn.functional.cross_entropy(logits, batch["labels"], weight=weights)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 schedule.step()
                 opt.zero_grad(set_to_none=True)
+                done += 1
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{best:.4f}" if best >= 0 else "-")
                 if step not in eval_steps:
                     continue
                 model.eval()
-                _, logits = _features(model, dev, meta=meta, batch_size=4 * cfg.batch_size, progress=False)
+                _, dev_logits = _features(model, dev, meta=meta, batch_size=4 * cfg.batch_size, progress=False)
                 model.train()
-                accuracy = float((logits.argmax(dim=-1) == dev.labels).float().mean())
+                score = classification_scores(dev_logits.argmax(dim=-1), dev.labels,
+                                              num_labels=meta.num_labels)[meta.metric]
                 if progress:
-                    bar.write(f"teacher: epoch {epoch + 1} step {step}/{steps_per_epoch}: dev accuracy {accuracy:.4f}",
-                              file=sys.stderr)
-                if accuracy > best:
-                    best, stale = accuracy, 0
+                    bar.write(f"teacher: epoch {epoch + 1} step {step}/{steps_per_epoch}: dev {meta.metric} "
+                              f"{score:.4f}", file=sys.stderr)
+                if score > best:
+                    best, stale = score, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
+                elif done >= cfg.min_steps:
                     stale += 1
                     if stale > cfg.patience:
                         return best
@@ -362,6 +368,14 @@ def _fine_tune(model: nn.Module, *, train: TargetSplit, dev: TargetSplit, meta: 
         bar.close()
         if best_state is not None:
             model.load_state_dict(best_state)
+
+
+def class_weights(labels: torch.Tensor, *, num_labels: int) -> torch.Tensor:
+    """(C,) inverse class frequency n / (C' * n_c) over the C' classes present: 1 for every class of a
+    balanced split, and the weighted loss keeps its scale; classes absent from `labels` get 0."""
+    counts = torch.bincount(labels[labels >= 0], minlength=num_labels).float()
+    present = int((counts > 0).sum())
+    return torch.where(counts > 0, counts.sum() / (present * counts.clamp_min(1)), torch.zeros_like(counts))
 
 
 def _inputs(batch: dict[str, torch.Tensor], meta: PreparedMeta) -> dict[str, torch.Tensor]:
