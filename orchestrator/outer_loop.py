@@ -165,8 +165,8 @@ def run_round(
     """Run (or restore) one round's Tune experiment. Returns (trial config, last metrics, history)."""
     storage = (job.run_dir / "tune").resolve()
     name = f"round-{round_index}"
-    for name, value in QUIET_TUNE_ENV.items():
-        os.environ.setdefault(name, value)
+    for variable, value in QUIET_TUNE_ENV.items():
+        os.environ.setdefault(variable, value)
     trainable = tune.with_resources(_run_trial, trial_resources(job.cluster))
     path = storage / name
     callbacks = [*(callbacks or []), TuneCrashPoints(name)] if os.environ.get(CRASH_ENV) else callbacks
