@@ -52,20 +52,23 @@ def normalised_cost_vector(
 ) -> torch.Tensor:
     """(n_ops,) op costs, in the order of `costs` (= the primitives order).
 
-    params_flops with `reference` (the teacher's cost): each op's params and FLOPs as a share of the teacher's,
-    averaged and times `kept_edges` (K_max * edges kept per cell), so that `efficiency_loss` is about the
-    derived student's cell ops as a share of the teacher. A conv edge then costs under 1% of the teacher, as
-    flat as AdaBERT's op costs (0.094-0.108), where max-normalised costs (1 for conv_7, 0 for free ops)
-    outweighed the task loss at every beta measured (0.5, 2, 8: every cell parameter-free).
-    params_flops without `reference`, and latency: each measure over its max op, in [0, 1].
+    With `reference` (the teacher's cost), params_flops: each op's params and FLOPs as a share of the
+    teacher's, averaged and times `kept_edges` (K_max * edges kept per cell), so that `efficiency_loss` is
+    about the derived student's cell ops as a share of the teacher: a conv edge costs under 1%, as flat as
+    AdaBERT's op costs (0.094-0.108). Max-normalised costs (1 for conv_7, 0 for free ops) derived a
+    parameter-free cell at every beta measured (0.5, 2, 8); on this scale beta 0.05 kept 3 convs, 0.1 one,
+    0.25 none (rotten_tomatoes). latency with `reference`: the table's shape, scaled so that its costliest op
+    costs what the costliest op costs in params_flops, so that beta means the same with either source.
+    Without `reference` (no teacher at hand): each measure over its max op, in [0, 1].
     """
+    params = [float(c.params) for c in costs.values()]
+    flops = [c.flops for c in costs.values()]
+    if reference is None:
+        params_flops = (_normalise(params, by=max(params)) + _normalise(flops, by=max(flops))) / 2
+    else:
+        params_flops = (_normalise(params, by=reference.params) + _normalise(flops, by=reference.flops)) / 2 * kept_edges
     if source == "params_flops":
-        params = [float(c.params) for c in costs.values()]
-        flops = [c.flops for c in costs.values()]
-        if reference is None:
-            return (_normalise(params, by=max(params)) + _normalise(flops, by=max(flops))) / 2
-        share = (_normalise(params, by=reference.params) + _normalise(flops, by=reference.flops)) / 2
-        return share * kept_edges
+        return params_flops
     if source == "latency":
         if latency_table is None:
             raise ValueError("source='latency' needs a latency_table")
@@ -73,7 +76,8 @@ def normalised_cost_vector(
         if missing:
             raise ValueError(f"latency_table has no entry for ops {missing}")
         values = [float(latency_table[name]) for name in costs]
-        return _normalise(values, by=max(values))
+        scale = 1.0 if reference is None else float(params_flops.max())
+        return _normalise(values, by=max(values)) * scale
     raise ValueError(f"source must be 'params_flops' or 'latency', got {source!r}")
 
 

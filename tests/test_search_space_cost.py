@@ -57,6 +57,11 @@ def test_teacher_share_cost_vector():
     assert by_name["identity"] == by_name["zero"] == 0.0
     # Same order as the max-normalised costs, on a scale set by the teacher instead of the costliest op.
     assert vec.argsort().tolist() == normalised_cost_vector(COSTS).argsort().tolist()
+    # A latency table keeps its own shape on the same scale: its costliest op costs what conv_7 costs here.
+    table = {name: float(i + 1) for i, name in enumerate(PRIMITIVES)}
+    by_latency = normalised_cost_vector(COSTS, reference=teacher, kept_edges=12, source="latency", latency_table=table)
+    assert by_latency.max().item() == pytest.approx(vec.max().item())
+    assert by_latency.argsort().tolist() == list(range(len(PRIMITIVES)))
 
 
 def test_teacher_cost_counts_the_checkpoint():
