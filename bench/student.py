@@ -6,7 +6,8 @@ Runs the data stages of the job (prepare → teacher → cache; cache hits when 
 at the job's beta with seed 0, retrains the derived student, then measures on this CPU at the
 task's max_length: dev accuracy (teacher, student), parameters, and median latency at batch 1
 and 128 of the teacher, the student and a BERT-base-shaped model (BertConfig() defaults, random
-weights: latency only). Ends with one JSON line of flat keys. `--quick` runs a tiny slice with
+weights: latency only), and the student exported to ONNX under onnxruntime (same inputs, plan and
+threads). Ends with one JSON line of flat keys. `--quick` runs a tiny slice with
 one epoch everywhere to exercise the whole path in a few minutes; its accuracies are printed as
 null (not comparable). Figures, not tests: nothing here asserts a speed.
 """
@@ -33,6 +34,7 @@ from orchestrator.config import JobConfig  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
 from workers.dataset import load_split  # noqa: E402
 from workers.latency import hardware_name, latency_metrics  # noqa: E402
+from workers.onnx_export import ONNX_FILE, export_onnx, onnx_latency_metrics  # noqa: E402
 from workers.retrain import retrain  # noqa: E402
 from workers.search import run_search  # noqa: E402
 from workers.search_data import load_search_data  # noqa: E402
@@ -94,6 +96,13 @@ def main() -> None:
         figures[name] = {"params": sum(p.numel() for p in model.parameters()),
                          **latencies(model, seq_len=meta.max_length, repeats=repeats)}
 
+    console.print("measuring the student under onnxruntime ...")
+    onnx_dir = export_onnx(retrained.student_dir, retrained.student_dir.with_name("onnx"), force=True)
+    ort = onnx_latency_metrics(onnx_dir / ONNX_FILE, models["student"], seq_len=meta.max_length, pair=meta.pair,
+                               repeats=repeats, threads=torch.get_num_threads())
+    figures["student_onnxruntime"] = {"params": figures["student"]["params"],
+                                      1: ort["ort_latency_b1_ms"], 128: ort["ort_latency_b128_ms"]}
+
     t, s, b = figures["teacher"], figures["student"], figures["bert_base"]
     teacher_acc = None if args.quick else teacher.dev_accuracy
     student_acc = None if args.quick else retrained.metrics["dev_acc"]
@@ -110,6 +119,10 @@ def main() -> None:
         "teacher_b128_ms": t[128], "student_b128_ms": s[128], "bert_base_b128_ms": b[128],
         "speedup_vs_teacher_b1": t[1] / s[1], "speedup_vs_teacher_b128": t[128] / s[128],
         "speedup_vs_bert_base_b1": b[1] / s[1], "speedup_vs_bert_base_b128": b[128] / s[128],
+        # the same student under onnxruntime; its ratio is to itself under torch, one runtime per ratio
+        "student_ort_b1_ms": ort["ort_latency_b1_ms"], "student_ort_b128_ms": ort["ort_latency_b128_ms"],
+        "ort_speedup_vs_torch_b1": s[1] / ort["ort_latency_b1_ms"],
+        "ort_speedup_vs_torch_b128": s[128] / ort["ort_latency_b128_ms"],
         "genotype": searched.genotype.to_json(),
         "seq_len": meta.max_length,
         "hardware": hardware_name("cpu"),
@@ -119,7 +132,7 @@ def main() -> None:
     table = Table(title=f"{meta.task}, max_length {meta.max_length}, {result['hardware']}")
     for column in ("model", "dev acc", "params", "b1 ms", "b128 ms", "student speed-up b1 / b128"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    accs = {"teacher": teacher_acc, "student": student_acc, "bert_base": None}
+    accs = {"teacher": teacher_acc, "student": student_acc, "bert_base": None, "student_onnxruntime": student_acc}
     for name, f in figures.items():
         acc = "-" if accs[name] is None else f"{accs[name]:.4f}"
         speedup = "1.0x / 1.0x" if name == "student" else f"{f[1] / s[1]:.1f}x / {f[128] / s[128]:.1f}x"

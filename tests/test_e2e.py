@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
+import torch
 from ray import tune
 from tiny_jobs import tiny_job
 
@@ -22,6 +25,7 @@ from orchestrator.config import parse_job
 from orchestrator.outer_loop import open_study
 from orchestrator.pipeline import run_pipeline
 from orchestrator.tracking import Tracker
+from workers.dataset import tokenize_ids
 
 
 class KillFirstTrialOnce(tune.Callback):
@@ -108,6 +112,29 @@ def test_pull_writes_a_loadable_folder(finished_job, tmp_path):
     student = Student.from_pretrained(out)
     assert sum(p.numel() for p in student.parameters()) == result.champion.params
     assert StudentPredictor.from_pretrained(out).predict(["great"])[0]["label"] in ("fresh", "rotten")
+
+
+def test_the_registered_champion_exports_to_onnx_that_agrees_with_torch(finished_job, tmp_path):
+    job, result, _ = finished_job
+    from workers.onnx_export import ONNX_FILE, session
+    from workers.student import StudentPredictor
+
+    out = tmp_path / "onnx"
+    assert main(["export", f"{result.model_name}@champion", "-o", str(out), "--onnx",
+                 "--workspace", str(job.workspace_path)]) == 0
+    # Real text, tokenized as the student tokenizes it (no special tokens), through the graph.
+    texts = ["a warm, funny film", "dull and far too long"]
+    with tempfile.TemporaryDirectory() as tmp:
+        assert main(["pull", f"{result.model_name}@champion", "-o", tmp, "--workspace", str(job.workspace_path)]) == 0
+        predictor = StudentPredictor.from_pretrained(tmp)
+    ids, _ = tokenize_ids(predictor.tokenizer, texts, max_length=predictor.max_length)
+    length = max(map(len, ids))
+    feed = {"ids": np.array([row + [0] * (length - len(row)) for row in ids], dtype=np.int64),
+            "mask": np.array([[True] * len(row) + [False] * (length - len(row)) for row in ids])}
+    (logits,) = session(out / ONNX_FILE).run(["logits"], feed)
+    got = torch.from_numpy(logits).softmax(dim=-1).numpy()
+    want = [[p["probabilities"][name] for name in predictor.label_names] for p in predictor.predict(texts)]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
 def test_pull_never_deletes_what_it_did_not_write(finished_job, tmp_path, capsys):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from search_space import OPS, PRIMITIVES, SearchSpaceConfig, TemperatureSchedule, gumbel_softmax
-from search_space.ops import OP_SPECS, build_op, conv_families
+from search_space.ops import OP_SPECS, build_op, conv_families, conv_tokens
 
 B, T, D = 3, 9, 16
 LENGTHS = (9, 5, 2)  # one full row, two padded rows
@@ -72,6 +72,24 @@ def test_a_super_kernel_slice_equals_the_standalone_op(name):
     assert list(shared.parameters()) == []  # the edge owns the super-kernel, not the op
     shared(x, mask).sum().backward()
     assert kernel.weight.grad[:, :, start:start + spec.kernel_size].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", [p for p in PRIMITIVES if "conv" in p])
+def test_the_matmul_conv_equals_torch_conv1d_in_value_and_gradient(name):
+    spec = OP_SPECS[name]
+    torch.manual_seed(0)
+    x = torch.randn(B, T, D, requires_grad=True)
+    weight = torch.randn(D + 1, D, spec.kernel_size, requires_grad=True)  # D_out != D_in on purpose
+    bias = torch.randn(D + 1, requires_grad=True)
+    pad = spec.dilation * (spec.kernel_size - 1) // 2
+    ours = conv_tokens(x, weight, bias, dilation=spec.dilation)
+    torch_conv = F.conv1d(x.transpose(1, 2), weight, bias, padding=pad, dilation=spec.dilation).transpose(1, 2)
+    torch.testing.assert_close(ours, torch_conv)
+    cotangent = torch.randn_like(ours)
+    grads = torch.autograd.grad((ours * cotangent).sum(), (x, weight, bias))
+    expected = torch.autograd.grad((torch_conv * cotangent).sum(), (x, weight, bias))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_pools_use_only_real_tokens():

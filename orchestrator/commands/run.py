@@ -1,9 +1,11 @@
-"""`adaray run | resume | status | pull | predict`: the job and its students."""
+"""`adaray run | resume | status | pull | predict | export`: the job and its students."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -137,27 +139,8 @@ def predict(
         texts += [line.strip() for line in file.read_text().splitlines() if line.strip()]
     if not texts:
         raise AdarayError("nothing to predict: give --text TEXT (repeatable) or --file FILE")
-    folder = Path(student)
-    registry_ref = student.startswith("models:/") or re.fullmatch(r"[\w.-]+(@[\w.-]+|/\d+)?", student)
-    if not registry_ref and not folder.exists():
-        raise AdarayError(f"no student folder at {folder}; give a folder written by `adaray pull` or NAME@ALIAS")
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        raise AdarayError(f"{folder} holds no student (no config.json); give a folder written by `adaray pull`")
-    if folder.is_dir():
+    with _student_folder(student, tracking_uri=tracking_uri, workspace=workspace) as folder:
         predictions = _predict_folder(folder, texts)
-    else:
-        import tempfile
-
-        from orchestrator.tracking import pull_student
-
-        uri = _tracking_uri(tracking_uri, workspace)
-        with tempfile.TemporaryDirectory(prefix="adaray-predict-") as tmp:
-            try:
-                folder = pull_student(student, dst=Path(tmp) / "student", tracking_uri=uri)
-            except Exception as exc:
-                raise AdarayError(f"{student!r} is neither a student folder nor a registered model in {uri}: "
-                                  f"{str(exc).splitlines()[0]}") from None
-            predictions = _predict_folder(folder, texts)
     if as_json:
         for t, p in zip(texts, predictions):
             print(json.dumps({"text": t, **p}))
@@ -169,6 +152,65 @@ def predict(
     for t, p in zip(texts, predictions):
         table.add_row(t, p["label"], f"{p['probabilities'][p['label']]:.3f}")
     Console().print(table)
+
+
+@app.command()
+def export(
+    student: str = typer.Argument(..., help="A student folder, or a registered model (NAME@ALIAS / models:/...)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder to write the exported student to."),
+    onnx: bool = typer.Option(False, "--onnx", help="Write an ONNX model (dynamic batch and length) with the "
+                              "tokenizer, checked against torch within 1e-4."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI"),
+    workspace: Path = typer.Option(Path(".adaray"), "--workspace"),
+) -> None:
+    """Write a student in a format other runtimes serve (today: ONNX, for onnxruntime)."""
+    if not onnx:
+        raise AdarayError("say which format to export: --onnx (the only one so far)")
+    from workers.local_files import DestinationError, check_destination
+
+    try:
+        check_destination(output, force=force)  # before the store is opened or anything exported
+    except DestinationError as exc:
+        raise AdarayError(str(exc)) from None
+    try:
+        from workers.onnx_export import export_onnx
+    except ImportError as exc:
+        raise AdarayError(f"ONNX export needs the export extra ({exc.name} is missing): "
+                          "pip install 'adaray[export]'") from None
+    with _student_folder(student, tracking_uri=tracking_uri, workspace=workspace) as folder:
+        try:
+            written = export_onnx(folder, output, force=force)
+        except ValueError as exc:
+            raise AdarayError(str(exc)) from None
+    Console().print(f"[green]✓[/] {student} → {written / 'model.onnx'}  (inputs ids, mask; output logits)")
+
+
+@contextmanager
+def _student_folder(student: str, *, tracking_uri: str | None, workspace: Path) -> Iterator[Path]:
+    """The student folder `student` names: a folder as it is, or a registered model pulled into a
+    temp folder that is gone on exit. One line for anything that is neither."""
+    folder = Path(student)
+    registry_ref = student.startswith("models:/") or re.fullmatch(r"[\w.-]+(@[\w.-]+|/\d+)?", student)
+    if not registry_ref and not folder.exists():
+        raise AdarayError(f"no student folder at {folder}; give a folder written by `adaray pull` or NAME@ALIAS")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise AdarayError(f"{folder} holds no student (no config.json); give a folder written by `adaray pull`")
+    if folder.is_dir():
+        yield folder
+        return
+    import tempfile
+
+    from orchestrator.tracking import pull_student
+
+    uri = _tracking_uri(tracking_uri, workspace)
+    with tempfile.TemporaryDirectory(prefix="adaray-student-") as tmp:
+        try:
+            folder = pull_student(student, dst=Path(tmp) / "student", tracking_uri=uri)
+        except Exception as exc:
+            raise AdarayError(f"{student!r} is neither a student folder nor a registered model in {uri}: "
+                              f"{str(exc).splitlines()[0]}") from None
+        yield folder
 
 
 def _predict_folder(folder: Path, texts: list[str]) -> list[dict]:

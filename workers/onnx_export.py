@@ -1,0 +1,144 @@
+"""A saved student as an ONNX model with dynamic batch and length, checked against torch on export.
+
+The folder it writes holds model.onnx (inputs ids/mask, and ids_b/mask_b for pair tasks; output
+logits (B, C)), the student's config.json and its tokenizer, so a user needs only onnxruntime and
+the tokenizer to serve it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.latency import time_callable, timing_plan
+from workers.local_files import MANIFEST, check_destination, deliver_files
+from workers.student import CONFIG_FILE, WEIGHTS_FILE, Student
+
+ONNX_FILE = "model.onnx"
+OPSET = 18
+PARITY_ATOL = 1e-4  # max |logit difference| onnxruntime may show against torch
+# (batch, length) pairs the parity check runs: neither is the shape traced at export, so a shape
+# the exporter pinned shows up as an error here rather than at the user's first request.
+PARITY_SHAPES = ((1, 1), (1, 5), (3, 17))
+
+
+class _Logits(nn.Module):
+    """The student's logits alone: what an ONNX graph can return."""
+
+    def __init__(self, student: Student) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, ids_b: torch.Tensor | None = None,
+                mask_b: torch.Tensor | None = None) -> torch.Tensor:
+        return self.student(ids, mask, ids_b, mask_b).logits  # (B, C)
+
+
+def input_names(*, pair: bool) -> list[str]:
+    return ["ids", "mask", "ids_b", "mask_b"] if pair else ["ids", "mask"]
+
+
+def example_feed(student: Student, *, batch: int, length: int, pair: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random ids (int64) and masks (bool, the last row half padded) for every input of the graph."""
+    gen = torch.Generator().manual_seed(seed)
+    feed = {}
+    for name in input_names(pair=pair):
+        if name.startswith("ids"):
+            feed[name] = torch.randint(1, student.vocab_size, (batch, length), generator=gen).numpy()
+        else:
+            mask = torch.ones(batch, length, dtype=torch.bool)
+            mask[-1, max(1, length // 2):] = False
+            feed[name] = mask.numpy()
+    return feed
+
+
+def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Write `student_dir`'s student to `out_dir` as ONNX (see module doc); returns `out_dir`.
+
+    `out_dir` follows pull's rule (workers.local_files.deliver_files): new or empty, or with `force`
+    only the export's own files change. Raises ValueError when onnxruntime's logits differ from
+    torch's by more than PARITY_ATOL on PARITY_SHAPES; nothing is written to `out_dir` then.
+    """
+    student_dir = Path(student_dir)
+    check_destination(out_dir, force=force)
+    student = Student.from_pretrained(student_dir)
+    pair = bool(json.loads((student_dir / CONFIG_FILE).read_text()).get("pair", False))
+    with tempfile.TemporaryDirectory(prefix="adaray-onnx-") as tmp:
+        folder = Path(tmp)
+        _export_graph(student, folder / ONNX_FILE, pair=pair)
+        check_parity(student, folder / ONNX_FILE, pair=pair)
+        for item in student_dir.iterdir():  # config and tokenizer; the torch weights stay behind
+            if item.is_file() and item.name not in (WEIGHTS_FILE, MANIFEST):
+                shutil.copy2(item, folder / item.name)
+        return deliver_files(folder, out_dir, force=force)
+
+
+def _export_graph(student: Student, path: Path, *, pair: bool) -> None:
+    names = input_names(pair=pair)
+    feed = example_feed(student, batch=2, length=7, pair=pair)
+    args = tuple(torch.from_numpy(feed[n]) for n in names)
+    batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
+    dynamic = {name: {0: batch, 1: length} for name in names}
+    # The exporter prints its steps and warns about axis names; the user asked for a file, not those.
+    exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" and the like
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Logits(student.eval()), args, str(path), dynamo=True, dynamic_shapes=dynamic,
+                              input_names=names, output_names=["logits"], opset_version=OPSET, verbose=False,
+                              external_data=False)  # one file: a student is far below ONNX's 2 GB limit
+    finally:
+        exporter_log.setLevel(level)
+
+
+def session(path: str | Path, *, threads: int | None = None):
+    """An onnxruntime CPU session on `path` (`threads` intra-op threads; None: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # warnings about unused initialisers are not the user's concern
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(student: Student, path: Path, *, pair: bool) -> float:
+    """Max |logit difference| between onnxruntime and torch over PARITY_SHAPES; ValueError above PARITY_ATOL."""
+    sess = session(path)
+    worst = 0.0
+    for batch, length in PARITY_SHAPES:
+        feed = example_feed(student, batch=batch, length=length, pair=pair, seed=batch)
+        (ours,) = sess.run(["logits"], feed)
+        with torch.inference_mode():
+            want = student(*(torch.from_numpy(feed[n]) for n in input_names(pair=pair))).logits.numpy()
+        worst = max(worst, float(np.abs(ours - want).max()))
+    if worst > PARITY_ATOL:
+        raise ValueError(f"the ONNX graph's logits differ from torch's by {worst:.2e} (> {PARITY_ATOL}); "
+                         "not written: please report it with the student folder")
+    return worst
+
+
+def onnx_latency_metrics(path: str | Path, student: Student, *, seq_len: int, pair: bool = False,
+                         repeats: int = 30, threads: int | None = None) -> dict[str, float]:
+    """onnxruntime's median ms at batch 1 and 128 (keys ort_latency_b{1,128}_ms), under the same
+    `timing_plan` and full-length inputs as `workers.latency.latency_metrics` times torch with."""
+    sess = session(path, threads=threads)
+    metrics = {}
+    for batch, (warmup, n) in timing_plan(repeats).items():
+        feed = example_feed(student, batch=batch, length=seq_len, pair=pair)
+        feed = {k: np.ones_like(v) if k.startswith("mask") else v for k, v in feed.items()}  # full length
+        timing = time_callable(lambda feed=feed: sess.run(["logits"], feed), repeats=n, warmup=warmup)
+        metrics[f"ort_latency_b{batch}_ms"] = timing["median_ms"]
+    return metrics
