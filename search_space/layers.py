@@ -45,7 +45,12 @@ def _right_pad(
 
 
 class PairEmbedding(nn.Module):
-    """Token table of width d; embeds one sentence, or a pair separately, for the first cell."""
+    """Token table of width d; embeds one sentence, or a pair separately, for the first cell.
+
+    With `rows` (a task vocabulary) the table holds only `rows` rows and the buffer `id_map` (V,)
+    sends each tokenizer id to its row (ids the task never used share [UNK]'s row); it is filled by
+    `search_space.student.keep_vocabulary` or by loading saved weights. The inputs stay the
+    tokenizer's ids either way."""
 
     def __init__(
         self,
@@ -55,11 +60,19 @@ class PairEmbedding(nn.Module):
         pad_id: int = 0,
         dropout: float = 0.0,
         init: torch.Tensor | None = None,
+        rows: int | None = None,
     ) -> None:
         super().__init__()
         self.pad_id = pad_id
-        # Stored at width d directly (not H then a projection) to keep the student small.
-        self.table = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        if rows is None:
+            self.id_map = None
+            # Stored at width d directly (not H then a projection) to keep the student small.
+            self.table = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        else:
+            if init is not None:
+                raise ValueError("a task-vocabulary table is filled by keep_vocabulary, not by an init")
+            self.register_buffer("id_map", torch.zeros(vocab_size, dtype=torch.long))  # (V,) id -> row
+            self.table = nn.Embedding(rows, dim)  # pads are masked to zero in _embed, whatever their row
         if init is not None:
             if tuple(init.shape) != (vocab_size, dim):
                 raise ValueError(f"embedding init must be ({vocab_size}, {dim}), got {tuple(init.shape)}")
@@ -69,7 +82,8 @@ class PairEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(self.table(ids))  # (B, T, D)
+        rows = ids if self.id_map is None else self.id_map[ids]  # (B, T)
+        x = self.dropout(self.table(rows))  # (B, T, D)
         return x * mask.to(dtype=x.dtype).unsqueeze(-1)
 
     def forward(

@@ -51,9 +51,11 @@ class Student(nn.Module):
         pad_id: int = 0,
         with_probes: bool = True,
         embedding_init: torch.Tensor | None = None,
+        embedding_rows: int | None = None,
     ) -> None:
         """`embedding_init`: an already projected `(vocab_size, embed_dim)` table (e.g. from
-        `project_embeddings`); weights are not part of `config_dict`."""
+        `project_embeddings`); weights are not part of `config_dict`. `embedding_rows`: a
+        task-vocabulary table of that many rows (see `keep_vocabulary`)."""
         super().__init__()
         if genotype.num_nodes != space.num_nodes:
             raise ValueError(f"genotype has {genotype.num_nodes} nodes, the space {space.num_nodes}")
@@ -67,9 +69,10 @@ class Student(nn.Module):
             pad_id,
             with_probes,
         )
+        self.embedding_rows = embedding_rows
         d = space.embed_dim
         self.embedding = PairEmbedding(
-            vocab_size, dim=d, pad_id=pad_id, dropout=space.dropout, init=embedding_init
+            vocab_size, dim=d, pad_id=pad_id, dropout=space.dropout, init=embedding_init, rows=embedding_rows
         )
         self.cells = nn.ModuleList(StudentCell(genotype, dim=d, norm=space.op_norm) for _ in range(genotype.depth))
         self.probes = nn.ModuleList(
@@ -103,6 +106,7 @@ class Student(nn.Module):
             "num_labels": self.num_labels,
             "pad_id": self.pad_id,
             "with_probes": self.with_probes,
+            "embedding_rows": self.embedding_rows,
         }
 
     @classmethod
@@ -116,4 +120,37 @@ class Student(nn.Module):
             num_labels=d["num_labels"],
             pad_id=d.get("pad_id", 0),
             with_probes=d.get("with_probes", True),
+            embedding_rows=d.get("embedding_rows"),
         )
+
+
+def task_token_ids(*id_tables: torch.Tensor, special_ids: tuple[int, ...]) -> torch.Tensor:
+    """The sorted distinct ids in `id_tables` (any shapes, pads included) and `special_ids`: a task's
+    vocabulary. (n,) int64"""
+    seen = [t.reshape(-1).long().unique() for t in id_tables]
+    return torch.cat([*seen, torch.tensor(special_ids, dtype=torch.long)]).unique()
+
+
+@torch.no_grad()
+def keep_vocabulary(student: Student, keep_ids: torch.Tensor, *, unk_id: int) -> Student:
+    """A copy of `student` whose table holds only the rows of `keep_ids` (V ids -> n rows); every
+    other id reads [UNK]'s row. Text made only of kept ids gets exactly the old outputs.
+
+    keep_ids: (n,) distinct tokenizer ids, `unk_id` and the pad id among them."""
+    if student.embedding_rows is not None:
+        raise ValueError("this student already has a task vocabulary")
+    keep_ids = keep_ids.long().unique()
+    missing = [i for i in (unk_id, student.pad_id) if not bool((keep_ids == i).any())]
+    if missing:
+        raise ValueError(f"keep_ids must hold the [UNK] and pad ids, missing {missing}")
+    if keep_ids.min() < 0 or keep_ids.max() >= student.vocab_size:
+        raise ValueError(f"keep_ids must lie in [0, {student.vocab_size})")
+    small = type(student)(student.genotype, space=student.space, vocab_size=student.vocab_size,
+                          num_labels=student.num_labels, pad_id=student.pad_id, with_probes=student.with_probes,
+                          embedding_rows=int(keep_ids.numel()))
+    state = {k: v for k, v in student.state_dict().items() if k != "embedding.table.weight"}
+    id_map = torch.full((student.vocab_size,), int((keep_ids == unk_id).nonzero()), dtype=torch.long)  # (V,)
+    id_map[keep_ids] = torch.arange(keep_ids.numel())
+    small.load_state_dict({**state, "embedding.table.weight": student.embedding.table.weight[keep_ids],
+                           "embedding.id_map": id_map})
+    return small.train(student.training)

@@ -11,6 +11,7 @@ import torch
 
 from orchestrator.cli import main
 from search_space import Genotype, SearchSpaceConfig
+from search_space.student import keep_vocabulary
 from workers.onnx_export import (
     ONNX_FILE,
     PARITY_ATOL,
@@ -32,22 +33,26 @@ EXTRA_OPS = Genotype(depth=1, nodes=((("conv_5", 0), ("dil_conv_3", 1)), (("dil_
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _saved_student(folder: Path, *, genotype: Genotype, pair: bool) -> Path:
+def _saved_student(folder: Path, *, genotype: Genotype, pair: bool, task_vocab: bool = False) -> Path:
     torch.manual_seed(0)
     student = Student(genotype, space=SPACE, vocab_size=30522, num_labels=3, pad_id=0).eval()
+    if task_vocab:  # a table of 1,000 rows and its id map (V,) in the graph; other ids read [UNK]'s row
+        student = keep_vocabulary(student, torch.arange(1000), unk_id=100)
     return student.save_pretrained(folder, tokenizer_dir=MINILM, extra={
         "label_names": ["a", "b", "c"], "pair": pair, "max_length": 32})
 
 
-@pytest.mark.parametrize(("genotype", "pair"), [(GENOTYPE, False), (EXTRA_OPS, True)], ids=["single", "pair"])
-def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair):
-    src = _saved_student(tmp_path / "student", genotype=genotype, pair=pair)
+@pytest.mark.parametrize(("genotype", "pair", "task_vocab"), [(GENOTYPE, False, False), (EXTRA_OPS, True, True)],
+                         ids=["single", "pair-task-vocab"])
+def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_vocab):
+    src = _saved_student(tmp_path / "student", genotype=genotype, pair=pair, task_vocab=task_vocab)
     assert main(["export", str(src), "-o", str(tmp_path / "onnx"), "--onnx"]) == 0
     out = tmp_path / "onnx"
     assert {ONNX_FILE, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert not (out / "model.safetensors").exists()  # the graph carries the weights
 
     student = Student.from_pretrained(src)
+    assert (student.embedding.id_map is not None) == task_vocab
     sess = session(out / ONNX_FILE)
     assert [i.name for i in sess.get_inputs()] == input_names(pair=pair)
     for batch, length in ((2, 9), (5, 40)):  # neither the traced shape nor the parity check's

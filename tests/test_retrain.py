@@ -46,7 +46,12 @@ def test_retrain_learns_the_task_and_reports_its_figures(retrained):
     assert 0.0 <= m["dev_f1_macro"] <= 1.0 and 0.0 <= m["test_f1_macro"] <= 1.0
     params, flops = genotype_params_flops(GENOTYPE, space=SPACE, seq_len=META.max_length,
                                           vocab_size=META.vocab_size, num_labels=LABELS)
-    assert m["params"] == params and m["flops"] == flops
+    # The task vocabulary (on by default): the ids the train split holds, plus pad, [CLS], [SEP], [UNK].
+    train = tiny_split(384, seed=0, unlabelled=64)
+    used = set(train.ids_a.reshape(-1).tolist()) | {META.pad_id, META.cls_id, META.sep_id, 100}
+    assert m["vocab_rows"] == len(used) < META.vocab_size
+    assert m["params"] == params - (META.vocab_size - len(used)) * SPACE.embed_dim and m["flops"] == flops
+    assert 0.0 <= m["dev_metric_full_vocab"] <= 1.0 and 0.0 <= m["test_metric_full_vocab"] <= 1.0
     assert not any(k.startswith("latency") for k in m)  # timed on the driver, never while training
     assert m["metric"] == "accuracy" and m["dev_metric"] == m["dev_acc"]
     assert Genotype.from_json(m["genotype"]) == GENOTYPE
@@ -89,6 +94,20 @@ def test_retrain_replaces_an_older_student_atomically(retrained, tmp_path):
     )
     assert result.student_dir == out and not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["student"]
+
+
+def test_without_the_task_vocabulary_the_student_keeps_the_whole_table(tmp_path):
+    result = retrain(
+        genotype=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1, "task_vocab": False}),
+        train=tiny_split(32, seed=0), dev=tiny_split(16, seed=1, teacher=False),
+        test=tiny_split(16, seed=2, teacher=False), meta=META, num_teacher_layers=LAYERS, embedding_init=None,
+        tokenizer_dir=MINILM, out_dir=tmp_path / "student",
+    )
+    params, _ = genotype_params_flops(GENOTYPE, space=SPACE, seq_len=META.max_length,
+                                      vocab_size=META.vocab_size, num_labels=LABELS)
+    assert result.metrics["params"] == params and result.metrics["vocab_rows"] == META.vocab_size
+    assert "dev_metric_full_vocab" not in result.metrics
+    assert Student.from_pretrained(result.student_dir).embedding.id_map is None
 
 
 def test_min_steps_lengthens_training_on_a_small_transfer_set(tmp_path):

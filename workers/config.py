@@ -108,3 +108,7 @@ class RetrainConfig(_Config):
     max_train_examples: int | None = Field(None, ge=1)
     latency_repeats: int = Field(30, ge=1)
     seed: int = 0
+    # On rotten_tomatoes the train split (with its augmented copy) uses 13,524 of 30,522 ids: the table
+    # shrinks by 2.2M parameters, and the hand cell scored 76.96 dev / 78.23 test against 77.06 / 78.96 full.
+    task_vocab: bool = Field(True, description="keep only the embedding rows of ids the train split uses "
+                             "(others read [UNK]'s row); the tokenizer is unchanged")

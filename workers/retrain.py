@@ -1,7 +1,9 @@
 """Retrain a derived genotype from scratch as a plain student with KD from the cache, and evaluate it.
 
 The same losses as the search (gold CE + soft logits + attentive probe hints, no efficiency
-term: the architecture is fixed). The dev-best epoch's weights are kept; the student folder
+term: the architecture is fixed). The dev-best epoch's weights are kept, and with
+`cfg.task_vocab` only the embedding rows the train split uses (its metrics carry the scores from
+before and after); the student folder
 (config.json, model.safetensors, tokenizer, metrics.json) appears at `out_dir` in one rename.
 """
 
@@ -19,12 +21,13 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from search_space.config import SearchSpaceConfig
 from search_space.cost import genotype_params_flops
 from search_space.genotype import Genotype
 from search_space.layers import project_embeddings
+from search_space.student import keep_vocabulary, task_token_ids
 from workers.config import RetrainConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
 from workers.losses import adabert_loss, gold_ce, kd_loss
@@ -105,6 +108,12 @@ def retrain(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     model.load_state_dict(best_state)
+    full_vocab: dict[str, float] = {}
+    if cfg.task_vocab:
+        for name, split in (("dev", dev), ("test", test)):
+            full_vocab[f"{name}_metric_full_vocab"] = evaluate(model, split, batch_size=2 * cfg.batch_size,
+                                                               device=device)[meta.metric]
+        model = _keep_task_vocabulary(model, train=train, meta=meta, tokenizer_dir=tokenizer_dir)
 
     dev_scores = evaluate(model, dev, batch_size=2 * cfg.batch_size, device=device)
     test_scores = evaluate(model, test, batch_size=2 * cfg.batch_size, device=device)
@@ -119,6 +128,8 @@ def retrain(
         "dev_metric": dev_scores[meta.metric],
         "test_metric": test_scores[meta.metric],
         "params": sum(p.numel() for p in model.parameters()),
+        "vocab_rows": model.embedding.table.num_embeddings,  # the task vocabulary's size, or the tokenizer's
+        **full_vocab,  # dev/test before the table shrank: what the task vocabulary cost
         "flops": flops,
         "best_epoch": best_epoch,
         "dev_by_epoch": by_epoch,  # the task's metric after each epoch: how soon a student shows its worth
@@ -138,6 +149,17 @@ def retrain(
         "teacher_layers": num_teacher_layers,
     })
     return RetrainResult(student_dir=student_dir, metrics=metrics, genotype=genotype)
+
+
+def _keep_task_vocabulary(model: Student, *, train: TargetSplit, meta: PreparedMeta,
+                          tokenizer_dir: str | Path) -> Student:
+    """The model with only the rows of ids in the train split (its augmented copies included) and
+    the special tokens; ids never seen in training read [UNK]'s row (the pad row without an [UNK])."""
+    unk_id = AutoTokenizer.from_pretrained(str(tokenizer_dir)).unk_token_id
+    unk_id = meta.pad_id if unk_id is None else unk_id
+    tables = [t for t in (train.ids_a, train.ids_b) if t is not None]
+    keep = task_token_ids(*tables, special_ids=(meta.pad_id, meta.cls_id, meta.sep_id, unk_id))
+    return keep_vocabulary(model, keep, unk_id=unk_id)
 
 
 def _check_inputs(

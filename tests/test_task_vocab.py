@@ -1,0 +1,61 @@
+"""The task vocabulary: a student keeps only the embedding rows of the ids its task uses."""
+
+import pytest
+import torch
+
+from search_space import Genotype, SearchSpaceConfig
+from search_space.student import Student, keep_vocabulary, task_token_ids
+
+SPACE = SearchSpaceConfig(embed_dim=8, k_max=3)
+GENOTYPE = Genotype(depth=2, nodes=((("conv_3", 0), ("dil_conv_5", 1)), (("max_pool_3", 0), ("conv_7", 2)),
+                                    (("avg_pool_3", 1), ("identity", 3))))
+VOCAB, PAD, UNK = 60, 0, 1
+
+
+def _student() -> Student:
+    torch.manual_seed(0)
+    return Student(GENOTYPE, space=SPACE, vocab_size=VOCAB, num_labels=3, pad_id=PAD).eval()
+
+
+def test_in_vocabulary_text_gets_exactly_the_same_outputs_and_other_ids_read_unk():
+    full = _student()
+    train = torch.tensor([[5, 6, 7, 0, 0], [7, 8, 9, 10, 0]])  # (N, T) padded with PAD
+    keep = task_token_ids(train, special_ids=(PAD, UNK))
+    assert keep.tolist() == [0, 1, 5, 6, 7, 8, 9, 10]
+    small = keep_vocabulary(full, keep, unk_id=UNK)
+    assert small.embedding.table.num_embeddings == 8
+    saved = (VOCAB - 8) * SPACE.embed_dim
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in small.parameters()) == saved
+
+    ids = torch.tensor([[10, 9, 8, 7, 6, 5], [5, 5, 7, 0, 0, 0]])
+    mask = ids != PAD
+    torch.testing.assert_close(small(ids, mask).logits, full(ids, mask).logits, rtol=0, atol=0)
+    pair = small(ids, mask, ids.flip(1), mask.flip(1)).logits
+    torch.testing.assert_close(pair, full(ids, mask, ids.flip(1), mask.flip(1)).logits, rtol=0, atol=0)
+    unseen = torch.tensor([[5, 42, 7, 59]])  # 42 and 59 never occur in train
+    torch.testing.assert_close(small(unseen, None).logits, full(torch.tensor([[5, UNK, 7, UNK]]), None).logits,
+                               rtol=0, atol=0)
+
+
+def test_a_task_vocabulary_student_rebuilds_from_its_config_and_weights():
+    small = keep_vocabulary(_student(), torch.tensor([0, 1, 3, 4]), unk_id=UNK)
+    config = small.config_dict()
+    assert config["embedding_rows"] == 4
+    again = Student.from_config_dict(config)
+    again.load_state_dict(small.state_dict())
+    ids = torch.tensor([[3, 4, 50, 0]])
+    torch.testing.assert_close(again.eval()(ids, ids != PAD).logits, small(ids, ids != PAD).logits)
+    assert Student.from_config_dict(_student().config_dict()).embedding.id_map is None  # full table, no map
+
+
+@pytest.mark.parametrize(("keep", "message"), [
+    (torch.tensor([0, 3, 4]), "UNK"),  # no [UNK] row
+    (torch.tensor([1, 3, 4]), "pad"),
+    (torch.tensor([0, 1, VOCAB]), "lie in"),
+])
+def test_keep_vocabulary_refuses_what_it_cannot_map(keep, message):
+    with pytest.raises(ValueError, match=message):
+        keep_vocabulary(_student(), keep, unk_id=UNK)
+    small = keep_vocabulary(_student(), torch.tensor([0, 1]), unk_id=UNK)
+    with pytest.raises(ValueError, match="already"):
+        keep_vocabulary(small, torch.tensor([0, 1]), unk_id=UNK)
