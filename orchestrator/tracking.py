@@ -154,7 +154,10 @@ class StudentPyfunc(PythonModel):
         self._predictor = StudentPredictor.from_pretrained(context.artifacts["student"])
 
     def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[Prediction]:
-        return [Prediction(**p) for p in self._predictor.predict(list(model_input))]
+        """`params={"exit_threshold": t}`: early exit at t (0 runs every cell); the student's default
+        (chosen on dev) otherwise."""
+        threshold = (params or {}).get("exit_threshold")
+        return [Prediction(**p) for p in self._predictor.predict(list(model_input), exit_threshold=threshold)]
 
 
 class Tracker:
@@ -262,11 +265,16 @@ class Tracker:
         for mv in self.client.search_model_versions(f"name = '{self.model_name}'"):
             if mv.tags.get(KEY_TAG) == key:
                 return mv.version
+        # The signature's params (MLflow passes their defaults when a caller gives none): the exit
+        # threshold the student was given on dev.
+        params = {"exit_threshold": float(json.loads((student_dir / "config.json").read_text())
+                                          .get("exit_threshold", 0.0))}
+
         def log_model():
             with _active_run(run_id):
                 return mlflow.pyfunc.log_model(
                     name="student", python_model=StudentPyfunc(), artifacts={"student": str(student_dir)},
-                    input_example=input_example,
+                    input_example=(input_example, params),
                 )
 
         info = self.guard(log_model)

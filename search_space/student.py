@@ -97,6 +97,47 @@ class Student(nn.Module):
         probes = [probe(h, mask) for probe, h in zip(self.probes, outputs, strict=False)]
         return StudentOutput(logits=self.head(pooled), cell_probe_logits=probes)
 
+    @torch.no_grad()
+    def early_exit(
+        self,
+        ids_a: torch.Tensor,
+        mask_a: torch.Tensor | None,
+        ids_b: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+        *,
+        threshold: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """FastBERT-style inference: an example stops after the first cell whose probe's normalised
+        entropy (0 certain, 1 uniform) is below `threshold`, and takes that probe's logits; the rest go
+        on, the last cell's through the head. Threshold 0 is the full model. Returns logits (B, C) and
+        the cells each example ran (B,)."""
+        if not self.with_probes:
+            raise ValueError("early exit needs the cells' probes: this student was built without them")
+        s0, s1, mask = self.embedding(ids_a, mask_a, ids_b, mask_b)  # (B, T, D) x2, (B, T)
+        batch = s0.shape[0]
+        logits = s0.new_empty(batch, self.num_labels)  # (B, C)
+        cells_run = torch.full((batch,), len(self.cells), dtype=torch.long)  # (B,)
+        rows = torch.arange(batch)  # (b,) the examples still running
+        pooled: list[torch.Tensor] = []  # (b, D) per cell so far
+        log_c = torch.log(torch.tensor(float(self.num_labels)))
+        for k, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, mask)
+            pooled.append(masked_mean(s1, mask))
+            if k == len(self.cells) - 1:
+                logits[rows] = self.head(torch.stack(pooled, dim=1))
+                break
+            probe = self.probes[k](s1, mask)  # (b, C)
+            log_p = probe.log_softmax(dim=-1)
+            entropy = -(log_p.exp() * log_p).sum(dim=-1) / log_c  # (b,)
+            done = entropy < threshold
+            logits[rows[done]], cells_run[rows[done]] = probe[done], k + 1
+            go = ~done
+            if not bool(go.any()):
+                break
+            rows, s0, s1, mask = rows[go], s0[go], s1[go], mask[go]
+            pooled = [p[go] for p in pooled]
+        return logits, cells_run
+
     def config_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild this architecture (JSON-serialisable; no weights)."""
         return {

@@ -82,3 +82,29 @@ def test_export_refuses_in_one_line_and_never_deletes_the_users_files(tmp_path, 
     assert (out / "notes.txt").read_text() == "mine" and (out / ONNX_FILE).is_file()
     written = json.loads((out / ".adaray-files.json").read_text())["files"]
     assert "notes.txt" not in written and ONNX_FILE in written
+
+
+def test_int8_export_stores_int8_weights_and_stays_near_torch(tmp_path, capsys):
+    src = _saved_student(tmp_path / "student", genotype=GENOTYPE, pair=False, task_vocab=True)
+    assert main(["export", str(src), "-o", str(tmp_path / "fp32"), "--onnx"]) == 0
+    assert main(["export", str(src), "-o", str(tmp_path / "int8"), "--onnx", "--int8"]) == 0
+    assert "int8, logits within" in capsys.readouterr().out
+    report = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert report["int8"] and report["fp32_max_logit_diff"] <= PARITY_ATOL
+    # int8 rounding moves logits a little, never like a different model (random logits spread ~1)
+    assert 0 < report["int8_max_logit_diff"] < 0.05
+    import onnx
+
+    def float_bytes(folder: str) -> int:  # weights still held as float32
+        graph = onnx.load(str(tmp_path / folder / ONNX_FILE)).graph
+        return sum(len(t.raw_data) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+
+    assert float_bytes("int8") < 0.3 * float_bytes("fp32")  # the 1,000 x 16 table and the matmul weights
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / ONNX_FILE)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    student = Student.from_pretrained(src)
+    feed = example_feed(student, batch=4, length=12, pair=False, seed=3)
+    (got,) = session(tmp_path / "int8" / ONNX_FILE).run(["logits"], feed)
+    with torch.inference_mode():
+        want = student(torch.from_numpy(feed["ids"]), torch.from_numpy(feed["mask"])).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=0.05, rtol=0)

@@ -55,6 +55,11 @@ def test_retrain_learns_the_task_and_reports_its_figures(retrained):
     assert not any(k.startswith("latency") for k in m)  # timed on the driver, never while training
     assert m["metric"] == "accuracy" and m["dev_metric"] == m["dev_acc"]
     assert Genotype.from_json(m["genotype"]) == GENOTYPE
+    # Early exit: the dev curve starts at the full model, and the default costs at most exit_max_drop.
+    curve = {p["threshold"]: p for p in m["exit_curve"]}
+    assert curve[0.0]["score"] == m["dev_metric"] and curve[0.0]["mean_cells"] == GENOTYPE.depth
+    assert curve[m["exit_threshold"]]["score"] >= m["dev_metric"] - CFG.exit_max_drop
+    assert json.loads((retrained.student_dir / "config.json").read_text())["exit_threshold"] == m["exit_threshold"]
 
 
 def test_student_folder_loads_and_predicts(retrained):

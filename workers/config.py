@@ -112,3 +112,6 @@ class RetrainConfig(_Config):
     # shrinks by 2.2M parameters, and the hand cell scored 76.96 dev / 78.23 test against 77.06 / 78.96 full.
     task_vocab: bool = Field(True, description="keep only the embedding rows of ids the train split uses "
                              "(others read [UNK]'s row); the tokenizer is unchanged")
+    exit_max_drop: float | None = Field(0.01, ge=0, description="the dev score (a fraction) early exit may "
+                                        "cost; the threshold that runs the fewest cells within it becomes "
+                                        "predict's default. null: no early exit by default")

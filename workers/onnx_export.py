@@ -2,7 +2,10 @@
 
 The folder it writes holds model.onnx (inputs ids/mask, and ids_b/mask_b for pair tasks; output
 logits (B, C)), the student's config.json and its tokenizer, so a user needs only onnxruntime and
-the tokenizer to serve it.
+the tokenizer to serve it. With `int8`, model.onnx is the checked fp32 graph put through
+onnxruntime's dynamic quantiser (int8 weights for every MatMul/Gemm, per output channel, and for the
+embedding table; activations quantised per call), and export.json records how far its logits
+moved from torch's.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.dataset import TargetSplit
 from workers.latency import time_callable, timing_plan
 from workers.local_files import MANIFEST, check_destination, deliver_files
 from workers.student import CONFIG_FILE, WEIGHTS_FILE, Student
@@ -30,6 +35,8 @@ PARITY_ATOL = 1e-4  # max |logit difference| onnxruntime may show against torch
 # (batch, length) pairs the parity check runs: neither is the shape traced at export, so a shape
 # the exporter pinned shows up as an error here rather than at the user's first request.
 PARITY_SHAPES = ((1, 1), (1, 5), (3, 17))
+INT8_OPS = ["MatMul", "Gemm", "Gather"]  # the convs run as Gemm (dilated) or Conv: Conv stays fp32
+EXPORT_REPORT = "export.json"
 
 
 class _Logits(nn.Module):
@@ -62,11 +69,11 @@ def example_feed(student: Student, *, batch: int, length: int, pair: bool, seed:
     return feed
 
 
-def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = False) -> Path:
+def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = False, int8: bool = False) -> Path:
     """Write `student_dir`'s student to `out_dir` as ONNX (see module doc); returns `out_dir`.
 
     `out_dir` follows pull's rule (workers.local_files.deliver_files): new or empty, or with `force`
-    only the export's own files change. Raises ValueError when onnxruntime's logits differ from
+    only the export's own files change. Raises ValueError when the fp32 graph's logits differ from
     torch's by more than PARITY_ATOL on PARITY_SHAPES; nothing is written to `out_dir` then.
     """
     student_dir = Path(student_dir)
@@ -76,7 +83,14 @@ def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = F
     with tempfile.TemporaryDirectory(prefix="adaray-onnx-") as tmp:
         folder = Path(tmp)
         _export_graph(student, folder / ONNX_FILE, pair=pair)
-        check_parity(student, folder / ONNX_FILE, pair=pair)
+        report = {"int8": int8, "fp32_max_logit_diff": check_parity(student, folder / ONNX_FILE, pair=pair)}
+        if int8:
+            fp32 = folder / "fp32.onnx"
+            os.replace(folder / ONNX_FILE, fp32)
+            quantize_int8(fp32, folder / ONNX_FILE)
+            fp32.unlink()
+            report["int8_max_logit_diff"] = logit_diff(student, folder / ONNX_FILE, pair=pair)
+        (folder / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
         for item in student_dir.iterdir():  # config and tokenizer; the torch weights stay behind
             if item.is_file() and item.name not in (WEIGHTS_FILE, MANIFEST):
                 shutil.copy2(item, folder / item.name)
@@ -114,8 +128,27 @@ def session(path: str | Path, *, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def check_parity(student: Student, path: Path, *, pair: bool) -> float:
-    """Max |logit difference| between onnxruntime and torch over PARITY_SHAPES; ValueError above PARITY_ATOL."""
+def quantize_int8(fp32: Path, out: Path) -> None:
+    """onnxruntime's dynamic int8 quantiser on `fp32` (INT8_OPS), written to `out`."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(fp32))
+    # The exporter's value_info keeps shapes from the traced call that onnx's strict shape inference
+    # (run by the quantiser) rejects once batch and length are dynamic; onnxruntime needs none of it.
+    del model.graph.value_info[:]
+    quiet = logging.getLogger()  # the quantiser warns through the root logger to run its pre-processing
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(model, str(out), op_types_to_quantize=INT8_OPS, per_channel=True,
+                         weight_type=QuantType.QInt8)
+    finally:
+        quiet.setLevel(level)
+
+
+def logit_diff(student: Student, path: Path, *, pair: bool) -> float:
+    """Max |logit difference| between onnxruntime on `path` and torch over PARITY_SHAPES."""
     sess = session(path)
     worst = 0.0
     for batch, length in PARITY_SHAPES:
@@ -124,10 +157,30 @@ def check_parity(student: Student, path: Path, *, pair: bool) -> float:
         with torch.inference_mode():
             want = student(*(torch.from_numpy(feed[n]) for n in input_names(pair=pair))).logits.numpy()
         worst = max(worst, float(np.abs(ours - want).max()))
+    return worst
+
+
+def check_parity(student: Student, path: Path, *, pair: bool) -> float:
+    """Max |logit difference| between onnxruntime and torch over PARITY_SHAPES; ValueError above PARITY_ATOL."""
+    worst = logit_diff(student, path, pair=pair)
     if worst > PARITY_ATOL:
         raise ValueError(f"the ONNX graph's logits differ from torch's by {worst:.2e} (> {PARITY_ATOL}); "
                          "not written: please report it with the student folder")
     return worst
+
+
+def onnx_predictions(path: str | Path, split: TargetSplit, *, pair: bool, batch_size: int = 128,
+                     threads: int | None = None) -> torch.Tensor:
+    """onnxruntime's predicted class for every row of `split`. (N,) int64"""
+    sess = session(path, threads=threads)
+    predictions = []
+    for batch in split.batches(batch_size=batch_size):
+        feed = {"ids": batch["ids_a"].long().numpy(), "mask": batch["mask_a"].bool().numpy()}
+        if pair:
+            feed.update(ids_b=batch["ids_b"].long().numpy(), mask_b=batch["mask_b"].bool().numpy())
+        (logits,) = sess.run(["logits"], feed)
+        predictions.append(torch.from_numpy(logits).argmax(dim=-1))
+    return torch.cat(predictions)
 
 
 def onnx_latency_metrics(path: str | Path, student: Student, *, seq_len: int, pair: bool = False,

@@ -3,7 +3,8 @@
 The same losses as the search (gold CE + soft logits + attentive probe hints, no efficiency
 term: the architecture is fixed). The dev-best epoch's weights are kept, and with
 `cfg.task_vocab` only the embedding rows the train split uses (its metrics carry the scores from
-before and after); the student folder
+before and after). With `cfg.exit_max_drop` the early-exit curve on dev picks the student's default
+exit threshold (workers/early_exit.py); the student folder
 (config.json, model.safetensors, tokenizer, metrics.json) appears at `out_dir` in one rename.
 """
 
@@ -30,6 +31,7 @@ from search_space.layers import project_embeddings
 from search_space.student import keep_vocabulary, task_token_ids
 from workers.config import RetrainConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
+from workers.early_exit import exit_curve, pick_threshold
 from workers.losses import adabert_loss, gold_ce, kd_loss
 from workers.metrics import classification_scores
 from workers.search_data import sample_rows
@@ -113,7 +115,7 @@ def retrain(
         for name, split in (("dev", dev), ("test", test)):
             full_vocab[f"{name}_metric_full_vocab"] = evaluate(model, split, batch_size=2 * cfg.batch_size,
                                                                device=device)[meta.metric]
-        model = _keep_task_vocabulary(model, train=train, meta=meta, tokenizer_dir=tokenizer_dir)
+        model = task_vocabulary_student(model, train=train, meta=meta, tokenizer_dir=tokenizer_dir)
 
     dev_scores = evaluate(model, dev, batch_size=2 * cfg.batch_size, device=device)
     test_scores = evaluate(model, test, batch_size=2 * cfg.batch_size, device=device)
@@ -139,6 +141,12 @@ def retrain(
         "genotype": genotype.to_json(),
     }
     model.cpu().eval()
+    exit_threshold = 0.0  # the full model
+    if cfg.exit_max_drop is not None:
+        curve = exit_curve(model, dev, metric=meta.metric)
+        exit_threshold = pick_threshold(curve, max_drop=cfg.exit_max_drop)
+        metrics.update(exit_curve=curve, exit_threshold=exit_threshold,
+                       exit_mean_cells=next(p["mean_cells"] for p in curve if p["threshold"] == exit_threshold))
     student_dir = _save_atomically(model, out_dir=out_dir, tokenizer_dir=tokenizer_dir, metrics=metrics, extra={
         "task": meta.task,
         "label_names": list(meta.label_names),
@@ -147,11 +155,12 @@ def retrain(
         "metric": meta.metric,
         "tokenizer": {"source": meta.tokenizer, "pad_id": meta.pad_id, "cls_id": meta.cls_id, "sep_id": meta.sep_id},
         "teacher_layers": num_teacher_layers,
+        "exit_threshold": exit_threshold,  # predict's default (StudentPredictor, the pyfunc's params)
     })
     return RetrainResult(student_dir=student_dir, metrics=metrics, genotype=genotype)
 
 
-def _keep_task_vocabulary(model: Student, *, train: TargetSplit, meta: PreparedMeta,
+def task_vocabulary_student(model: Student, *, train: TargetSplit, meta: PreparedMeta,
                           tokenizer_dir: str | Path) -> Student:
     """The model with only the rows of ids in the train split (its augmented copies included) and
     the special tokens; ids never seen in training read [UNK]'s row (the pad row without an [UNK])."""
@@ -183,8 +192,9 @@ def _check_inputs(
 
 
 @torch.no_grad()
-def evaluate(model: Student, split: TargetSplit, *, batch_size: int, device: torch.device | str = "cpu") -> dict:
-    """{"accuracy", "f1_macro"} on a gold-labelled split."""
+def predict_classes(model: Student, split: TargetSplit, *, batch_size: int,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """The model's class for every row of `split`, in order. (N,) int64"""
     was_training = model.training
     model.eval()
     predictions = []
@@ -193,7 +203,13 @@ def evaluate(model: Student, split: TargetSplit, *, batch_size: int, device: tor
         logits = model(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b")).logits  # (B, C)
         predictions.append(logits.argmax(dim=-1).cpu())
     model.train(was_training)
-    return classification_scores(torch.cat(predictions), split.labels, num_labels=model.num_labels)
+    return torch.cat(predictions)
+
+
+def evaluate(model: Student, split: TargetSplit, *, batch_size: int, device: torch.device | str = "cpu") -> dict:
+    """{"accuracy", "f1_macro"} on a gold-labelled split."""
+    predictions = predict_classes(model, split, batch_size=batch_size, device=device)
+    return classification_scores(predictions, split.labels, num_labels=model.num_labels)
 
 
 def _save_atomically(

@@ -51,9 +51,11 @@ class Student(_SpaceStudent):
 class StudentPredictor:
     """A saved student with its tokenizer and label names: texts in, labels and probabilities out."""
 
-    def __init__(self, model: Student, *, tokenizer, label_names: list[str], pair: bool, max_length: int) -> None:
+    def __init__(self, model: Student, *, tokenizer, label_names: list[str], pair: bool, max_length: int,
+                 exit_threshold: float = 0.0) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.label_names, self.pair, self.max_length = list(label_names), pair, max_length
+        self.exit_threshold = exit_threshold  # the default; 0 runs every cell
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> StudentPredictor:
@@ -64,12 +66,16 @@ class StudentPredictor:
         if missing:
             raise ValueError(f"{folder / CONFIG_FILE} lacks {missing}: not saved by adaray's retrain")
         return cls(model, tokenizer=AutoTokenizer.from_pretrained(str(folder)), label_names=config["label_names"],
-                   pair=config["pair"], max_length=config["max_length"])
+                   pair=config["pair"], max_length=config["max_length"],
+                   exit_threshold=config.get("exit_threshold", 0.0))
 
     def predict(
-        self, texts: list[str], text_pairs: list[str] | None = None, *, batch_size: int = 64
+        self, texts: list[str], text_pairs: list[str] | None = None, *, batch_size: int = 64,
+        exit_threshold: float | None = None,
     ) -> list[dict[str, Any]]:
-        """One {"label": name, "probabilities": {name: p}} per text (pair)."""
+        """One {"label": name, "probabilities": {name: p}} per text (pair). `exit_threshold`: stop a
+        text after the first cell this sure of it (normalised entropy below it; 0 runs every cell);
+        None takes the student's default, chosen on dev at retrain."""
         if isinstance(texts, str):
             raise ValueError("texts must be a list of strings, not one string")
         if self.pair != (text_pairs is not None):
@@ -79,20 +85,25 @@ class StudentPredictor:
             raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text_pairs")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        threshold = self.exit_threshold if exit_threshold is None else float(exit_threshold)
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"exit_threshold must lie in [0, 1] (a normalised entropy), got {threshold}")
         results = []
         for start in range(0, len(texts), batch_size):
             chunk_b = None if text_pairs is None else text_pairs[start:start + batch_size]
-            probs = self._probabilities(texts[start:start + batch_size], chunk_b)  # (B, C)
+            probs = self._probabilities(texts[start:start + batch_size], chunk_b, threshold=threshold)  # (B, C)
             for row in probs.tolist():
                 best = max(range(len(row)), key=row.__getitem__)
                 results.append({"label": self.label_names[best],
                                 "probabilities": dict(zip(self.label_names, row, strict=True))})
         return results
 
-    def _probabilities(self, texts_a: list[str], texts_b: list[str] | None) -> torch.Tensor:
+    def _probabilities(self, texts_a: list[str], texts_b: list[str] | None, *, threshold: float) -> torch.Tensor:
         ids_a, ids_b = tokenize_ids(self.tokenizer, texts_a, texts_b, max_length=self.max_length)
         inputs = [*self._padded(ids_a), *(self._padded(ids_b) if ids_b is not None else ())]
         with torch.inference_mode():
+            if threshold > 0:
+                return self.model.early_exit(*inputs, threshold=threshold)[0].softmax(dim=-1)
             return self.model(*inputs).logits.softmax(dim=-1)
 
     def _padded(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,6 +128,9 @@ def predict(
     tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI"),
     workspace: Path = typer.Option(Path(".adaray"), "--workspace"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    exit_threshold: float = typer.Option(None, "--exit-threshold", min=0.0, max=1.0,
+                                         help="Early exit: stop a text after the first cell this sure of it "
+                                         "(0 runs every cell; default: the student's, chosen on dev)."),
 ) -> None:
     """Classify texts with a student."""
     texts = list(text or [])
@@ -140,7 +143,7 @@ def predict(
     if not texts:
         raise AdarayError("nothing to predict: give --text TEXT (repeatable) or --file FILE")
     with _student_folder(student, tracking_uri=tracking_uri, workspace=workspace) as folder:
-        predictions = _predict_folder(folder, texts)
+        predictions = _predict_folder(folder, texts, exit_threshold=exit_threshold)
     if as_json:
         for t, p in zip(texts, predictions):
             print(json.dumps({"text": t, **p}))
@@ -160,6 +163,9 @@ def export(
     output: Path = typer.Option(..., "-o", "--output", help="Folder to write the exported student to."),
     onnx: bool = typer.Option(False, "--onnx", help="Write an ONNX model (dynamic batch and length) with the "
                               "tokenizer, checked against torch within 1e-4."),
+    int8: bool = typer.Option(False, "--int8", help="With --onnx: int8 weights (onnxruntime's dynamic "
+                              "quantiser) for the matmuls and the embedding table; export.json says how far "
+                              "the logits moved."),
     force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI"),
     workspace: Path = typer.Option(Path(".adaray"), "--workspace"),
@@ -180,10 +186,12 @@ def export(
                           "pip install 'adaray[export]'") from None
     with _student_folder(student, tracking_uri=tracking_uri, workspace=workspace) as folder:
         try:
-            written = export_onnx(folder, output, force=force)
+            written = export_onnx(folder, output, force=force, int8=int8)
         except ValueError as exc:
             raise AdarayError(str(exc)) from None
-    Console().print(f"[green]✓[/] {student} → {written / 'model.onnx'}  (inputs ids, mask; output logits)")
+    moved = json.loads((written / "export.json").read_text()).get("int8_max_logit_diff")
+    note = "" if moved is None else f"; int8, logits within {moved:.2g} of torch's"
+    Console().print(f"[green]✓[/] {student} → {written / 'model.onnx'}  (inputs ids, mask; output logits{note})")
 
 
 @contextmanager
@@ -213,10 +221,10 @@ def _student_folder(student: str, *, tracking_uri: str | None, workspace: Path) 
         yield folder
 
 
-def _predict_folder(folder: Path, texts: list[str]) -> list[dict]:
+def _predict_folder(folder: Path, texts: list[str], *, exit_threshold: float | None) -> list[dict]:
     from workers.student import StudentPredictor
 
-    return StudentPredictor.from_pretrained(folder).predict(texts)
+    return StudentPredictor.from_pretrained(folder).predict(texts, exit_threshold=exit_threshold)
 
 
 def _tracking_uri(explicit: str | None, workspace: Path) -> str:
