@@ -102,6 +102,7 @@ def test_int8_export_stores_int8_weights_and_stays_near_torch(tmp_path, capsys):
     assert float_bytes("int8") < 0.3 * float_bytes("fp32")  # the 1,000 x 16 table and the matmul weights
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / ONNX_FILE)).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert "Gemm" not in ops  # the dilated convs' and the head's matmuls are int8 too
     student = Student.from_pretrained(src)
     feed = example_feed(student, batch=4, length=12, pair=False, seed=3)
     (got,) = session(tmp_path / "int8" / ONNX_FILE).run(["logits"], feed)

@@ -12,8 +12,10 @@ from search_space.student import Student
 from workers.dataset import TargetSplit
 from workers.metrics import task_score
 
-# Normalised probe entropies below which an example stops; 0 runs every cell (the full model).
-THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+# Normalised probe entropies below which an example stops; 0 runs every cell (the full model). Dense
+# near 1: on rotten_tomatoes (2 classes) the hand cell's exits agreed with the full model on every dev
+# text up to 0.8 (1.97 cells run of 3) and on 99.9% at 0.95 (1.48 cells).
+THRESHOLDS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 
 
 @torch.inference_mode()

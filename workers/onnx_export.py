@@ -137,6 +137,7 @@ def quantize_int8(fp32: Path, out: Path) -> None:
     # The exporter's value_info keeps shapes from the traced call that onnx's strict shape inference
     # (run by the quantiser) rejects once batch and length are dynamic; onnxruntime needs none of it.
     del model.graph.value_info[:]
+    _gemms_as_matmuls(model)
     quiet = logging.getLogger()  # the quantiser warns through the root logger to run its pre-processing
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -145,6 +146,48 @@ def quantize_int8(fp32: Path, out: Path) -> None:
                          weight_type=QuantType.QInt8)
     finally:
         quiet.setLevel(level)
+
+
+def _gemms_as_matmuls(model) -> None:
+    """Rewrite, in place, each Gemm whose weight is a constant (an initializer, or a Reshape of one)
+    as MatMul + Add: the dilated convs' unrolled kernels reach the graph that way, and the dynamic
+    quantiser turns MatMuls into int8 but leaves Gemms in fp32."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    made = {n.output[0]: n for n in graph.node if n.op_type == "Reshape" and all(i in inits for i in n.input)}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = node.input[1] if node.op_type == "Gemm" and len(node.input) > 1 else None
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if weight is None or not plain or (weight not in inits and weight not in made):
+            nodes.append(node)
+            continue
+        if weight in inits:
+            w = numpy_helper.to_array(inits[weight])
+        else:  # the Reshape, done here once rather than on every call
+            reshape = made[weight]
+            w = numpy_helper.to_array(inits[reshape.input[0]]).reshape(numpy_helper.to_array(inits[reshape.input[1]]))
+        w = w.T if attrs.get("transB", 0) else w  # (in, out)
+        name = f"{node.output[0]}_weight"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), name))
+        if len(node.input) > 2 and node.input[2]:
+            product = f"{node.output[0]}_matmul"
+            nodes += [helper.make_node("MatMul", [node.input[0], name], [product]),
+                      helper.make_node("Add", [product, node.input[2]], list(node.output))]
+        else:
+            nodes.append(helper.make_node("MatMul", [node.input[0], name], list(node.output)))
+    consumed = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if n.output[0] not in made or n.output[0] in consumed)
+    used = {i for n in graph.node for i in n.input}
+    unused = [t for t in graph.initializer if t.name not in used]  # the Reshapes' sources, now folded
+    for t in unused:
+        graph.initializer.remove(t)
+    onnx.checker.check_model(model)
 
 
 def logit_diff(student: Student, path: Path, *, pair: bool) -> float:
