@@ -115,7 +115,7 @@ def retrain(
         for name, split in (("dev", dev), ("test", test)):
             full_vocab[f"{name}_metric_full_vocab"] = evaluate(model, split, batch_size=2 * cfg.batch_size,
                                                                device=device)[meta.metric]
-        model = task_vocabulary_student(model, train=train, meta=meta, tokenizer_dir=tokenizer_dir)
+        model = task_vocabulary_student(model, train=train, meta=meta, tokenizer_dir=tokenizer_dir).to(device)
 
     dev_scores = evaluate(model, dev, batch_size=2 * cfg.batch_size, device=device)
     test_scores = evaluate(model, test, batch_size=2 * cfg.batch_size, device=device)
@@ -161,7 +161,7 @@ def retrain(
 
 
 def task_vocabulary_student(model: Student, *, train: TargetSplit, meta: PreparedMeta,
-                          tokenizer_dir: str | Path) -> Student:
+                            tokenizer_dir: str | Path) -> Student:
     """The model with only the rows of ids in the train split (its augmented copies included) and
     the special tokens; ids never seen in training read [UNK]'s row (the pad row without an [UNK])."""
     unk_id = AutoTokenizer.from_pretrained(str(tokenizer_dir)).unk_token_id
