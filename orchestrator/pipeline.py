@@ -288,15 +288,7 @@ def _log_round(tracker: Tracker, parent: str, *, job: JobConfig, results, outcom
     """Child run per configuration, nested run per trial (params, per-epoch metrics, genotype, cell)."""
     by_config = {o.number: o for o in outcomes}
     for number, outcome in by_config.items():
-        config_run, to_log = tracker.ensure_run(f"{job.name}/config-{number}", name=f"config-{number}",
-                                                role="config", parent_id=parent)
-        if to_log:
-            tracker.log_params(config_run, {**outcome.params, "round": outcome.round})
-            tracker.log_metrics(config_run, {"short_retrain_dev_score": outcome.accuracy, "cost": outcome.cost,
-                                             "genotype_agreement": outcome.agreement, "collapse": outcome.collapse})
-            tracker.log_text(config_run, outcome.genotype, "genotype.json")
-            tracker.log_text(config_run, json.dumps(list(outcome.candidates), indent=2), "candidates.json")
-            tracker.finish(config_run)
+        _config_run(tracker, parent, job=job, outcome=outcome)
         console.print(f"  config {number}: short-retrain dev {outcome.accuracy:.4f}, agreement {outcome.agreement:.2f}"
                       f"{', collapse' if outcome.collapse else ''}  {outcome.params}")
     for trial, metrics, history in results:
@@ -323,9 +315,23 @@ _EPOCH_METRICS = {"search_valid_score", "best_candidate_score", "expected_params
                   "loss_kd", "loss_eff"}
 
 
+def _config_run(tracker: Tracker, parent: str, *, job: JobConfig, outcome: ConfigOutcome) -> str:
+    """The configuration's run, logged and finished unless it already is: after its round, or at
+    retrain when a rerun took the round from Optuna but the tracking store lost its runs."""
+    config_run, to_log = tracker.ensure_run(f"{job.name}/config-{outcome.number}", name=f"config-{outcome.number}",
+                                            role="config", parent_id=parent)
+    if to_log:
+        tracker.log_params(config_run, {**outcome.params, "round": outcome.round})
+        tracker.log_metrics(config_run, {"short_retrain_dev_score": outcome.accuracy, "cost": outcome.cost,
+                                         "genotype_agreement": outcome.agreement, "collapse": outcome.collapse})
+        tracker.log_text(config_run, outcome.genotype, "genotype.json")
+        tracker.log_text(config_run, json.dumps(list(outcome.candidates), indent=2), "candidates.json")
+        tracker.finish(config_run)
+    return config_run
+
+
 def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: StudentSpec, metrics: dict) -> str:
-    config_run, _ = tracker.ensure_run(f"{job.name}/config-{spec.outcome.number}",
-                                       name=f"config-{spec.outcome.number}", role="config", parent_id=parent)
+    config_run = _config_run(tracker, parent, job=job, outcome=spec.outcome)
     run_id, to_log = tracker.ensure_run(f"{job.name}/student-{spec.key}", name=f"student-{spec.key}",
                                         role="retrain", parent_id=config_run)
     if to_log:
@@ -357,6 +363,7 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
         "seed": seeds[0] if seeds else search.get("seed", ""), "config_number": spec.outcome.number,
         "dev_accuracy": c.accuracy, "test_accuracy": c.metrics.get("test_acc"), "params": c.params,
         "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,
+        f"latency_b{job.budget.latency_batch}_p95_ms": c.latency_p95_ms,  # what the budget reads
         "latency_hardware": c.metrics.get("hardware") or hardware_name("cpu"), "job": job.name,
     }
 

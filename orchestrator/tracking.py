@@ -286,8 +286,9 @@ class Tracker:
         self.client.set_registered_model_alias(self.model_name, alias, version)
 
     def promote(self, alias: str, version: str, *, score: float) -> str | None:
-        """Point `alias` at `version` unless the version it points at now scored better on the same data
-        (another job's, or an earlier run's). Returns why it was kept, or None when it moved."""
+        """Point `alias` at `version` unless the version it points at now is better on the same data
+        (another job's, or an earlier run's): within this job's budget where `version` is not, or as
+        much within it and with a higher score. Returns why it was kept, or None when it moved."""
         try:
             current = self.client.get_model_version_by_alias(self.model_name, alias)
         except Exception:  # MLflow raises its own type when the alias does not exist yet
@@ -296,11 +297,26 @@ class Tracker:
         if current is not None and current.version != version:
             same_data = current.tags.get("data_fingerprint") == mine.tags.get("data_fingerprint")
             theirs = float(current.tags.get("dev_accuracy", "nan"))
-            if same_data and theirs > score:
-                return (f"@{alias} stays on version {current.version} (job {current.tags.get('job', '?')}, dev "
-                        f"{theirs:.4f} > {score:.4f}); move it by hand with MlflowClient.set_registered_model_alias")
+            their_fit, my_fit = self.fits_budget(current.tags), self.fits_budget(mine.tags)
+            why = None
+            if same_data and their_fit and not my_fit:
+                why = "within this job's budget, this version is not"
+            elif same_data and their_fit == my_fit and theirs > score:
+                why = f"dev {theirs:.4f} > {score:.4f}"
+            if why:
+                return (f"@{alias} stays on version {current.version} (job {current.tags.get('job', '?')}, {why}); "
+                        "move it by hand with MlflowClient.set_registered_model_alias")
         self.set_alias(alias, version)
         return None
+
+    def fits_budget(self, tags: dict[str, str]) -> bool:
+        """Whether a version's tags meet this job's latency and size budget (a figure not tagged counts
+        as met: versions from before the tag compare by score alone)."""
+        budget = self.job.budget
+        p95 = tags.get(f"latency_b{budget.latency_batch}_p95_ms")
+        params = tags.get("params")
+        return ((budget.max_latency_ms is None or p95 is None or float(p95) <= budget.max_latency_ms)
+                and (budget.max_params is None or params is None or int(float(params)) <= budget.max_params))
 
 
 def pull_student(ref: str, *, dst: Path, tracking_uri: str, force: bool = False) -> Path:

@@ -170,3 +170,17 @@ def test_rerun_is_all_cache_hits_and_duplicates_nothing(finished_job):
     versions = tracker.client.search_model_versions(f"name = '{result.model_name}'")
     assert len(versions) == len({v.tags["adaray.key"] for v in versions})
     assert again.champion_version == result.champion_version
+
+
+def test_a_rerun_on_an_emptied_tracking_store_finishes_every_run_it_opens(finished_job, tmp_path):
+    """The store deleted after a finished job (issue 13, item 8): the rerun takes every round from
+    Optuna, logs the finalists' configuration runs afresh, and leaves none RUNNING."""
+    job, _, _ = finished_job
+    fresh = job.model_copy(update={"tracking": job.tracking.model_copy(
+        update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})})
+    result = run_pipeline(fresh, progress=False)
+    tracker = Tracker(fresh, task_name="rotten_tomatoes")
+    runs = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
+    assert result.champion_version is not None and runs
+    assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
+    assert tracker.runs_by_role()["config"] >= 1

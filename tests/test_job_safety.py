@@ -107,25 +107,40 @@ def test_an_unknown_tracking_scheme_fails_validation(tmp_path, capsys):
     assert "scheme MLflow does not know" in capsys.readouterr().err
 
 
-def _read_only_folder(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    folder = tmp_path / "read-only"
-    folder.mkdir(mode=0o500)
-    return folder / "ws"
-
-
 @pytest.mark.parametrize("where", [
     lambda p: (p / "a-file").write_text("") or p / "a-file" / "ws",  # a path under a file
     lambda p: "/proc/1/ws",  # a system folder nobody may write, root included
-    _read_only_folder,
-], ids=["under-a-file", "proc", "read-only-folder"])
+], ids=["under-a-file", "proc"])
 def test_an_unwritable_workspace_is_one_line(tmp_path, capsys, where):
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(tiny_job(where(tmp_path), name="safety")))
     assert main(["run", str(job_file)]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and "Traceback" not in err
+
+
+def test_a_read_only_workspace_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    """A read-only folder as the workspace: mode 0o500 for a user; root writes through modes, so for
+    root the folder gets the immutable attribute (chattr +i), which binds root too."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    as_root = os.geteuid() == 0
+    if as_root and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root where chattr +i is not supported: no folder is read-only to root")
+    if not as_root:
+        folder.chmod(0o500)
+    try:
+        job_file = tmp_path / "job.yaml"
+        job_file.write_text(yaml.safe_dump(tiny_job(folder / "ws", name="safety")))
+        assert main(["run", str(job_file)]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert list(folder.iterdir()) == []
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o700)
 
 
 def test_pull_and_predict_against_a_dead_server_answer_in_seconds(tmp_path, capsys):
@@ -148,11 +163,23 @@ def test_predict_names_a_missing_or_empty_folder_and_an_empty_text(tmp_path, cap
     assert "--text is empty" in capsys.readouterr().err
 
 
-def test_pull_from_a_missing_sqlite_store_creates_nothing(tmp_path, capsys):
+@pytest.mark.parametrize("command", [["pull", "m@champion", "-o", "OUT"], ["predict", "m@champion", "--text", "good"],
+                                     ["export", "m@champion", "--onnx", "-o", "OUT"]], ids=["pull", "predict", "export"])
+def test_a_missing_sqlite_store_creates_nothing(tmp_path, capsys, command):
     db = tmp_path / "none" / "mlflow.db"
-    assert main(["pull", "m@champion", "-o", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{db}"]) == 2
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    assert main([*argv, "--tracking-uri", f"sqlite:///{db}"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
-    assert not (tmp_path / "none").exists()
+    assert not (tmp_path / "none").exists() and not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback_that_the_one_line_replaces(tmp_path):
+    argv = [sys.executable, "-m", "orchestrator.cli"]
+    plain = subprocess.run([*argv, "predict", str(tmp_path / "nope"), "--text", "x"], capture_output=True, text=True)
+    debug = subprocess.run([*argv, "--debug", "predict", str(tmp_path / "nope"), "--text", "x"], capture_output=True,
+                           text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "no student folder" in plain.stderr
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "AdarayError: no student folder" in debug.stderr
 
 
 def test_the_champion_never_moves_to_a_worse_version_on_the_same_data(tmp_path):
@@ -175,6 +202,30 @@ def test_the_champion_never_moves_to_a_worse_version_on_the_same_data(tmp_path):
     assert tracker.promote("champion", better, score=0.8) is None  # a better one moves it
     assert tracker.promote("champion", other_data, score=0.4) is None  # other data: scores do not compare
     assert client.get_model_version_by_alias(tracker.model_name, "champion").version == other_data
+
+
+def test_the_champion_is_decided_by_the_jobs_budget_first(tmp_path):
+    from orchestrator.config import load_job
+    from orchestrator.tracking import Tracker
+
+    job = load_job(_job_file(tmp_path))
+    job = job.model_copy(update={"budget": job.budget.model_copy(update={"max_latency_ms": 5.0})})
+    tracker = Tracker(job, task_name="t")
+    client = tracker.client
+    client.create_registered_model(tracker.model_name)
+
+    def version(score, p95):
+        return client.create_model_version(tracker.model_name, source=str(tmp_path), tags={
+            "dev_accuracy": str(score), "data_fingerprint": "f1", "job": "a", "latency_b1_p95_ms": str(p95)}).version
+
+    slow_best, fast, faster_worse = version(0.80, 9.0), version(0.77, 4.0), version(0.75, 3.0)
+    assert tracker.promote("champion", slow_best, score=0.80) is None
+    assert tracker.promote("champion", fast, score=0.77) is None  # over budget loses to within it
+    kept = tracker.promote("champion", slow_best, score=0.80)
+    assert f"stays on version {fast}" in kept and "budget" in kept
+    kept = tracker.promote("champion", faster_worse, score=0.75)  # both within: the score decides
+    assert f"stays on version {fast}" in kept and "0.7700 > 0.7500" in kept
+    assert client.get_model_version_by_alias(tracker.model_name, "champion").version == fast
 
 
 def test_rejected_data_starts_no_ray_and_leaves_no_run_files(tmp_path, capsys):
@@ -284,3 +335,19 @@ def test_a_file_where_the_run_folder_belongs_is_one_line_and_no_stage_output(tmp
     assert str(run_dir) in err and "adaray resume" in err and "Traceback" not in err
     assert run_dir.read_text() == "a file the user keeps here"
     assert not (tmp_path / "ws" / "teachers").exists()  # stopped before the teacher stage
+
+
+def test_status_says_when_the_tracking_store_is_gone(tmp_path, capsys):
+    from orchestrator.pipeline import StatusFile
+
+    job_file = _job_file(tmp_path)
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"")
+    StatusFile(load_job(job_file)).update(stage="done", champion="abc", model="t-student", champion_version="1",
+                                          tracking_uri=f"sqlite:///{db}", parent_run_id="r1")
+    assert main(["status", str(job_file)]) == 0
+    assert "store is missing" not in capsys.readouterr().out
+    db.unlink()  # the user deleted the store after the job finished
+    assert main(["status", str(job_file)]) == 0
+    out = capsys.readouterr().out
+    assert "champion: t-student version 1" in out and "the tracking store is missing" in out
