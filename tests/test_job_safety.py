@@ -182,11 +182,18 @@ def test_debug_shows_the_traceback_that_the_one_line_replaces(tmp_path):
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "AdarayError: no student folder" in debug.stderr
 
 
+def _own_store(job, tmp_path):
+    """The job with a SQLite store of its own: a module-scoped fixture elsewhere may have left
+    $MLFLOW_TRACKING_URI pointing at its store, which a job without `tracking.uri` would use."""
+    return job.model_copy(update={"tracking": job.tracking.model_copy(
+        update={"uri": f"sqlite:///{tmp_path / 'registry.db'}"})})
+
+
 def test_the_champion_never_moves_to_a_worse_version_on_the_same_data(tmp_path):
     from orchestrator.config import load_job
     from orchestrator.tracking import Tracker
 
-    tracker = Tracker(load_job(_job_file(tmp_path)), task_name="t")
+    tracker = Tracker(_own_store(load_job(_job_file(tmp_path)), tmp_path), task_name="t")
     client = tracker.client
     client.create_registered_model(tracker.model_name)
 
@@ -210,7 +217,7 @@ def test_the_champion_is_decided_by_the_jobs_budget_first(tmp_path):
 
     job = load_job(_job_file(tmp_path))
     job = job.model_copy(update={"budget": job.budget.model_copy(update={"max_latency_ms": 5.0})})
-    tracker = Tracker(job, task_name="t")
+    tracker = Tracker(_own_store(job, tmp_path), task_name="t")
     client = tracker.client
     client.create_registered_model(tracker.model_name)
 
