@@ -180,7 +180,7 @@ def export(
     except DestinationError as exc:
         raise AdarayError(str(exc)) from None
     try:
-        from workers.onnx_export import export_onnx
+        from workers.onnx_export import EXPORT_REPORT, ONNX_FILE, export_onnx
     except ImportError as exc:
         raise AdarayError(f"ONNX export needs the export extra ({exc.name} is missing): "
                           "pip install 'adaray[export]'") from None
@@ -189,9 +189,9 @@ def export(
             written = export_onnx(folder, output, force=force, int8=int8)
         except ValueError as exc:
             raise AdarayError(str(exc)) from None
-    moved = json.loads((written / "export.json").read_text()).get("int8_max_logit_diff")
+    moved = json.loads((written / EXPORT_REPORT).read_text()).get("int8_max_logit_diff")
     note = "" if moved is None else f"; int8, logits within {moved:.2g} of torch's"
-    Console().print(f"[green]✓[/] {student} → {written / 'model.onnx'}  (inputs ids, mask; output logits{note})")
+    Console().print(f"[green]✓[/] {student} → {written / ONNX_FILE}  (inputs ids, mask; output logits{note})")
 
 
 @contextmanager
