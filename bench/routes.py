@@ -96,7 +96,7 @@ def main() -> None:
                 "b128": timed["latency_b128_ms"]}
 
     console.print("measuring the teacher, the full student and the task-vocabulary student (torch) ...")
-    rows["teacher"] = {**torch_row(teacher_model), "dev": teacher.dev_accuracy if meta.metric == "accuracy" else None,
+    rows["teacher"] = {**torch_row(teacher_model), "dev": teacher.score_in(meta.metric),
                        "test": None}
     for name, model in (("full", full), ("taskvocab", small)):
         rows[name] = {**torch_row(model),

@@ -34,6 +34,7 @@ from orchestrator.config import JobConfig  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
 from workers.dataset import load_split  # noqa: E402
 from workers.latency import hardware_name, latency_metrics  # noqa: E402
+from workers.metrics import METRIC_NAMES  # noqa: E402
 from workers.onnx_export import ONNX_FILE, export_onnx, onnx_latency_metrics  # noqa: E402
 from workers.retrain import retrain  # noqa: E402
 from workers.search import run_search  # noqa: E402
@@ -104,10 +105,11 @@ def main() -> None:
                                       1: ort["ort_latency_b1_ms"], 128: ort["ort_latency_b128_ms"]}
 
     t, s, b = figures["teacher"], figures["student"], figures["bert_base"]
-    teacher_acc = None if args.quick else teacher.dev_accuracy
-    student_acc = None if args.quick else retrained.metrics["dev_acc"]
+    # The *_acc keys hold the task's metric (named in "metric"): accuracy on the default task.
+    teacher_acc = None if args.quick else teacher.score_in(meta.metric)
+    student_acc = None if args.quick else retrained.metrics["dev_metric"]
     result = {
-        "quick": args.quick,
+        "quick": args.quick, "metric": meta.metric,
         "accuracy_note": "quick slice: accuracies not comparable" if args.quick else f"dev split of {meta.task}",
         "teacher_acc": teacher_acc,
         "student_acc": student_acc,
@@ -130,7 +132,7 @@ def main() -> None:
     }
 
     table = Table(title=f"{meta.task}, max_length {meta.max_length}, {result['hardware']}")
-    for column in ("model", "dev acc", "params", "b1 ms", "b128 ms", "student speed-up b1 / b128"):
+    for column in ("model", f"dev {METRIC_NAMES[meta.metric]}", "params", "b1 ms", "b128 ms", "student speed-up b1 / b128"):
         table.add_column(column, justify="left" if column == "model" else "right")
     accs = {"teacher": teacher_acc, "student": student_acc, "bert_base": None, "student_onnxruntime": student_acc}
     for name, f in figures.items():

@@ -93,12 +93,21 @@ class OuterLoopConfig(_Config):
     rounds: int = Field(2, ge=1)
     configs_per_round: int = Field(2, ge=1)
     seeds: int = Field(2, ge=1, description="Tune trials per configuration")
-    objectives: tuple[Literal["accuracy"], Literal["latency", "params"]] = ("accuracy", "latency")
+    # score: the task's metric (accuracy or macro-F1) on dev. "accuracy" is read as "score" (job files of
+    # before the metric was named).
+    objectives: tuple[Literal["score"], Literal["latency", "params"]] = ("score", "latency")
     params: dict[str, ParamRange] = Field(default_factory=_default_params)
     sampler_seed: int = 0
     max_trials: int | None = Field(None, ge=1, description="stop once this many trials ran")
     max_wall_minutes: float | None = Field(None, gt=0, description="stop starting rounds after this")
     screen: ScreenConfig = ScreenConfig()
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _score_was_accuracy(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and value and value[0] == "accuracy":
+            return ("score", *value[1:])
+        return value
 
     @model_validator(mode="after")
     def _known_params(self) -> OuterLoopConfig:
@@ -277,6 +286,10 @@ def parse_job(data: dict, *, source: str = "job") -> JobConfig:
 def load_job(path: str | Path) -> JobConfig:
     """Read and validate a job file; every problem is a one-line AdarayError."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.y*ml"))
+        raise AdarayError(f"{path} is a folder; give a job YAML file" +
+                          (f", e.g. {path / inside[0]} (it holds {', '.join(inside)})" if inside else ""))
     if not path.is_file():
         raise AdarayError(f"job file not found: {path}")
     try:

@@ -31,7 +31,7 @@ from orchestrator.faults import CRASH_ENV, TuneCrashPoints, crash_point
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 logger = logging.getLogger(__name__)
 
-DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "params": "minimize"}
+DIRECTIONS = {"score": "maximize", "latency": "minimize", "params": "minimize"}
 # The cost told to Optuna: a student's FLOPs stand in for latency (measured latency needs the
 # final student; selection uses the measured figures).
 COST_METRIC = {"latency": "flops", "params": "params"}
@@ -63,7 +63,7 @@ class ConfigOutcome:
     params: dict
     space: dict
     search: dict
-    accuracy: float  # the chosen student's short-retrain dev score (the task's metric)
+    score: float  # the chosen student's short-retrain dev score (the task's metric)
     cost: float  # its COST_METRIC
     agreement: float  # share of seeds whose best candidate is the modal one
     collapse: bool  # majority of seeds flagged collapse
@@ -266,7 +266,7 @@ def aggregate(job: JobConfig, *, trial_dicts: list[dict], seeds: list[dict | Non
     return ConfigOutcome(
         number=number, round=round_index, params=params, space=trial_dicts[0]["space"],
         search={k: v for k, v in trial_dicts[0]["search"].items() if k != "seed"},
-        accuracy=chosen["short_score"], cost=chosen[COST_METRIC[job.outer_loop.objectives[1]]],
+        score=chosen["short_score"], cost=chosen[COST_METRIC[job.outer_loop.objectives[1]]],
         agreement=tops.most_common(1)[0][1] / len(seeds),
         collapse=sum(bool(m.get("collapse")) for m in done) * 2 > len(done),
         genotype=chosen["genotype"],
@@ -288,7 +288,7 @@ def _outcome_from_trial(t: optuna.trial.FrozenTrial) -> ConfigOutcome:
     a = t.user_attrs
     return ConfigOutcome(
         number=t.number, round=a["round"], params=t.params, space=a["space"], search=a["search"],
-        accuracy=t.values[0], cost=t.values[1], agreement=a["agreement"], collapse=a["collapse"],
+        score=t.values[0], cost=t.values[1], agreement=a["agreement"], collapse=a["collapse"],
         genotype=a["genotype"], seeds=tuple(a["seeds"]), candidates=tuple(a.get("candidates", ())),
     )
 
@@ -364,7 +364,7 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
                                ("agreement", outcome.agreement), ("collapse", outcome.collapse),
                                ("seeds", list(outcome.seeds)), ("candidates", list(outcome.candidates))):
                 trial.set_user_attr(key, value)
-            study.tell(trial, [outcome.accuracy, outcome.cost])
+            study.tell(trial, [outcome.score, outcome.cost])
         trials_run += len(all_dicts)
         if not round_outcomes:  # the next round would fail the same way: stop before spending it
             raise RuntimeError(f"every trial of round {r + 1} failed; their errors are in {job.run_dir / 'tune' / f'round-{r}'}")

@@ -45,7 +45,7 @@ class PipelineResult:
     choice: Choice
     front: list[Candidate]
     candidates: list[Candidate]
-    teacher_accuracy: float
+    teacher_score: float
     teacher_latency_ms: float
     teacher_params: int
     teacher_latency: dict  # latency_b{1,128}_ms of the teacher, timed like every student
@@ -96,11 +96,6 @@ def preflight(job: JobConfig) -> None:
                           "in the job file to a writable folder") from None
 
 
-def teacher_score(teacher, *, metric: str) -> float:
-    """The teacher's dev score in the task's metric (teachers saved before macro-F1 was kept: accuracy)."""
-    return (teacher.dev_scores or {}).get(metric, teacher.dev_accuracy)
-
-
 def above_majority(prepared: PreparedData, *, score: float, margin: float, who: str, hint: str) -> float:
     """The majority-class dev score; AdarayError (one line) when `score` does not beat it by `margin`."""
     from workers.dataset import load_split
@@ -124,7 +119,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     status.update(stage="data")
     with worker_errors():
         teacher = teacher_stage(job, prepared, progress=progress)
-        majority = above_majority(prepared, score=teacher_score(teacher, metric=prepared.meta.metric),
+        majority = above_majority(prepared, score=teacher.score_in(prepared.meta.metric),
                                   margin=job.budget.min_over_majority, who="the teacher",
                                   hint="train the teacher longer (teacher.epochs), with more data, or give a "
                                        "stronger teacher.model")
@@ -133,7 +128,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                       f"{resources['gpus']:g} GPUs")
         cache = cache_stage(job, prepared, teacher, progress=progress)
     metric_name = METRIC_NAMES[prepared.meta.metric]
-    console.print(f"[green]✓[/] teacher  dev {metric_name} {teacher_score(teacher, metric=prepared.meta.metric):.4f} "
+    console.print(f"[green]✓[/] teacher  dev {metric_name} {teacher.score_in(prepared.meta.metric):.4f} "
                   f"(majority class {majority:.4f}){'  (cache hit)' if teacher.cache_hit else ''}")
     console.print(f"[green]✓[/] cache    {cache.rows}  key {cache.key[:12]}{'  (cache hit)' if cache.cache_hit else ''}")
     tracker = Tracker(job, task_name=prepared.meta.task, say=lambda message: console.print(f"[yellow]{message}[/]"))
@@ -184,13 +179,12 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     candidates = []
     for spec in specs:
         lat = student_latency(spec.out_dir, seq_len=seq_len, repeats=job.retrain.latency_repeats)
-        candidates.append(_candidate(spec, {**metrics[spec.key], **lat}, metric=prepared.meta.metric,
-                                     batch=job.budget.latency_batch))
+        candidates.append(_candidate(spec, {**metrics[spec.key], **lat}, batch=job.budget.latency_batch))
     front = pareto_front(candidates)
-    teacher_acc = teacher_score(teacher, metric=prepared.meta.metric)  # the one metric: students are scored in it too
-    choice = pick_champion(front, budget=job.budget, teacher_accuracy=teacher_acc, metric_name=metric_name)
+    t_score = teacher.score_in(prepared.meta.metric)  # the one metric: students are scored in it too
+    choice = pick_champion(front, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
     b = job.budget.latency_batch
-    plot = pareto_plot(candidates, front, choice.champion, job.run_dir / "pareto.png", teacher_accuracy=teacher_acc,
+    plot = pareto_plot(candidates, front, choice.champion, job.run_dir / "pareto.png", teacher_score=t_score,
                        teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], latency_batch=b,
                        metric_name=metric_name)
     table = selection_table(candidates, front, choice.champion, latency_batch=b, metric_name=metric_name)
@@ -200,7 +194,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     tracker.log_text(parent, json.dumps([c.__dict__ for c in candidates], indent=2, default=str), "selection.json")
 
     # -- register -----------------------------------------------------------------------------
-    above_majority(prepared, score=choice.champion.accuracy, margin=job.budget.min_over_majority, who="the best student",
+    above_majority(prepared, score=choice.champion.score, margin=job.budget.min_over_majority, who="the best student",
                    hint="retrain longer (retrain.epochs), add augmented copies (cache.augment.copies) or widen "
                         "the search; nothing was registered")
     status.update(stage="register")
@@ -209,13 +203,13 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                                    cache=cache, prepared=prepared)
     if kept:
         console.print(f"[yellow]{kept}[/]")
-    tracker.log_metrics(parent, {"champion_dev_accuracy": choice.champion.accuracy,
+    tracker.log_metrics(parent, {f"champion_dev_{prepared.meta.metric}": choice.champion.score,
                                  "champion_latency_ms": choice.champion.latency_ms,
                                  "champion_params": choice.champion.params,
                                  "teacher_latency_ms": teacher_lat[f"latency_b{b}_ms"]})
     tracker.finish(parent)
     result = PipelineResult(
-        champion=choice.champion, choice=choice, front=front, candidates=candidates, teacher_accuracy=teacher_acc,
+        champion=choice.champion, choice=choice, front=front, candidates=candidates, teacher_score=t_score,
         teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], teacher_params=teacher_lat["params"],
         teacher_latency=teacher_lat,
         model_name=tracker.model_name, champion_version=versions[choice.champion.key], parent_run_id=parent,
@@ -242,7 +236,7 @@ def _register(job: JobConfig, tracker: Tracker, parent: str, *, choice: Choice, 
             tags=_lineage(job, c, spec=spec, teacher_dir=teacher.dir, cache_key=cache.key,
                           fingerprint=prepared.meta.fingerprint),
         )
-    return versions, tracker.promote("champion", versions[choice.champion.key], score=choice.champion.accuracy)
+    return versions, tracker.promote("champion", versions[choice.champion.key], score=choice.champion.score)
 
 
 def _screen(job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key: str, console: Console,
@@ -276,8 +270,9 @@ def _log_parent(tracker: Tracker, run_id: str, *, job, prepared, teacher, cache)
     tracker.set_tags(run_id, {"adaray.teacher": str(teacher.dir), "adaray.teacher_key": teacher.key,
                               "adaray.cache_key": cache.key, "adaray.cache_uri": cache.uri,
                               "adaray.data_fingerprint": prepared.meta.fingerprint, "adaray.task": prepared.meta.task})
-    tracker.log_metrics(run_id, {"teacher_dev_accuracy": teacher.dev_accuracy,
-                                 **{f"probe_acc_layer_{i}": a for i, a in enumerate(teacher.probe_accuracies)}})
+    # Named by the teacher's metric: the task's, or accuracy for a teacher saved before it was kept.
+    tracker.log_metrics(run_id, {f"teacher_dev_{teacher.metric}": teacher.dev_score,
+                                 **{f"probe_{teacher.metric}_layer_{i}": s for i, s in enumerate(teacher.probe_scores)}})
     for name in ("probes.png", "probes.json"):
         if (teacher.dir / name).is_file() and tracker.find_run(f"{job.name}/parent/{name}") is None:
             tracker.log_artifact(run_id, teacher.dir / name, artifact_path="teacher")
@@ -289,7 +284,7 @@ def _log_round(tracker: Tracker, parent: str, *, job: JobConfig, results, outcom
     by_config = {o.number: o for o in outcomes}
     for number, outcome in by_config.items():
         _config_run(tracker, parent, job=job, outcome=outcome)
-        console.print(f"  config {number}: short-retrain dev {outcome.accuracy:.4f}, agreement {outcome.agreement:.2f}"
+        console.print(f"  config {number}: short-retrain dev {outcome.score:.4f}, agreement {outcome.agreement:.2f}"
                       f"{', collapse' if outcome.collapse else ''}  {outcome.params}")
     for trial, metrics, history in results:
         number = trial["config_number"]
@@ -322,7 +317,7 @@ def _config_run(tracker: Tracker, parent: str, *, job: JobConfig, outcome: Confi
                                             role="config", parent_id=parent)
     if to_log:
         tracker.log_params(config_run, {**outcome.params, "round": outcome.round})
-        tracker.log_metrics(config_run, {"short_retrain_dev_score": outcome.accuracy, "cost": outcome.cost,
+        tracker.log_metrics(config_run, {"short_retrain_dev_score": outcome.score, "cost": outcome.cost,
                                          "genotype_agreement": outcome.agreement, "collapse": outcome.collapse})
         tracker.log_text(config_run, outcome.genotype, "genotype.json")
         tracker.log_text(config_run, json.dumps(list(outcome.candidates), indent=2), "candidates.json")
@@ -343,10 +338,9 @@ def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: Student
     return run_id
 
 
-def _candidate(spec: StudentSpec, metrics: dict, *, metric: str, batch: int) -> Candidate:
-    accuracy = metrics["dev_f1_macro"] if metric == "f1_macro" else metrics["dev_acc"]
+def _candidate(spec: StudentSpec, metrics: dict, *, batch: int) -> Candidate:
     return Candidate(
-        key=spec.key, config_number=spec.outcome.number, genotype=spec.genotype, accuracy=accuracy,
+        key=spec.key, config_number=spec.outcome.number, genotype=spec.genotype, score=metrics["dev_metric"],
         latency_ms=metrics[f"latency_b{batch}_ms"], latency_p95_ms=metrics[f"latency_b{batch}_p95_ms"],
         params=int(metrics["params"]), metrics=metrics, student_dir=str(spec.out_dir),
         params_of_config=spec.outcome.params,
@@ -361,7 +355,7 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
         "teacher": str(teacher_dir), "cache_key": cache_key, "data_fingerprint": fingerprint,
         "genotype": spec.genotype, "beta": search["beta"], "gamma": search["gamma"],
         "seed": seeds[0] if seeds else search.get("seed", ""), "config_number": spec.outcome.number,
-        "dev_accuracy": c.accuracy, "test_accuracy": c.metrics.get("test_acc"), "params": c.params,
+        "metric": c.metrics["metric"], "dev_score": c.score, "test_score": c.metrics["test_metric"], "params": c.params,
         "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,
         f"latency_b{job.budget.latency_batch}_p95_ms": c.latency_p95_ms,  # what the budget reads
         "latency_hardware": c.metrics.get("hardware") or hardware_name("cpu"), "job": job.name,
@@ -374,9 +368,9 @@ def selection_table(candidates: list[Candidate], front: list[Candidate], champio
     for col in ("student", "config", f"dev {metric_name}", f"b{latency_batch} ms (p50/p95)", "params", "front"):
         table.add_column(col, justify="right" if col not in ("student", "front") else "left")
     on_front = {c.key for c in front}
-    for c in sorted(candidates, key=lambda c: -c.accuracy):
+    for c in sorted(candidates, key=lambda c: -c.score):
         mark = "★ champion" if c.key == champion.key else ("✓" if c.key in on_front else "")
-        table.add_row(c.key, str(c.config_number), f"{100 * c.accuracy:.2f}",
+        table.add_row(c.key, str(c.config_number), f"{100 * c.score:.2f}",
                       f"{c.latency_ms:.2f}/{c.latency_p95_ms:.2f}", f"{c.params:,}", mark)
     return table
 
@@ -389,8 +383,8 @@ def _print_summary(console: Console, job: JobConfig, r: PipelineResult) -> None:
     else:
         console.print(f"champion: [bold]{r.model_name}@champion[/] (version {r.champion_version}, student {c.key})")
     metric = METRIC_NAMES[c.metrics.get("metric", "accuracy")]
-    console.print(f"  dev {metric} {100 * c.accuracy:.2f}% (teacher {100 * r.teacher_accuracy:.2f}%, "
-                  f"{100 * c.accuracy / r.teacher_accuracy:.1f}% retained)")
+    console.print(f"  dev {metric} {100 * c.score:.2f}% (teacher {100 * r.teacher_score:.2f}%, "
+                  f"{100 * c.score / r.teacher_score:.1f}% retained)")
     for batch in (1, 128):
         mine, theirs = c.metrics[f"latency_b{batch}_ms"], r.teacher_latency[f"latency_b{batch}_ms"]
         console.print(f"  {theirs / mine:.1f}x faster than the teacher at batch {batch} ({mine:.2f} ms vs {theirs:.2f} ms)")

@@ -15,21 +15,21 @@ from search_space.genotype import Genotype  # noqa: E402
 
 def pareto_plot(
     candidates: list[Candidate], front: list[Candidate], champion: Candidate, path: Path, *,
-    teacher_accuracy: float | None = None, teacher_latency_ms: float | None = None, latency_batch: int = 1,
+    teacher_score: float | None = None, teacher_latency_ms: float | None = None, latency_batch: int = 1,
     metric_name: str = "accuracy",
 ) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     on_front = {c.key for c in front}
     rest = [c for c in candidates if c.key not in on_front]
     size = lambda cs: [30 + 200 * c.params / max(x.params for x in candidates) for c in cs]  # noqa: E731
-    ax.scatter([c.latency_ms for c in rest], [100 * c.accuracy for c in rest], s=size(rest), c="0.7",
+    ax.scatter([c.latency_ms for c in rest], [100 * c.score for c in rest], s=size(rest), c="0.7",
                label="dominated")
-    ax.scatter([c.latency_ms for c in front], [100 * c.accuracy for c in front], s=size(front), c="tab:blue",
+    ax.scatter([c.latency_ms for c in front], [100 * c.score for c in front], s=size(front), c="tab:blue",
                label="Pareto front")
-    ax.scatter([champion.latency_ms], [100 * champion.accuracy], s=260, facecolors="none", edgecolors="tab:red",
+    ax.scatter([champion.latency_ms], [100 * champion.score], s=260, facecolors="none", edgecolors="tab:red",
                linewidths=2, label="champion")
-    if teacher_accuracy is not None:
-        ax.axhline(100 * teacher_accuracy, ls="--", c="tab:green", lw=1, label=f"teacher {metric_name}")
+    if teacher_score is not None:
+        ax.axhline(100 * teacher_score, ls="--", c="tab:green", lw=1, label=f"teacher {metric_name}")
     if teacher_latency_ms is not None:
         ax.axvline(teacher_latency_ms, ls=":", c="tab:green", lw=1, label="teacher latency")
     ax.set_xscale("log")

@@ -57,7 +57,7 @@ def finalist_specs(job: JobConfig, outcomes: list[ConfigOutcome], *, cache_key: 
     each is owned by the first configuration that screened it."""
     seen: dict[str, tuple[dict, ConfigOutcome]] = {}
     for o in sorted(outcomes, key=lambda o: o.number):
-        for c in o.candidates or ({"genotype": o.genotype, "space": o.space, "short_score": o.accuracy},):
+        for c in o.candidates or ({"genotype": o.genotype, "space": o.space, "short_score": o.score},):
             seen.setdefault(candidate_id({**c, "space": c.get("space", o.space)}), (c, o))
     ranked = sorted(seen.values(), key=lambda co: -co[0]["short_score"])[: job.outer_loop.screen.finalists]
     specs = []

@@ -1,4 +1,4 @@
-"""Pick students: the Pareto front over (accuracy up, latency down, params down) and the champion.
+"""Pick students: the Pareto front over (score up: the task's metric on dev; latency down, params down) and the champion.
 
 Pure functions over plain records, so they are easy to test; plotting lives in plots.py.
 """
@@ -17,7 +17,7 @@ class Candidate:
     key: str  # stable id: hash of genotype + space + cache key + retrain config
     config_number: int  # the Optuna trial (configuration) it came from
     genotype: str  # JSON
-    accuracy: float  # the task metric on dev, in [0, 1]
+    score: float  # the task's metric on dev, in [0, 1]
     latency_ms: float  # median at the budget's batch size
     latency_p95_ms: float
     params: int
@@ -27,15 +27,15 @@ class Candidate:
 
 
 def dominates(a: Candidate, b: Candidate) -> bool:
-    no_worse = a.accuracy >= b.accuracy and a.latency_ms <= b.latency_ms and a.params <= b.params
-    better = a.accuracy > b.accuracy or a.latency_ms < b.latency_ms or a.params < b.params
+    no_worse = a.score >= b.score and a.latency_ms <= b.latency_ms and a.params <= b.params
+    better = a.score > b.score or a.latency_ms < b.latency_ms or a.params < b.params
     return no_worse and better
 
 
 def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
-    """Non-dominated candidates, best accuracy first."""
+    """Non-dominated candidates, best score first."""
     front = [c for c in candidates if not any(dominates(o, c) for o in candidates if o is not c)]
-    return sorted(front, key=lambda c: (-c.accuracy, c.latency_ms, c.params))
+    return sorted(front, key=lambda c: (-c.score, c.latency_ms, c.params))
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,10 @@ class Choice:
     met_budget: bool
 
 
-def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_accuracy: float | None,
+def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_score: float | None,
                   metric_name: str = "accuracy") -> Choice:
     """The budget's pick from the front. When no student meets the budget, the closest one, flagged.
-    `metric_name` names the task's metric (what `accuracy` holds) in the reason."""
+    `metric_name` names the task's metric (what `score` holds) in the reason."""
     if not front:
         raise ValueError("no retrained students to choose from")
     rules = []
@@ -59,18 +59,18 @@ def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_accur
     if budget.max_params is not None:
         ok = [c for c in ok if c.params <= budget.max_params]
         rules.append(f"params <= {budget.max_params:,}")
-    smallest = budget.within_teacher_points is not None and teacher_accuracy is not None
+    smallest = budget.within_teacher_points is not None and teacher_score is not None
     if smallest:
-        floor = teacher_accuracy - budget.within_teacher_points / 100
-        ok = [c for c in ok if c.accuracy >= floor]
+        floor = teacher_score - budget.within_teacher_points / 100
+        ok = [c for c in ok if c.score >= floor]
         rules.append(f"{metric_name} >= teacher - {budget.within_teacher_points} points ({floor:.4f})")
     goal = "smallest" if smallest else f"best {metric_name}"
     if ok:
-        pick = min(ok, key=lambda c: (c.params, -c.accuracy)) if smallest else max(ok, key=lambda c: c.accuracy)
+        pick = min(ok, key=lambda c: (c.params, -c.score)) if smallest else max(ok, key=lambda c: c.score)
         return Choice(pick, f"{goal} with {' and '.join(rules)}" if rules else goal, True)
     # Nothing meets the budget: the fastest student when latency is bounded, else the best.
     if budget.max_latency_ms is not None:
         pick = min(front, key=lambda c: c.latency_p95_ms)
         return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest", False)
-    pick = max(front, key=lambda c: c.accuracy)
+    pick = max(front, key=lambda c: c.score)
     return Choice(pick, f"no student meets {' and '.join(rules)}; picked the best {metric_name}", False)

@@ -296,7 +296,8 @@ class Tracker:
         mine = self.client.get_model_version(self.model_name, version)
         if current is not None and current.version != version:
             same_data = current.tags.get("data_fingerprint") == mine.tags.get("data_fingerprint")
-            theirs = float(current.tags.get("dev_accuracy", "nan"))
+            # dev_accuracy: the tag of versions registered before the task's metric was named.
+            theirs = float(current.tags.get("dev_score", current.tags.get("dev_accuracy", "nan")))
             their_fit, my_fit = self.fits_budget(current.tags), self.fits_budget(mine.tags)
             why = None
             if same_data and their_fit and not my_fit:

@@ -197,11 +197,13 @@ def test_the_champion_never_moves_to_a_worse_version_on_the_same_data(tmp_path):
     client = tracker.client
     client.create_registered_model(tracker.model_name)
 
-    def version(score, fingerprint="f1", job="a"):
+    def version(score, fingerprint="f1", job="a", tag="dev_score"):
         return client.create_model_version(tracker.model_name, source=str(tmp_path), tags={
-            "dev_accuracy": str(score), "data_fingerprint": fingerprint, "job": job}).version
+            tag: str(score), "data_fingerprint": fingerprint, "job": job}).version
 
-    good, worse, other_data, better = version(0.786), version(0.5, job="b"), version(0.4, "f2"), version(0.8)
+    # `good` carries the tag of versions registered before the task's metric was named.
+    good, worse = version(0.786, tag="dev_accuracy"), version(0.5, job="b")
+    other_data, better = version(0.4, "f2"), version(0.8)
     assert tracker.promote("champion", good, score=0.786) is None
     kept = tracker.promote("champion", worse, score=0.5)
     assert f"stays on version {good}" in kept and "0.7860 > 0.5000" in kept
@@ -223,7 +225,7 @@ def test_the_champion_is_decided_by_the_jobs_budget_first(tmp_path):
 
     def version(score, p95):
         return client.create_model_version(tracker.model_name, source=str(tmp_path), tags={
-            "dev_accuracy": str(score), "data_fingerprint": "f1", "job": "a", "latency_b1_p95_ms": str(p95)}).version
+            "dev_score": str(score), "data_fingerprint": "f1", "job": "a", "latency_b1_p95_ms": str(p95)}).version
 
     slow_best, fast, faster_worse = version(0.80, 9.0), version(0.77, 4.0), version(0.75, 3.0)
     assert tracker.promote("champion", slow_best, score=0.80) is None
@@ -358,3 +360,28 @@ def test_status_says_when_the_tracking_store_is_gone(tmp_path, capsys):
     assert main(["status", str(job_file)]) == 0
     out = capsys.readouterr().out
     assert "champion: t-student version 1" in out and "the tracking store is missing" in out
+
+
+def test_a_teacher_no_better_than_the_majority_class_stops_the_job_before_ray(tmp_path, capsys):
+    """The whole `adaray run` on a pandas-written file whose texts carry no signal (every text the same,
+    labels 80/20): the teacher can only predict one class, so it cannot beat the majority class. The job
+    stops in one line naming the metric, before Ray, the cache or any MLflow run."""
+    import pandas as pd
+    import ray
+
+    rows = 200
+    pd.DataFrame({"review": ["the same words every time"] * rows,
+                  "verdict": ["liked" if i % 5 else "disliked" for i in range(rows)]}).to_csv(tmp_path / "d.csv")
+    job = tiny_job(tmp_path / "ws", name="no-signal")
+    job["task"] = {"path": str(tmp_path / "d.csv"), "text_column": "review", "label_column": "verdict",
+                   "metric": "f1_macro", "max_length": 16}
+    job["budget"] = {"min_over_majority": 0.02}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["run", str(tmp_path / "job.yaml")]) == 2
+    err = capsys.readouterr().err
+    (error,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "the teacher scores dev macro-F1" in error and "no better than always predicting the majority class" in error
+    assert "Traceback" not in err
+    assert not ray.is_initialized()
+    workspace = tmp_path / "ws"
+    assert not (workspace / "cache").exists() and not (workspace / "mlflow").exists()

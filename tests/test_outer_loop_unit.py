@@ -75,7 +75,7 @@ def test_the_outcome_is_the_candidate_with_the_best_short_retrain(tmp_path):
     out = aggregate(j, trial_dicts=dicts, seeds=SEEDS, number=0, round_index=0, params={"beta": 1.0},
                     short_scores=short)
     # G1 led on inherited score; the short retrain ranks G3 first, and that is what the outcome says.
-    assert out.genotype == G3 and out.accuracy == 0.78 and out.cost == 30.0
+    assert out.genotype == G3 and out.score == 0.78 and out.cost == 30.0
     assert [c["genotype"] for c in out.candidates] == [G3, G1]
     assert out.agreement == pytest.approx(2 / 3) and out.collapse is True
     assert aggregate(j, trial_dicts=dicts, seeds=[None] * 3, number=0, round_index=0, params={},

@@ -5,7 +5,7 @@ from orchestrator.selection import Candidate, dominates, pareto_front, pick_cham
 
 
 def cand(key, acc, lat, params, p95=None):
-    return Candidate(key=key, config_number=0, genotype="{}", accuracy=acc, latency_ms=lat,
+    return Candidate(key=key, config_number=0, genotype="{}", score=acc, latency_ms=lat,
                      latency_p95_ms=p95 if p95 is not None else lat * 1.2, params=params)
 
 
@@ -41,7 +41,7 @@ def test_pareto_front_drops_dominated_and_sorts_by_accuracy():
     ],
 )
 def test_pick_champion_follows_the_budget(budget, teacher, expected, met):
-    choice = pick_champion(pareto_front(CANDS), budget=budget, teacher_accuracy=teacher)
+    choice = pick_champion(pareto_front(CANDS), budget=budget, teacher_score=teacher)
     assert choice.champion.key == expected
     assert choice.met_budget is met
     assert choice.reason
@@ -49,4 +49,4 @@ def test_pick_champion_follows_the_budget(budget, teacher, expected, met):
 
 def test_pick_champion_needs_candidates():
     with pytest.raises(ValueError, match="no retrained students"):
-        pick_champion([], budget=BudgetConfig(), teacher_accuracy=None)
+        pick_champion([], budget=BudgetConfig(), teacher_score=None)

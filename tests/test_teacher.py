@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 import workers.teacher as teacher_mod
 from workers.config import TeacherConfig
 from workers.dataset import SPLITS, PreparedMeta, load_split, split_table, teacher_inputs, write_prepared
-from workers.probes import PROBES_FILE, PROBES_JSON, PROBES_PLOT
+from workers.probes import PROBES_FILE, PROBES_JSON, PROBES_PLOT, LayerProbes, probe_scores
 from workers.teacher import (
     TEACHER_JSON,
     load_teacher,
@@ -62,7 +62,8 @@ def make_backbone(folder: Path, *, head_labels: int | None = None, seed: int = 0
     return folder
 
 
-def make_prepared(folder: Path, *, pair: bool = False, sizes=(128, 8, 32, 8), max_length: int = 16) -> Path:
+def make_prepared(folder: Path, *, pair: bool = False, sizes=(128, 8, 32, 8), max_length: int = 16,
+                  metric: str = "accuracy") -> Path:
     """A tiny prepared dataset in the workers.dataset format (ids from the MiniLM tokenizer)."""
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     budget = (max_length - 3) // 2 if pair else max_length - 2
@@ -77,7 +78,7 @@ def make_prepared(folder: Path, *, pair: bool = False, sizes=(128, 8, 32, 8), ma
         )
         next_id += n
     meta = PreparedMeta(task="tiny-pair" if pair else "tiny", label_names=("neg", "pos"), pair=pair,
-                        max_length=max_length, metric="accuracy", fingerprint=f"tiny-{int(pair)}-{max_length}",
+                        max_length=max_length, metric=metric, fingerprint=f"tiny-{int(pair)}-{max_length}-{metric}",
                         tokenizer=str(MINILM), pad_id=0, cls_id=101, sep_id=102, vocab_size=30522,
                         sizes={split: len(t) for split, t in tables.items()})
     return write_prepared(folder, meta=meta, tables=tables)
@@ -97,15 +98,16 @@ def trained(tiny):
 
 def test_fine_tunes_probes_and_saves(trained, tiny):
     assert trained.fine_tuned and not trained.cache_hit
-    assert trained.dev_accuracy >= 0.8  # the cue word is learnable: far above chance (0.5)
+    assert trained.dev_score >= 0.8  # the cue word is learnable: far above chance (0.5)
     assert (trained.num_layers, trained.hidden_size, trained.num_labels) == (2, 32, 2)
-    assert len(trained.probe_accuracies) == 3 and all(0 <= a <= 1 for a in trained.probe_accuracies)
-    assert max(trained.probe_accuracies) >= 0.7
+    assert len(trained.probe_scores) == 3 and all(0 <= a <= 1 for a in trained.probe_scores)
+    assert max(trained.probe_scores) >= 0.7
     for name in ("model.safetensors", "config.json", "tokenizer.json", PROBES_FILE, PROBES_JSON, PROBES_PLOT,
                  TEACHER_JSON):
         assert (trained.dir / name).is_file(), name
     assert (trained.dir / PROBES_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((trained.dir / PROBES_JSON).read_text())["dev_accuracy"] == trained.probe_accuracies
+    assert json.loads((trained.dir / PROBES_JSON).read_text())["dev_scores"] == trained.probe_scores
+    assert trained.metric == "accuracy"  # the tiny task's metric: dev_score and the probes are in it
     assert trained.dir.parent == tiny["root"] / "teachers"
     assert [p.name for p in trained.dir.parent.iterdir()] == [trained.key]  # no checkpoint or temp folder left
 
@@ -115,7 +117,7 @@ def test_second_run_is_a_cache_hit(trained, tiny, capsys, monkeypatch):
     again = prepare_teacher(source=str(tiny["backbone"]), cfg=TINY_TEACHER, prepared_dir=tiny["prepared"],
                             out_root=tiny["root"] / "teachers", progress=False)
     assert again.cache_hit and again.dir == trained.dir
-    assert again.dev_accuracy == trained.dev_accuracy and again.probe_accuracies == trained.probe_accuracies
+    assert again.dev_score == trained.dev_score and again.probe_scores == trained.probe_scores
     assert f"teacher: cache hit {trained.key}" in capsys.readouterr().err
     assert teacher_location(source=str(tiny["backbone"]), cfg=TINY_TEACHER, prepared_dir=tiny["prepared"],
                             out_root=tiny["root"] / "teachers") == trained.dir
@@ -130,9 +132,9 @@ def test_loaded_teacher_reproduces_saved_accuracy(trained, tiny):
     n, layers = len(dev), trained.num_layers + 1
     assert out.logits.shape == (n, 2) and out.probe_logits.shape == (n, layers, 2) and out.pooled.shape == (n, layers, 32)
     accuracy = (out.logits.argmax(-1) == dev.labels).float().mean().item()
-    assert accuracy == pytest.approx(trained.dev_accuracy, abs=1e-6)
+    assert accuracy == pytest.approx(trained.dev_score, abs=1e-6)
     probe_acc = (out.probe_logits.argmax(-1) == dev.labels[:, None]).float().mean(0).tolist()
-    assert probe_acc == pytest.approx(trained.probe_accuracies, abs=1e-6)
+    assert probe_acc == pytest.approx(trained.probe_scores, abs=1e-6)
     table = teacher_word_embeddings(trained.dir)
     assert table.shape == (30522, 32)
     assert torch.equal(table, model.model.bert.embeddings.word_embeddings.weight)
@@ -177,7 +179,7 @@ def test_crash_after_fine_tuning_resumes_without_retraining(tmp_path, tiny, monk
     monkeypatch.undo()
     monkeypatch.setattr(teacher_mod, "_fine_tune", _must_not_run)
     resumed = prepare_teacher(**kwargs)
-    assert resumed.fine_tuned and not resumed.cache_hit and resumed.dev_accuracy >= 0.8
+    assert resumed.fine_tuned and not resumed.cache_hit and resumed.dev_score >= 0.8
     assert "resuming" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "teachers").iterdir()] == [resumed.key]
 
@@ -231,3 +233,43 @@ def test_class_weights_leave_balanced_data_alone_and_lift_rare_classes():
     assert weights[2] > weights[1] > weights[0] and weights[3] == 0  # a class never seen gets no weight
     counts = torch.tensor([64.0, 27.0, 9.0])
     assert torch.allclose((weights[:3] * counts).sum(), counts.sum())  # the loss keeps its scale
+
+
+def test_probe_scores_are_in_the_tasks_metric():
+    # Probe 0 always says class 0, probe 1 is right: on 3:1 labels their accuracy and macro-F1 differ.
+    probes = LayerProbes(2, 1, 2)
+    with torch.no_grad():
+        probes.weight.zero_()
+        probes.bias.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+        probes.weight[1, 0] = torch.tensor([-1.0, 1.0])
+    labels = torch.tensor([0, 0, 0, 1])
+    features = (2 * labels - 1).float()[:, None, None].expand(-1, 2, 1)  # (N, P=2, H=1)
+    assert probe_scores(probes, features, labels, num_labels=2, metric="accuracy") == pytest.approx([0.75, 1.0])
+    # probe 0: F1 of class 0 = 2*3/(2*3+1) = 6/7, class 1 = 0 -> 3/7
+    assert probe_scores(probes, features, labels, num_labels=2, metric="f1_macro") == pytest.approx([3 / 7, 1.0])
+
+
+def test_the_teacher_trains_min_steps_whatever_epochs_says(tmp_path, tiny):
+    # 128 rows at batch 16: 8 steps an epoch; one epoch, patience 0, but at least 20 steps.
+    cfg = TINY_TEACHER.model_copy(update={"epochs": 1, "min_steps": 20, "patience": 0, "seed": 3})
+    teacher = prepare_teacher(source=str(tiny["backbone"]), cfg=cfg, prepared_dir=tiny["prepared"],
+                              out_root=tmp_path / "teachers", progress=False)
+    assert teacher.training["steps"] >= 20 and len(teacher.training["dev_history"]) >= 3
+    one_epoch = prepare_teacher(source=str(tiny["backbone"]), cfg=cfg.model_copy(update={"min_steps": 0}),
+                                prepared_dir=tiny["prepared"], out_root=tmp_path / "teachers", progress=False)
+    assert one_epoch.training["steps"] == 8
+
+
+def test_the_teacher_stops_early_on_the_tasks_metric(tmp_path, tiny, monkeypatch):
+    """Scripted dev scores: macro-F1 falls after the first evaluation while accuracy rises. A macro-F1
+    task stops at the second evaluation (patience 0), and its history is macro-F1."""
+    prepared = make_prepared(tmp_path / "prepared", metric="f1_macro")
+    script = [{"accuracy": 0.5, "f1_macro": 0.9}, {"accuracy": 0.9, "f1_macro": 0.5}, {"accuracy": 1.0, "f1_macro": 0.4}]
+    real = teacher_mod.classification_scores
+    monkeypatch.setattr(teacher_mod, "classification_scores",
+                        lambda *a, **k: script.pop(0) if script else real(*a, **k))
+    cfg = TINY_TEACHER.model_copy(update={"epochs": 3, "patience": 0, "evals_per_epoch": 1})
+    teacher = prepare_teacher(source=str(tiny["backbone"]), cfg=cfg, prepared_dir=prepared,
+                              out_root=tmp_path / "teachers", progress=False)
+    assert teacher.training == {"steps": 16, "dev_history": [0.9, 0.5], "stopped_early": True}
+    assert teacher.metric == "f1_macro" and teacher.dev_score == teacher.dev_scores["f1_macro"]

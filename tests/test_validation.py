@@ -161,3 +161,13 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path, capsys):
     assert err.startswith("error: task.text_column: no column 'body'") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "ws").exists()
+
+
+def test_a_folder_as_the_job_file_is_named_as_a_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["validate", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'empty'} is a folder; give a job YAML file"
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    assert main(["validate", str(examples)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; give a job YAML file, e.g." in err and "rotten_tomatoes.yaml" in err and len(err.splitlines()) == 1

@@ -1,7 +1,7 @@
 """Linear probes on the teacher's layers: one per layer (embedding output + each hidden layer).
 
 The teacher stays frozen: its mean-pooled states are computed once, then all probes train
-together as one batched linear layer. Their dev accuracies say how much of the task each layer
+together as one batched linear layer. Their dev scores (the task's metric) say how much of the task each layer
 already knows; the search uses the probes' logits as per-layer hints.
 """
 
@@ -14,6 +14,8 @@ import torch
 from rich.table import Table
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from workers.metrics import METRIC_NAMES, task_score
 
 PROBES_FILE = "probes.safetensors"
 PROBES_JSON = "probes.json"
@@ -70,10 +72,11 @@ def train_probes(
 
 
 @torch.inference_mode()
-def probe_accuracies(probes: LayerProbes, features: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    """Each probe's accuracy: features (N, P, H), labels (N,) -> P floats."""
+def probe_scores(probes: LayerProbes, features: torch.Tensor, labels: torch.Tensor, *, num_labels: int,
+                 metric: str) -> list[float]:
+    """Each probe's score in the task's metric: features (N, P, H), labels (N,) -> P floats."""
     pred = probes(features).argmax(dim=-1)  # (N, P)
-    return (pred == labels[:, None]).float().mean(dim=0).tolist()
+    return [task_score(pred[:, p], labels, num_labels=num_labels, metric=metric) for p in range(pred.shape[1])]
 
 
 def save_probes(probes: LayerProbes, folder: Path) -> None:
@@ -91,21 +94,22 @@ def layer_names(num_probes: int) -> list[str]:
     return ["embeddings"] + [f"layer {i}" for i in range(1, num_probes)]
 
 
-def probe_table(accuracies: list[float], *, teacher_accuracy: float | None = None) -> Table:
-    table = Table(title="teacher probes (dev accuracy)")
+def probe_table(scores: list[float], *, metric: str, teacher_score: float | None = None) -> Table:
+    name = METRIC_NAMES[metric]
+    table = Table(title=f"teacher probes (dev {name})")
     table.add_column("layer")
-    table.add_column("accuracy", justify="right")
-    for name, acc in zip(layer_names(len(accuracies)), accuracies, strict=True):
-        table.add_row(name, f"{acc:.4f}")
-    if teacher_accuracy is not None:
-        table.add_row("teacher (head)", f"{teacher_accuracy:.4f}", style="bold")
+    table.add_column(name, justify="right")
+    for layer, score in zip(layer_names(len(scores)), scores, strict=True):
+        table.add_row(layer, f"{score:.4f}")
+    if teacher_score is not None:
+        table.add_row("teacher (head)", f"{teacher_score:.4f}", style="bold")
     return table
 
 
-def write_probe_report(folder: Path, accuracies: list[float], *, teacher_accuracy: float) -> None:
-    """probes.json and probes.png in the teacher folder."""
+def write_probe_report(folder: Path, scores: list[float], *, metric: str, teacher_score: float) -> None:
+    """probes.json and probes.png in the teacher folder, in the task's metric."""
     (folder / PROBES_JSON).write_text(json.dumps(
-        {"layers": layer_names(len(accuracies)), "dev_accuracy": accuracies, "teacher_dev_accuracy": teacher_accuracy},
+        {"layers": layer_names(len(scores)), "metric": metric, "dev_scores": scores, "teacher_dev_score": teacher_score},
         indent=2,
     ))
     import matplotlib
@@ -114,10 +118,10 @@ def write_probe_report(folder: Path, accuracies: list[float], *, teacher_accurac
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(len(accuracies)), accuracies, marker="o", label="layer probe")
-    ax.axhline(teacher_accuracy, color="grey", linestyle="--", label="teacher head")
-    ax.set_xticks(range(len(accuracies)), layer_names(len(accuracies)), rotation=30, ha="right")
-    ax.set_ylabel("dev accuracy")
+    ax.plot(range(len(scores)), scores, marker="o", label="layer probe")
+    ax.axhline(teacher_score, color="grey", linestyle="--", label="teacher head")
+    ax.set_xticks(range(len(scores)), layer_names(len(scores)), rotation=30, ha="right")
+    ax.set_ylabel(f"dev {METRIC_NAMES[metric]}")
     ax.set_title("Linear probes on the teacher's layers")
     ax.legend()
     fig.tight_layout()

@@ -34,13 +34,13 @@ from search_space.cost import OpCost
 from workers.config import TeacherConfig
 from workers.dataset import PreparedMeta, TargetSplit, is_prepared, load_split, read_meta, teacher_inputs
 from workers.local_files import publish_dir
-from workers.metrics import classification_scores
+from workers.metrics import METRIC_NAMES, classification_scores
 from workers.probes import (
     PROBES_FILE,
     LayerProbes,
     load_probes,
     pool_layers,
-    probe_accuracies,
+    probe_scores,
     save_probes,
     train_probes,
     write_probe_report,
@@ -59,12 +59,21 @@ class TeacherArtifacts:
     key: str
     cache_hit: bool
     fine_tuned: bool
-    dev_accuracy: float
-    probe_accuracies: list[float]
+    metric: str  # the task's metric (workers.metrics.METRICS): dev_score and probe_scores are in it
+    dev_score: float
+    probe_scores: list[float]
     num_layers: int  # L hidden layers; there are L+1 probes (embedding output first)
     hidden_size: int
     num_labels: int
     dev_scores: dict[str, float] | None = None  # accuracy and f1_macro on dev (None: saved before they were kept)
+
+    # Fine-tuning's log: {"steps", "dev_history": the task's metric at each evaluation, "stopped_early"};
+    # None when the teacher kept a trained head (or was saved before the log was kept).
+    training: dict | None = None
+
+    def score_in(self, metric: str) -> float:
+        """The dev score in `metric` (teachers saved before macro-F1 was kept have accuracy only)."""
+        return (self.dev_scores or {}).get(metric, self.dev_score)
 
 
 @dataclass
@@ -222,7 +231,8 @@ def prepare_teacher(
         tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     if (checkpoint / _FINE_TUNED).is_file():
         say(f"teacher: resuming {key} after fine-tuning")
-        fine_tuned = json.loads((checkpoint / _FINE_TUNED).read_text())["fine_tuned"]
+        marker = json.loads((checkpoint / _FINE_TUNED).read_text())
+        fine_tuned, training = marker["fine_tuned"], marker.get("training")
         with _quiet_hf():
             model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), dtype=torch.float32)
     else:
@@ -233,12 +243,14 @@ def prepare_teacher(
             )
         # A head missing from the checkpoint, or one of another size, is untrained for this task.
         fine_tuned = bool(info["missing_keys"] or info["mismatched_keys"])
+        training = None
         if fine_tuned:
             say(f"teacher: fine-tuning {source} on {len(train)} examples ({meta.task})")
-            _fine_tune(model, train=train, dev=dev, meta=meta, cfg=cfg, progress=progress)
+            training = _fine_tune(model, train=train, dev=dev, meta=meta, cfg=cfg, progress=progress)
         model.config.id2label = dict(enumerate(meta.label_names))
         model.config.label2id = {name: i for i, name in enumerate(meta.label_names)}
-        publish_dir(checkpoint, lambda folder: _save_model(model, tokenizer, folder, fine_tuned=fine_tuned))
+        publish_dir(checkpoint, lambda folder: _save_model(model, tokenizer, folder, fine_tuned=fine_tuned,
+                                                           training=training))
 
     model.eval()
     train_x, _ = _features(model, train, meta=meta, batch_size=4 * cfg.batch_size, progress=progress,
@@ -246,14 +258,14 @@ def prepare_teacher(
     dev_x, dev_logits = _features(model, dev, meta=meta, batch_size=4 * cfg.batch_size, progress=progress,
                                   desc="teacher: dev states")
     dev_scores = classification_scores(dev_logits.argmax(dim=-1), dev.labels, num_labels=meta.num_labels)
-    dev_accuracy = dev_scores["accuracy"]
+    dev_score = dev_scores[meta.metric]
     probes = train_probes(train_x, train.labels, num_labels=meta.num_labels, epochs=cfg.probe_epochs,
                           lr=cfg.probe_lr, seed=cfg.seed)
-    accuracies = probe_accuracies(probes, dev_x, dev.labels)
+    scores = probe_scores(probes, dev_x, dev.labels, num_labels=meta.num_labels, metric=meta.metric)
     artifacts = TeacherArtifacts(
-        dir=out, key=key, cache_hit=False, fine_tuned=fine_tuned, dev_accuracy=dev_accuracy,
-        probe_accuracies=accuracies, num_layers=dev_x.shape[1] - 1, hidden_size=dev_x.shape[2],
-        num_labels=meta.num_labels, dev_scores=dev_scores,
+        dir=out, key=key, cache_hit=False, fine_tuned=fine_tuned, metric=meta.metric, dev_score=dev_score,
+        probe_scores=scores, num_layers=dev_x.shape[1] - 1, hidden_size=dev_x.shape[2],
+        num_labels=meta.num_labels, dev_scores=dev_scores, training=training,
     )
     record = {k: v for k, v in asdict(artifacts).items() if k not in ("dir", "cache_hit")}
     record |= {"source": source, "data_fingerprint": meta.fingerprint, "config": cfg.model_dump(mode="json"),
@@ -264,30 +276,32 @@ def prepare_teacher(
             model.save_pretrained(str(folder))
             tokenizer.save_pretrained(str(folder))
         save_probes(probes, folder)
-        write_probe_report(folder, accuracies, teacher_accuracy=dev_accuracy)
+        write_probe_report(folder, scores, metric=meta.metric, teacher_score=dev_score)
         (folder / TEACHER_JSON).write_text(json.dumps(record, indent=2))
 
     publish_dir(out, write_teacher)
     shutil.rmtree(checkpoint, ignore_errors=True)
-    say(f"teacher: saved {key}: dev {meta.metric} {dev_scores[meta.metric]:.4f}; layer probes (accuracy) "
-        + " ".join(f"{a:.3f}" for a in accuracies))
+    say(f"teacher: saved {key}: dev {METRIC_NAMES[meta.metric]} {dev_score:.4f}; layer probes "
+        + " ".join(f"{a:.3f}" for a in scores))
     return artifacts
 
 
-def _save_model(model: nn.Module, tokenizer, folder: Path, *, fine_tuned: bool) -> None:
+def _save_model(model: nn.Module, tokenizer, folder: Path, *, fine_tuned: bool, training: dict | None) -> None:
     with _quiet_hf():
         model.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
-    (folder / _FINE_TUNED).write_text(json.dumps({"fine_tuned": fine_tuned}))
+    (folder / _FINE_TUNED).write_text(json.dumps({"fine_tuned": fine_tuned, "training": training}))
 
 
 def read_artifacts(folder: Path, *, cache_hit: bool) -> TeacherArtifacts:
     record = json.loads((Path(folder) / TEACHER_JSON).read_text())
     return TeacherArtifacts(
         dir=Path(folder), key=record["key"], cache_hit=cache_hit, fine_tuned=record["fine_tuned"],
-        dev_accuracy=record["dev_accuracy"], probe_accuracies=record["probe_accuracies"],
+        # Records written before the task's metric was kept hold accuracies.
+        metric=record.get("metric", "accuracy"), dev_score=record.get("dev_score", record.get("dev_accuracy")),
+        probe_scores=record.get("probe_scores", record.get("probe_accuracies")),
         num_layers=record["num_layers"], hidden_size=record["hidden_size"], num_labels=record["num_labels"],
-        dev_scores=record.get("dev_scores"),
+        dev_scores=record.get("dev_scores"), training=record.get("training"),
     )
 
 
@@ -315,9 +329,10 @@ def _labelled(split: TargetSplit) -> TargetSplit:
 
 
 def _fine_tune(model: nn.Module, *, train: TargetSplit, dev: TargetSplit, meta: PreparedMeta, cfg: TeacherConfig,
-               progress: bool) -> float:
+               progress: bool) -> dict:
     """AdamW with linear warm-up and decay, at least cfg.min_steps steps; early stopping on the task's
-    metric once those are done; keeps the best weights. Returns the best dev score."""
+    metric once those are done; keeps the best weights. Returns its log: steps, the dev score (the
+    task's metric) at each evaluation, whether it stopped early."""
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
     total = steps_per_epoch * epochs
@@ -328,7 +343,7 @@ def _fine_tune(model: nn.Module, *, train: TargetSplit, dev: TargetSplit, meta: 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     schedule = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    best, best_state, stale, done = -1.0, None, 0, 0
+    best, best_state, stale, done, history = -1.0, None, 0, 0, []
     bar = tqdm(total=total, desc="teacher: fine-tune", disable=None if progress else True, file=sys.stderr)
     try:
         for epoch in range(epochs):
@@ -353,6 +368,7 @@ def _fine_tune(model: nn.Module, *, train: TargetSplit, dev: TargetSplit, meta: 
                 model.train()
                 score = classification_scores(dev_logits.argmax(dim=-1), dev.labels,
                                               num_labels=meta.num_labels)[meta.metric]
+                history.append(score)
                 if progress:
                     bar.write(f"teacher: epoch {epoch + 1} step {step}/{steps_per_epoch}: dev {meta.metric} "
                               f"{score:.4f}", file=sys.stderr)
@@ -362,8 +378,8 @@ def _fine_tune(model: nn.Module, *, train: TargetSplit, dev: TargetSplit, meta: 
                 elif done >= cfg.min_steps:
                     stale += 1
                     if stale > cfg.patience:
-                        return best
-        return best
+                        return {"steps": done, "dev_history": history, "stopped_early": True}
+        return {"steps": done, "dev_history": history, "stopped_early": False}
     finally:
         bar.close()
         if best_state is not None:

@@ -92,7 +92,7 @@ def search(
 
     timing = student_latency(retrained.student_dir, seq_len=prepared.meta.max_length, repeats=job.retrain.latency_repeats)
     console.print(genotype_table(genotype))
-    console.print(_metrics_table(search_metrics, {**retrained.metrics, **timing}, teacher_accuracy=teacher.dev_accuracy))
+    console.print(_metrics_table(search_metrics, {**retrained.metrics, **timing}, teacher=teacher))
     console.print(f"student saved in {retrained.student_dir}")
 
 
@@ -179,17 +179,21 @@ def genotype_table(genotype: Genotype) -> Table:
     return table
 
 
-def _metrics_table(search: dict, student: dict, *, teacher_accuracy: float | None) -> Table:
+def _metrics_table(search: dict, student: dict, *, teacher) -> Table:
+    """Every score in the task's metric, named; accuracy and macro-F1 both for the student."""
+    from workers.metrics import METRIC_NAMES
+
+    metric = METRIC_NAMES[search["metric"]]
     table = Table(title="search and retrained student")
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [
-        (f"search-valid {search['metric']} (supernet weights)", f"{search.get('best_candidate_score', search['search_valid_score']):.4f}"),
+        (f"search-valid {metric} (supernet weights)", f"{search.get('best_candidate_score', search['search_valid_score']):.4f}"),
         ("collapse", search["collapse_reason"] or "no"),
-        ("teacher dev acc", "-" if teacher_accuracy is None else f"{teacher_accuracy:.4f}"),
-        ("student dev acc", f"{student['dev_acc']:.4f}"),
+        (f"teacher dev {metric}", f"{teacher.score_in(search['metric']):.4f}"),
+        ("student dev accuracy", f"{student['dev_acc']:.4f}"),
         ("student dev macro-F1", f"{student['dev_f1_macro']:.4f}"),
-        ("student test acc", f"{student['test_acc']:.4f}"),
+        ("student test accuracy", f"{student['test_acc']:.4f}"),
         ("student test macro-F1", f"{student['test_f1_macro']:.4f}"),
         ("params", f"{student['params']:,}"),
         ("FLOPs per example", f"{student['flops']:,.0f}"),

@@ -21,6 +21,7 @@ def teacher(job_file: Path = typer.Argument(..., help="The job YAML file."),
     A second run with the same teacher, data and settings reuses the saved teacher.
     """
     from orchestrator.stages import prepare_stage, teacher_stage
+    from workers.metrics import METRIC_NAMES
     from workers.probes import PROBES_PLOT, probe_table
 
     job = load_job(job_file)
@@ -29,6 +30,7 @@ def teacher(job_file: Path = typer.Argument(..., help="The job YAML file."),
         artifacts = teacher_stage(job, prepared, progress=not quiet)
     how = "cache hit" if artifacts.cache_hit else "fine-tuned" if artifacts.fine_tuned else "trained head reused"
     console = Console()
-    console.print(f"teacher {artifacts.key} ({how}): dev accuracy [bold]{artifacts.dev_accuracy:.4f}[/]")
-    console.print(probe_table(artifacts.probe_accuracies, teacher_accuracy=artifacts.dev_accuracy))
+    console.print(f"teacher {artifacts.key} ({how}): dev {METRIC_NAMES[artifacts.metric]} "
+                  f"[bold]{artifacts.dev_score:.4f}[/]")
+    console.print(probe_table(artifacts.probe_scores, metric=artifacts.metric, teacher_score=artifacts.dev_score))
     console.print(f"plot: {escape(str(artifacts.dir / PROBES_PLOT))}", soft_wrap=True)
