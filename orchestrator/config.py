@@ -141,11 +141,11 @@ class TrackingConfig(_Config):
 class BudgetConfig(_Config):
     """How the champion is picked from the Pareto front of retrained students."""
 
-    max_latency_ms: float | None = Field(None, gt=0, description="best accuracy under this p95 latency")
+    max_latency_ms: float | None = Field(None, gt=0, description="best score (the task's metric) under this p95 latency")
     latency_batch: Literal[1, 128] = 1
     max_params: int | None = Field(None, ge=1)
     within_teacher_points: float | None = Field(
-        None, ge=0, description="smallest student within this many accuracy points of the teacher"
+        None, ge=0, description="smallest student within this many points of the teacher's score (the task's metric)"
     )
     min_over_majority: float = Field(
         0.02, ge=-1, le=1, description="the teacher and the champion must beat always predicting the majority "
