@@ -24,7 +24,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from orchestrator.errors import AdarayError
 from orchestrator.tasks import TaskConfig, TaskSpec, load_task
 from orchestrator.teacher_source import check_max_length, resolve_teacher_source
-from workers.dataset import SPLITS, PreparedMeta, is_prepared, read_meta, split_table, write_prepared
+from workers.dataset import (
+    SPLITS,
+    PreparedMeta,
+    encode_texts,
+    is_prepared,
+    read_meta,
+    split_table,
+    token_budget,
+    write_prepared,
+)
 
 # Part of every fingerprint: bump it when the written files change for the same inputs.
 PREPARED_FORMAT = "adaray-prepared-1"
@@ -77,20 +86,12 @@ def open_teacher_tokenizer(model: str, *, max_length: int):
     return source, tokenizer
 
 
-def token_budget(max_length: int, *, pair: bool) -> int:
-    """Ids per text without special tokens: [CLS] a [SEP] or [CLS] a [SEP] b [SEP] fits max_length."""
-    return (max_length - 3) // 2 if pair else max_length - 2
-
-
 def tokenize(texts: Sequence[str], *, tokenizer, budget: int | None, on_chunk=None) -> list[list[int]]:
-    """Token ids without special tokens, each list cut to `budget` (None: full length)."""
+    """workers.dataset.encode_texts in chunks, one progress step each."""
     ids: list[list[int]] = []
     for start in range(0, len(texts), _CHUNK):
         chunk = list(texts[start:start + _CHUNK])
-        # An explicit max_length keeps transformers from warning about over-long texts.
-        out = tokenizer(chunk, add_special_tokens=False, truncation=True, max_length=budget or 1_000_000,
-                        return_attention_mask=False, return_token_type_ids=False)
-        ids.extend(out["input_ids"])
+        ids.extend(encode_texts(tokenizer, chunk, budget=budget))
         if on_chunk:
             on_chunk(len(chunk))
     return ids

@@ -8,10 +8,18 @@ import pytest
 import torch
 
 from orchestrator.cli import main
-from orchestrator.data import fingerprint, load_tokenizer, prepare, token_budget, tokenize
+from orchestrator.data import fingerprint, load_tokenizer, prepare, tokenize
 from orchestrator.tasks import TaskConfig, load_task
 from orchestrator.teacher_source import MINILM, resolve_teacher_source
-from workers.dataset import SPLITS, is_prepared, load_split, read_split_table, teacher_inputs
+from workers.dataset import (
+    SPLITS,
+    is_prepared,
+    load_split,
+    read_split_table,
+    teacher_inputs,
+    token_budget,
+    tokenize_ids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +159,27 @@ def test_a_score_no_better_than_the_majority_class_is_refused_in_the_tasks_metri
     with pytest.raises(AdarayError, match=f"no better than always predicting the majority class \\({majority:.4f}\\)"):
         above_majority(prepared, score=majority + 0.01, margin=0.02, who="the teacher", hint="train it longer")
     assert above_majority(prepared, score=majority + 0.03, margin=0.02, who="the teacher", hint="-") == majority
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_prepare_and_predict_give_a_text_the_same_ids(tmp_path, pair):
+    """A student at prediction time (workers.student.StudentPredictor calls tokenize_ids) sees the ids
+    prepare stored: long texts cut alike, accents, emoji, odd spacing and markup included."""
+    texts = ["Naïve café — déjà vu 😀 ", "  spaced\tout\n text ", "<b>HTML</b> &amp; more", "x" * 300,
+             " ".join(f"word{i}" for i in range(200)), "short"] * 6
+    df = pd.DataFrame({"text": texts, "other": texts[::-1], "label": ["a", "b"] * (len(texts) // 2)})
+    df.to_csv(tmp_path / "d.csv")
+    task = TaskConfig(path=str(tmp_path / "d.csv"), text_column="text", text_pair_column="other" if pair else None,
+                      max_length=24)
+    prepared = prepare(task, tokenizer_source=MINILM, workspace=tmp_path / "ws", progress=False)
+    tokenizer = load_tokenizer(MINILM)
+    longest = 0
+    for split in SPLITS:
+        table = read_split_table(prepared.folder, split)
+        a, b = table.column("text_a").to_pylist(), table.column("text_b").to_pylist() if pair else None
+        ids_a, ids_b = tokenize_ids(tokenizer, a, b, max_length=24)
+        assert table.column("ids_a").to_pylist() == ids_a
+        if pair:
+            assert table.column("ids_b").to_pylist() == ids_b
+        longest = max(longest, *map(len, ids_a))
+    assert longest == token_budget(24, pair=pair)  # the long texts were cut

@@ -281,14 +281,23 @@ def teacher_inputs(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
 
 
+def token_budget(max_length: int, *, pair: bool) -> int:
+    """Ids per text without special tokens: [CLS] a [SEP] or [CLS] a [SEP] b [SEP] fits max_length."""
+    return (max_length - 3) // 2 if pair else max_length - 2
+
+
+def encode_texts(tokenizer, texts: list[str], *, budget: int | None) -> list[list[int]]:
+    """The one tokenization, of `prepare` and of students at prediction time: teacher-tokenizer ids
+    without special tokens, each list cut to its first `budget` ids (None: full length)."""
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return ids if budget is None else [row[:budget] for row in ids]
+
+
 def tokenize_ids(
     tokenizer, texts_a: list[str], texts_b: list[str] | None = None, *, max_length: int
 ) -> tuple[list[list[int]], list[list[int]] | None]:
-    """Teacher-tokenizer ids without special tokens, truncated so `[CLS] a [SEP] (b [SEP])` fits.
-
-    The one tokenization used by `prepare` and by students at prediction time.
-    """
-    budget = max_length - 2 if texts_b is None else (max_length - 3) // 2
-    encode = lambda texts: [ids[:budget] for ids in tokenizer(  # noqa: E731
-        list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]]
-    return encode(texts_a), None if texts_b is None else encode(texts_b)
+    """encode_texts for a student's inputs: cut so `[CLS] a [SEP] (b [SEP])` fits max_length."""
+    budget = token_budget(max_length, pair=texts_b is not None)
+    return (encode_texts(tokenizer, texts_a, budget=budget),
+            None if texts_b is None else encode_texts(tokenizer, texts_b, budget=budget))
