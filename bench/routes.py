@@ -45,7 +45,7 @@ from workers.metrics import task_score  # noqa: E402
 from workers.onnx_export import ONNX_FILE, export_onnx, onnx_latency_metrics, onnx_predictions  # noqa: E402
 from workers.retrain import predict_classes, retrain, task_vocabulary_student  # noqa: E402
 from workers.search_data import load_search_data  # noqa: E402
-from workers.student import Student  # noqa: E402
+from workers.student import load_student, save_student  # noqa: E402
 
 HAND_CELL = Genotype(depth=3, nodes=((("dil_conv_3", 0), ("dil_conv_3", 1)), (("dil_conv_3", 0), ("dil_conv_3", 2)),
                                      (("dil_conv_3", 1), ("dil_conv_3", 3))))
@@ -84,7 +84,7 @@ def main() -> None:
         return {name: task_score(predict(split), split.labels, num_labels=meta.num_labels, metric=meta.metric)
                 for name, split in (("dev", dev), ("test", test))}
 
-    full = Student.from_pretrained(full_dir)
+    full = load_student(full_dir)
     small = task_vocabulary_student(full, train=train, meta=meta, tokenizer_dir=teacher.dir).eval()
     teacher_model = AutoModelForSequenceClassification.from_pretrained(str(teacher.dir)).eval()
     threads, repeats = torch.get_num_threads(), REPEATS[size]
@@ -104,7 +104,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="adaray-routes-") as tmp:
         saved = json.loads((full_dir / "config.json").read_text())  # architecture + task facts
-        small_dir = small.save_pretrained(Path(tmp) / "taskvocab", tokenizer_dir=teacher.dir, extra={
+        small_dir = save_student(small, Path(tmp) / "taskvocab", tokenizer_dir=teacher.dir, extra={
             k: v for k, v in saved.items() if k not in small.config_dict()})
         for name, int8 in (("onnx", False), ("int8", True)):
             console.print(f"exporting and measuring {name} (onnxruntime) ...")

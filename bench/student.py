@@ -39,7 +39,7 @@ from workers.onnx_export import ONNX_FILE, export_onnx, onnx_latency_metrics  # 
 from workers.retrain import retrain  # noqa: E402
 from workers.search import run_search  # noqa: E402
 from workers.search_data import load_search_data  # noqa: E402
-from workers.student import Student  # noqa: E402
+from workers.student import load_student  # noqa: E402
 
 # Timed calls at batch 1 (batch 128 gets a third, at least 5: workers.latency.timing_plan); a BERT-base
 # batch of 128 takes seconds on a laptop CPU.
@@ -88,7 +88,7 @@ def main() -> None:
     repeats = REPEATS["quick" if args.quick else "full"]
     models = {
         "teacher": AutoModelForSequenceClassification.from_pretrained(str(teacher.dir)),
-        "student": Student.from_pretrained(retrained.student_dir),
+        "student": load_student(retrained.student_dir),
         "bert_base": BertForSequenceClassification(BertConfig(num_labels=meta.num_labels)),
     }
     figures = {}

@@ -33,9 +33,9 @@ def _timed(path: Path, load: Callable[[], nn.Module], *, seq_len: int, repeats: 
 
 def student_latency(student_dir: Path, *, seq_len: int, repeats: int, threads: int | None = None) -> dict:
     """latency_b{1,128}_ms (+ _p95_ms), hardware, threads and params of a saved student."""
-    from workers.student import Student
+    from workers.student import load_student
 
-    return _timed(Path(student_dir) / "latency.json", lambda: Student.from_pretrained(student_dir), seq_len=seq_len,
+    return _timed(Path(student_dir) / "latency.json", lambda: load_student(student_dir), seq_len=seq_len,
                   repeats=repeats, threads=threads)
 
 

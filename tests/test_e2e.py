@@ -103,13 +103,13 @@ def test_registry_has_a_champion_that_predicts(finished_job):
 
 def test_pull_writes_a_loadable_folder(finished_job, tmp_path):
     job, result, _ = finished_job
-    from workers.student import Student, StudentPredictor
+    from workers.student import StudentPredictor, load_student
 
     out = tmp_path / "pulled"
     code = main(["pull", f"{result.model_name}@champion", "-o", str(out),
                  "--workspace", str(job.workspace_path)])
     assert code == 0
-    student = Student.from_pretrained(out)
+    student = load_student(out)
     assert sum(p.numel() for p in student.parameters()) == result.champion.params
     assert StudentPredictor.from_pretrained(out).predict(["great"])[0]["label"] in ("fresh", "rotten")
 

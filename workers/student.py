@@ -14,38 +14,38 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from search_space.student import Student as _SpaceStudent
+from search_space.student import Student
 from workers.dataset import pad_id_lists, tokenize_ids
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class Student(_SpaceStudent):
-    def save_pretrained(self, folder: str | Path, *, tokenizer_dir: str | Path, extra: dict[str, Any]) -> Path:
-        """Write config.json (architecture + `extra`), the weights and the tokenizer's files.
+def save_student(model: Student, folder: str | Path, *, tokenizer_dir: str | Path, extra: dict[str, Any]) -> Path:
+    """Write config.json (architecture + `extra`), the weights and the tokenizer's files.
 
-        Writes into `folder` directly; callers wanting an atomic folder write to a temp one first.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        clash = sorted(set(extra) & set(self.config_dict()))
-        if clash:
-            raise ValueError(f"extra keys {clash} would overwrite the architecture config")
-        (folder / CONFIG_FILE).write_text(json.dumps({**self.config_dict(), **extra}, indent=2))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_FILE))
-        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
-        return folder
+    Writes into `folder` directly; callers wanting an atomic folder write to a temp one first.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clash = sorted(set(extra) & set(model.config_dict()))
+    if clash:
+        raise ValueError(f"extra keys {clash} would overwrite the architecture config")
+    (folder / CONFIG_FILE).write_text(json.dumps({**model.config_dict(), **extra}, indent=2))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
+    return folder
 
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> Student:
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise ValueError(f"{folder} is not a saved student (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        model = cls.from_config_dict(json.loads(config_path.read_text()))
-        model.load_state_dict(load_file(str(weights_path)))
-        return model.eval()
+
+def load_student(folder: str | Path) -> Student:
+    """The torch module of a saved student (a `pull`ed or retrained folder), in eval mode."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise ValueError(f"{folder} is not a saved student (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    model = Student.from_config_dict(json.loads(config_path.read_text()))
+    model.load_state_dict(load_file(str(weights_path)))
+    return model.eval()
 
 
 class StudentPredictor:
@@ -60,7 +60,7 @@ class StudentPredictor:
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> StudentPredictor:
         folder = Path(folder)
-        model = Student.from_pretrained(folder)
+        model = load_student(folder)
         config = json.loads((folder / CONFIG_FILE).read_text())
         missing = [k for k in ("label_names", "pair", "max_length") if k not in config]
         if missing:

@@ -97,7 +97,7 @@ def pull(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder, replacing only the "
                                "student's own files there."),
 ) -> None:
-    """Write a registered student to a folder that `Student.from_pretrained` loads.
+    """Write a registered student to a folder that `workers.student.load_student` loads.
 
     The folder must be new or empty unless --force; pull never deletes a file it did not write."""
     from workers.local_files import DestinationError, check_destination
@@ -117,7 +117,7 @@ def pull(
         raise AdarayError(str(exc)) from None
     except Exception as exc:  # MLflow raises its own exception types for unknown names/aliases
         raise AdarayError(f"could not pull {ref!r} from {uri}: {str(exc).splitlines()[0]}") from None
-    Console().print(f"[green]✓[/] {ref} → {folder}  (load with workers.student.Student.from_pretrained)")
+    Console().print(f"[green]✓[/] {ref} → {folder}  (load with workers.student.load_student)")
 
 
 @app.command()
