@@ -14,9 +14,6 @@ teacher's logits and per-layer probe logits.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -26,6 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
+from workers.local_files import publish_dir
 from workers.splits import SPLITS
 
 NO_LABEL = -1
@@ -95,22 +93,15 @@ def write_prepared(out_dir: str | Path, *, meta: PreparedMeta, tables: dict[str,
     missing = set(SPLITS) - set(tables)
     if missing:
         raise ValueError(f"write_prepared needs every split; missing {sorted(missing)}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; other users and nodes of a shared workspace read it
-    try:
+
+    def write(folder: Path) -> None:
         for split in SPLITS:
-            with pa.OSFile(str(tmp / f"{split}.arrow"), "wb") as sink, ipc.new_file(sink, SPLIT_SCHEMA) as w:
+            with pa.OSFile(str(folder / f"{split}.arrow"), "wb") as sink, ipc.new_file(sink, SPLIT_SCHEMA) as w:
                 w.write_table(tables[split].cast(SPLIT_SCHEMA))
-        (tmp / "meta.json").write_text(json.dumps(meta.to_dict(), indent=2))
-        if out_dir.exists():  # a concurrent writer finished first: same key, same content
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        (folder / "meta.json").write_text(json.dumps(meta.to_dict(), indent=2))
+
+    # An existing folder is kept: a concurrent writer finished first (same key, same content).
+    return publish_dir(out_dir, write)
 
 
 def is_prepared(folder: str | Path) -> bool:

@@ -13,25 +13,30 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 # Written by `deliver_files` into the user's folder: which files it put there, so a later
 # delivery with `force` may replace those and only those.
 MANIFEST = ".adaray-files.json"
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` under a unique temp name beside `path`, then rename it into place."""
+def write_file_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """`write(file)` into a unique temp file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_file_atomic(path, lambda f: f.write(text.encode()))
 
 
 def write_json_atomic(path: str | Path, data, **dumps) -> Path:

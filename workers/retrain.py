@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from search_space.student import Student, keep_vocabulary, task_token_ids
 from workers.config import RetrainConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
 from workers.early_exit import exit_curve, pick_threshold
+from workers.local_files import publish_dir
 from workers.losses import adabert_loss, gold_ce, kd_loss
 from workers.metrics import classification_scores
 from workers.search_data import sample_rows
@@ -215,23 +213,11 @@ def evaluate(model: Student, split: TargetSplit, *, batch_size: int, device: tor
 def _save_atomically(
     model: Student, *, out_dir: Path, tokenizer_dir: str | Path, metrics: dict, extra: dict
 ) -> Path:
-    """Write into a temp folder beside `out_dir`, then rename it into place (replacing an older one)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    old = None
-    try:
-        save_student(model, tmp, tokenizer_dir=tokenizer_dir, extra=extra)
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "student")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out_dir.exists():  # put the previous student back
-            os.replace(old / "student", out_dir)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+    """Write into a temp folder beside `out_dir`, then rename it into place (replacing an older one,
+    which is put back if the swap fails)."""
+
+    def write(folder: Path) -> None:
+        save_student(model, folder, tokenizer_dir=tokenizer_dir, extra=extra)
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+    return publish_dir(out_dir, write, replace=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +40,7 @@ def search(
     from search_space.genotype import Genotype
     from workers.cache import open_cache
     from workers.dataset import load_split
-    from workers.local_files import write_json_atomic
+    from workers.local_files import write_file_atomic, write_json_atomic
     from workers.retrain import retrain
     from workers.search import run_search
     from workers.search_data import check_search_data, load_search_data
@@ -72,9 +71,7 @@ def search(
             console.print(f"search: resuming after epoch {resume['epoch']} from {state_path}")
 
         def save_state(metrics: dict, state: dict) -> None:  # every epoch: a crash loses one epoch at most
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({**state, "key": key}, tmp)
-            os.replace(tmp, state_path)  # torch.save writes the file itself; the rename makes it atomic
+            write_file_atomic(state_path, lambda f: torch.save({**state, "key": key}, f))
 
         result = run_search(space=job.space, cfg=cfg, data=data, report=save_state, resume=resume, progress=not quiet)
         genotype, search_metrics = result.genotype, result.metrics
