@@ -43,8 +43,7 @@ from workers.early_exit import exit_curve, exit_latency_b1, pick_threshold  # no
 from workers.latency import hardware_name, latency_metrics  # noqa: E402
 from workers.metrics import task_score  # noqa: E402
 from workers.onnx_export import ONNX_FILE, export_onnx, onnx_latency_metrics, onnx_predictions  # noqa: E402
-from workers.retrain import predict_classes, retrain, task_vocabulary_student  # noqa: E402
-from workers.search_data import load_search_data  # noqa: E402
+from workers.retrain import predict_classes, retrain_from_paths, task_vocabulary_student  # noqa: E402
 from workers.student import load_student, save_student  # noqa: E402
 
 HAND_CELL = Genotype(depth=3, nodes=((("dil_conv_3", 0), ("dil_conv_3", 1)), (("dil_conv_3", 0), ("dil_conv_3", 2)),
@@ -71,14 +70,12 @@ def main() -> None:
     cfg = job.retrain.model_copy(update={"task_vocab": False, "exit_max_drop": None})
     if args.quick:
         cfg = cfg.model_copy(update={"epochs": 1, "min_steps": 0, "max_train_examples": 256})
-    data = load_search_data(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir),
-                            max_train_examples=8)  # only its projected embedding table is used here
     train, dev, test = (open_cache(cache.uri).split("train"), load_split(prepared.folder, "dev"),
                         load_split(prepared.folder, "test"))
     out = job.run_dir / "bench-routes"
-    full_dir = retrain(genotype=genotype, space=job.space, cfg=cfg, train=train, dev=dev, test=test, meta=meta,
-                       num_teacher_layers=teacher.num_layers, embedding_init=data.embedding_init,
-                       tokenizer_dir=teacher.dir, out_dir=out / "full", progress=True).student_dir
+    full_dir = retrain_from_paths(genotype=genotype, space=job.space, cfg=cfg, cache_uri=cache.uri,
+                                  prepared_dir=prepared.folder, teacher_dir=teacher.dir, out_dir=out / "full",
+                                  progress=True).student_dir
 
     def scores(predict) -> dict[str, float]:  # predict(split) -> (N,) classes
         return {name: task_score(predict(split), split.labels, num_labels=meta.num_labels, metric=meta.metric)

@@ -48,10 +48,10 @@ from orchestrator.pipeline import run_pipeline  # noqa: E402
 from orchestrator.retrain_stage import StudentSpec, retrain_students, student_key  # noqa: E402
 from search_space.genotype import Genotype, random_genotype  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
-from workers.dataset import NO_LABEL, load_split  # noqa: E402
+from workers.dataset import NO_LABEL  # noqa: E402
 from workers.latency import hardware_name  # noqa: E402
-from workers.retrain import retrain  # noqa: E402
-from workers.teacher import teacher_scores, teacher_word_embeddings  # noqa: E402
+from workers.retrain import retrain_from_paths  # noqa: E402
+from workers.teacher import teacher_scores  # noqa: E402
 
 HAND_CELL = Genotype(depth=3, nodes=(
     (("dil_conv_3", 0), ("dil_conv_3", 1)),
@@ -104,15 +104,17 @@ def figures(metrics: dict, timing: dict) -> dict:
             "cpu_s": metrics.get("cpu_seconds", 0.0), "genotype": metrics.get("genotype")}
 
 
-def retrain_all(job: JobConfig, genotypes: list[Genotype], *, refs: DataRefs, cache_key: str, seed: int,
+def retrain_all(job: JobConfig, genotypes: list[Genotype], *, refs: DataRefs, cache_key: str, seeds: list[int],
                 folder: str) -> list[dict]:
-    """Full retrains (the pipeline's Ray tasks, cached by key) and their latency, one record each."""
-    cfg = job.retrain.model_copy(update={"seed": seed})
+    """Full retrains of each genotype at each seed (the pipeline's Ray tasks, side by side, cached by
+    key) and their latency, one record each, genotype-major."""
     space = job.space.to_dict()
     specs = []
     for g in genotypes:
-        key = student_key(genotype=g.to_json(), space=space, cache_key=cache_key, retrain=cfg)
-        specs.append(StudentSpec(key, g.to_json(), space, cfg, job.run_dir / folder / key))
+        for seed in seeds:
+            cfg = job.retrain.model_copy(update={"seed": seed})
+            key = student_key(genotype=g.to_json(), space=space, cache_key=cache_key, retrain=cfg)
+            specs.append(StudentSpec(key, g.to_json(), space, cfg, job.run_dir / folder / key))
     metrics = retrain_students(job, specs, refs=refs)
     return [figures(metrics[s.key], student_latency(s.out_dir, seq_len=job.task.max_length,
                                                     repeats=job.retrain.latency_repeats))
@@ -127,7 +129,7 @@ def random_search(job: JobConfig, *, budget: float, refs: DataRefs, cache_key: s
     while total < budget:
         batch = [random_genotype(num_nodes=job.space.num_nodes, k_max=job.space.k_max, generator=gen,
                                  primitives=job.space.primitives) for _ in range(2)]
-        rows = retrain_all(job, batch, refs=refs, cache_key=cache_key, seed=job.retrain.seed, folder="random")
+        rows = retrain_all(job, batch, refs=refs, cache_key=cache_key, seeds=[job.retrain.seed], folder="random")
         done += rows
         total += sum(r["cpu_s"] for r in rows)
     best = max(done, key=lambda r: r["dev"])
@@ -142,11 +144,9 @@ def ablation(job: JobConfig, genotype: Genotype, *, prepared, teacher, cache_uri
     original = train.subset(torch.nonzero(train.labels != NO_LABEL).flatten())  # copy 0: no augmented rows
     out = {}
     for name, split in (("logits", replace(original, probe_logits=None)), ("hints", original)):
-        result = retrain(genotype=genotype, space=job.space, cfg=job.retrain, train=split,
-                         dev=load_split(prepared.folder, "dev"), test=load_split(prepared.folder, "test"),
-                         meta=prepared.meta, num_teacher_layers=teacher.num_layers,
-                         embedding_init=teacher_word_embeddings(teacher.dir), tokenizer_dir=teacher.dir,
-                         out_dir=job.run_dir / "ablation" / name)
+        result = retrain_from_paths(genotype=genotype, space=job.space, cfg=job.retrain, cache_uri=cache_uri,
+                                    prepared_dir=prepared.folder, teacher_dir=teacher.dir, train=split,
+                                    out_dir=job.run_dir / "ablation" / name)
         out[name] = result.metrics["dev_metric"]
     return out
 
@@ -218,7 +218,7 @@ def main() -> None:
         randoms.append(random_search(job, budget=searched[-1]["cpu_s"], refs=refs, cache_key=cache.key, seed=s))
         console.print(f"    best of {randoms[-1]['count']}: dev {randoms[-1]['dev']:.4f}")
         console.print(f"[bold]5[/] hand cell, seed {s}")
-        hands += retrain_all(job, [HAND_CELL], refs=refs, cache_key=cache.key, seed=s, folder="hand")
+        hands += retrain_all(job, [HAND_CELL], refs=refs, cache_key=cache.key, seeds=[s], folder="hand")
     if not args.quick:
         console.print("[bold]6[/] ablation on the seed-0 champion's genotype")
         ablated = ablation(job, Genotype.from_json(searched[0]["genotype"]), prepared=prepared, teacher=teacher,

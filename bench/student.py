@@ -31,12 +31,10 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 from bench_job import job_and_data  # noqa: E402
 from bench_job import quick_job as quick_data_job  # noqa: E402
 from orchestrator.config import JobConfig  # noqa: E402
-from workers.cache import open_cache  # noqa: E402
-from workers.dataset import load_split  # noqa: E402
 from workers.latency import hardware_name, latency_metrics  # noqa: E402
 from workers.metrics import METRIC_NAMES  # noqa: E402
 from workers.onnx_export import ONNX_FILE, export_onnx, onnx_latency_metrics  # noqa: E402
-from workers.retrain import retrain  # noqa: E402
+from workers.retrain import retrain_from_paths  # noqa: E402
 from workers.search import run_search  # noqa: E402
 from workers.search_data import load_search_data  # noqa: E402
 from workers.student import load_student  # noqa: E402
@@ -77,11 +75,9 @@ def main() -> None:
                             max_train_examples=cfg.max_train_examples)
     searched = run_search(space=job.space, cfg=cfg, data=data, progress=True)
     console.print(f"search: {searched.genotype.to_json()} (search-valid {searched.metrics['search_valid_score']:.4f})")
-    retrained = retrain(
-        genotype=searched.genotype, space=job.space, cfg=job.retrain, train=open_cache(cache.uri).split("train"),
-        dev=load_split(prepared.folder, "dev"), test=load_split(prepared.folder, "test"), meta=meta,
-        num_teacher_layers=teacher.num_layers, embedding_init=data.embedding_init, tokenizer_dir=teacher.dir,
-        out_dir=job.run_dir / f"bench-beta{cfg.beta:g}-seed0" / "student", progress=True,
+    retrained = retrain_from_paths(
+        genotype=searched.genotype, space=job.space, cfg=job.retrain, cache_uri=cache.uri, prepared_dir=prepared.folder,
+        teacher_dir=teacher.dir, out_dir=job.run_dir / f"bench-beta{cfg.beta:g}-seed0" / "student", progress=True,
     )
 
     # One model at a time on the same CPU, same length, same repeats.

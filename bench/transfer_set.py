@@ -77,8 +77,7 @@ def main() -> None:
         console.print(f"[bold]copies {copies}[/]: cache {cache.key}" + (" (built before)" if cache.cache_hit else
                                                                           f" built in {cache_s:.0f} s"))
         refs = DataRefs(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir))
-        rows = [r for s in range(seeds)
-                for r in retrain_all(cjob, [HAND_CELL], refs=refs, cache_key=cache.key, seed=s, folder="transfer")]
+        rows = retrain_all(cjob, [HAND_CELL], refs=refs, cache_key=cache.key, seeds=list(range(seeds)), folder="transfer")
         dev, dev_std = mean_std([r["dev"] for r in rows])
         test, _ = mean_std([r["test"] for r in rows])
         cpu, _ = mean_std([r["cpu_s"] for r in rows])

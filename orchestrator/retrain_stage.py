@@ -72,19 +72,12 @@ def _retrain_remote(spec: dict) -> dict:
     """Runs in a Ray task: load data from the cache and prepared folders, train, save, evaluate."""
     from search_space.config import SearchSpaceConfig
     from search_space.genotype import Genotype
-    from workers.cache import open_cache
-    from workers.dataset import load_split, read_meta
-    from workers.retrain import retrain
-    from workers.teacher import teacher_word_embeddings
+    from workers.retrain import retrain_from_paths
 
-    cache = open_cache(spec["cache_uri"])
-    result = retrain(
+    result = retrain_from_paths(
         genotype=Genotype.from_json(spec["genotype"]), space=SearchSpaceConfig.from_dict(spec["space"]),
-        cfg=RetrainConfig(**spec["retrain"]), train=cache.split("train"), dev=load_split(spec["prepared_dir"], "dev"),
-        test=load_split(spec["prepared_dir"], "test"), meta=read_meta(spec["prepared_dir"]),
-        num_teacher_layers=int(cache.manifest["num_layers"]),
-        embedding_init=teacher_word_embeddings(spec["teacher_dir"]), tokenizer_dir=spec["teacher_dir"],
-        out_dir=Path(spec["out_dir"]),
+        cfg=RetrainConfig(**spec["retrain"]), cache_uri=spec["cache_uri"], prepared_dir=spec["prepared_dir"],
+        teacher_dir=spec["teacher_dir"], out_dir=Path(spec["out_dir"]),
     )
     return {"student_dir": str(result.student_dir), "metrics": result.metrics}
 

@@ -169,6 +169,26 @@ def task_vocabulary_student(model: Student, *, train: TargetSplit, meta: Prepare
     return keep_vocabulary(model, keep, unk_id=unk_id)
 
 
+def retrain_from_paths(
+    *, genotype: Genotype, space: SearchSpaceConfig, cfg: RetrainConfig, cache_uri: str, prepared_dir: str | Path,
+    teacher_dir: str | Path, out_dir: Path, train: TargetSplit | None = None, progress: bool = False,
+) -> RetrainResult:
+    """`retrain` on a job's data stages as they are stored: the cache's transfer set (or `train`, a
+    subset of it), the prepared dev and test splits, the teacher's word embeddings and tokenizer. What
+    the pipeline's Ray tasks, `adaray search` and the benches all call."""
+    from workers.cache import open_cache
+    from workers.dataset import load_split, read_meta
+    from workers.teacher import teacher_word_embeddings
+
+    cache = open_cache(cache_uri)
+    return retrain(
+        genotype=genotype, space=space, cfg=cfg, train=cache.split("train") if train is None else train,
+        dev=load_split(prepared_dir, "dev"), test=load_split(prepared_dir, "test"), meta=read_meta(prepared_dir),
+        num_teacher_layers=int(cache.manifest["num_layers"]), embedding_init=teacher_word_embeddings(teacher_dir),
+        tokenizer_dir=teacher_dir, out_dir=out_dir, progress=progress,
+    )
+
+
 def _check_inputs(
     *, train: TargetSplit, dev: TargetSplit, test: TargetSplit, meta: PreparedMeta, num_teacher_layers: int,
     tokenizer_dir: str | Path,

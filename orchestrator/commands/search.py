@@ -38,10 +38,8 @@ def search(
 
     from orchestrator.stages import data_stages
     from search_space.genotype import Genotype
-    from workers.cache import open_cache
-    from workers.dataset import load_split
     from workers.local_files import write_file_atomic, write_json_atomic
-    from workers.retrain import retrain
+    from workers.retrain import retrain_from_paths
     from workers.search import run_search
     from workers.search_data import check_search_data, load_search_data
     from workers.search_state import STATE_FILE
@@ -79,12 +77,9 @@ def search(
                                            "history": result.history})
         state_path.unlink(missing_ok=True)
 
-    retrained = retrain(
-        genotype=genotype, space=job.space, cfg=job.retrain, train=open_cache(cache.uri).split("train"),
-        dev=load_split(prepared.folder, "dev"), test=load_split(prepared.folder, "test"), meta=prepared.meta,
-        num_teacher_layers=teacher.num_layers, embedding_init=data.embedding_init, tokenizer_dir=teacher.dir,
-        out_dir=run_dir / "student", progress=not quiet,
-    )
+    retrained = retrain_from_paths(genotype=genotype, space=job.space, cfg=job.retrain, cache_uri=cache.uri,
+                                   prepared_dir=prepared.folder, teacher_dir=teacher.dir, out_dir=run_dir / "student",
+                                   progress=not quiet)
     from orchestrator.measure import student_latency
 
     timing = student_latency(retrained.student_dir, seq_len=prepared.meta.max_length, repeats=job.retrain.latency_repeats)
