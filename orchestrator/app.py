@@ -14,10 +14,9 @@ cache_app = typer.Typer(help="Build, inspect and verify the teacher cache.", no_
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 
-# Set by the --debug option: show tracebacks instead of one-line errors.
-STATE = {"debug": False}
-
-
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    STATE["debug"] = debug
+def _root(ctx: typer.Context,
+          debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    # ctx.obj: the settings dict orchestrator.cli.main passes in; it reads "debug" when a command fails.
+    if isinstance(ctx.obj, dict):
+        ctx.obj["debug"] = debug

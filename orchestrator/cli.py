@@ -11,7 +11,7 @@ import threading
 from rich.console import Console
 
 from orchestrator import commands
-from orchestrator.app import STATE, app
+from orchestrator.app import app
 from orchestrator.errors import AdarayError, Interrupted
 
 for _module in pkgutil.iter_modules(commands.__path__):
@@ -24,17 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupt)
+    settings = {"debug": False}  # filled by the root callback (--debug)
     try:
-        app(args=argv, prog_name="adaray")
+        app(args=argv, prog_name="adaray", obj=settings)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except AdarayError as exc:
-        if STATE["debug"]:
+        if settings["debug"]:
             raise
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     except OSError as exc:  # disk full, read-only or unwritable folders, a file where a folder belongs
-        if STATE["debug"]:
+        if settings["debug"]:
             raise
         where = f": {exc.filename}" if exc.filename else ""
         Console(stderr=True).print(f"[bold red]error:[/] {exc.strerror or exc}{where}; free the space or fix the "
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BaseException as exc:
         # Raised inside a C extension's call (Ray's wait), our Interrupted arrives wrapped in a SystemError.
-        if STATE["debug"] or not _caused_by_interrupt(exc):
+        if settings["debug"] or not _caused_by_interrupt(exc):
             raise
         Console(stderr=True).print("[bold yellow]interrupted[/]: stopped before the next step; what finished is "
                                    "kept, nothing half-done was registered. Carry on with `adaray resume JOB.yaml`.",

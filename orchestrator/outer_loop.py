@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import optuna
 from ray import tune
@@ -165,8 +166,6 @@ def run_round(
     """Run (or restore) one round's Tune experiment. Returns (trial config, last metrics, history)."""
     storage = (job.run_dir / "tune").resolve()
     name = f"round-{round_index}"
-    for variable, value in QUIET_TUNE_ENV.items():
-        os.environ.setdefault(variable, value)
     trainable = tune.with_resources(_run_trial, trial_resources(job.cluster))
     path = storage / name
     callbacks = [*(callbacks or []), TuneCrashPoints(name)] if os.environ.get(CRASH_ENV) else callbacks
@@ -209,8 +208,10 @@ def run_round(
 
 def _fit(tuner: tune.Tuner):
     handler = signal.getsignal(signal.SIGINT)
+    quiet = {k: v for k, v in QUIET_TUNE_ENV.items() if k not in os.environ}  # a user's own setting wins
     try:
-        return tuner.fit()  # on Ctrl-C, Tune stops the trials, saves the experiment and returns
+        with mock.patch.dict(os.environ, quiet):  # for this fit only: the driver's environment is left as it was
+            return tuner.fit()  # on Ctrl-C, Tune stops the trials, saves the experiment and returns
     finally:
         signal.signal(signal.SIGINT, handler)  # Tune leaves its own handler installed: Ctrl-C after fit must stop us
 

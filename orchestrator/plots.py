@@ -1,7 +1,8 @@
-"""PNG pictures: the Pareto plot of retrained students and a derived cell."""
+"""PNG pictures: the Pareto plot of retrained students, a derived cell and the teacher's layer probes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from orchestrator.selection import Candidate  # noqa: E402
 from search_space.genotype import Genotype  # noqa: E402
+from workers.local_files import write_file_atomic  # noqa: E402
+from workers.metrics import METRIC_NAMES  # noqa: E402
+from workers.probes import PROBES_JSON  # noqa: E402
+
+PROBES_PLOT = "probes.png"
 
 
 def pareto_plot(
@@ -73,5 +79,26 @@ def cell_plot(genotype: Genotype, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def probe_plot(teacher_dir: Path) -> Path:
+    """probes.png beside the teacher's probes.json (drawn once; a derived file, not part of the
+    teacher's fingerprint)."""
+    path = Path(teacher_dir) / PROBES_PLOT
+    if path.is_file():
+        return path
+    report = json.loads((Path(teacher_dir) / PROBES_JSON).read_text())
+    scores, metric = report["dev_scores"], METRIC_NAMES[report["metric"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(scores)), scores, marker="o", label="layer probe")
+    ax.axhline(report["teacher_dev_score"], color="grey", linestyle="--", label="teacher head")
+    ax.set_xticks(range(len(scores)), report["layers"], rotation=30, ha="right")
+    ax.set_ylabel(f"dev {metric}")
+    ax.set_title("Linear probes on the teacher's layers")
+    ax.legend()
+    fig.tight_layout()
+    write_file_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
     return path

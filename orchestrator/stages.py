@@ -27,10 +27,14 @@ def prepare_stage(job: JobConfig, *, progress: bool = True) -> PreparedData:
 
 
 def teacher_stage(job: JobConfig, prepared: PreparedData, *, progress: bool = True) -> TeacherArtifacts:
-    return prepare_teacher(
+    from orchestrator.plots import probe_plot  # matplotlib: only stages that draw import it
+
+    teacher = prepare_teacher(
         source=resolve_teacher_source(job.teacher.model), cfg=job.teacher, prepared_dir=prepared.folder,
         out_root=job.workspace_path / "teachers", progress=progress,
     )
+    probe_plot(teacher.dir)
+    return teacher
 
 
 def cache_root(job: JobConfig) -> str:

@@ -168,7 +168,7 @@ class Tracker:
         self.uri = default_tracking_uri(job)
         if self.uri.startswith("sqlite:"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_tracking_uri(self.uri)  # mlflow.start_run and log_model read only the global URI
         self.guard = StoreGuard(self.uri, run_dir=job.run_dir, say=say or (lambda m: print(m, file=sys.stderr)))
         self.client = _GuardedClient(MlflowClient(self.uri), self.guard)
         self.model_name = job.tracking.model_name or f"{task_name}-student"
@@ -328,23 +328,23 @@ def pull_student(ref: str, *, dst: Path, tracking_uri: str, force: bool = False)
     """
     check_destination(dst, force=force)
     check_tracking_store(tracking_uri, create=False)
-    mlflow.set_tracking_uri(tracking_uri)
-    model_uri = resolve_model_uri(ref)
+    model_uri = resolve_model_uri(ref, tracking_uri=tracking_uri)
     with tempfile.TemporaryDirectory(prefix="adaray-pull-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
+                                                         tracking_uri=tracking_uri, registry_uri=tracking_uri))
         found = [p for p in local.rglob("config.json") if (p.parent / "model.safetensors").exists()]
         if not found:
             raise FileNotFoundError(f"{model_uri} holds no student folder (config.json + model.safetensors)")
         return deliver_files(found[0].parent, dst, force=force)
 
 
-def resolve_model_uri(ref: str) -> str:
+def resolve_model_uri(ref: str, *, tracking_uri: str) -> str:
     """`NAME@ALIAS`, `NAME/VERSION`, `NAME` (latest) or a full `models:/` / `runs:/` URI."""
     if "://" in ref or ref.startswith(("models:/", "runs:/")):
         return ref
     if "@" in ref or "/" in ref:
         return f"models:/{ref}"
-    versions = MlflowClient().search_model_versions(f"name = '{ref}'")
+    versions = MlflowClient(tracking_uri).search_model_versions(f"name = '{ref}'")
     if not versions:
         raise LookupError(f"no registered model named {ref!r}")
     return f"models:/{ref}/{max(int(v.version) for v in versions)}"

@@ -143,6 +143,8 @@ def test_cli_verify_reports_a_flipped_byte_and_build_repairs_it(tiny, tmp_path, 
     assert main(["teacher", str(job), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "cache hit" in out and "dev accuracy" in out and "layer 2" in out and "probes.png" in out
+    (plot,) = (tmp_path / "ws" / "teachers").glob("*/probes.png")  # drawn by the teacher stage from probes.json
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["cache", "verify", str(job)]) == 0
     assert "cache ok" in capsys.readouterr().out
     assert main(["cache", "info", str(job)]) == 0

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 import workers.teacher as teacher_mod
 from workers.config import TeacherConfig
 from workers.dataset import SPLITS, PreparedMeta, load_split, split_table, teacher_inputs, write_prepared
-from workers.probes import PROBES_FILE, PROBES_JSON, PROBES_PLOT, LayerProbes, probe_scores
+from workers.probes import PROBES_FILE, PROBES_JSON, LayerProbes, probe_scores
 from workers.teacher import (
     TEACHER_JSON,
     load_teacher,
@@ -102,10 +102,9 @@ def test_fine_tunes_probes_and_saves(trained, tiny):
     assert (trained.num_layers, trained.hidden_size, trained.num_labels) == (2, 32, 2)
     assert len(trained.probe_scores) == 3 and all(0 <= a <= 1 for a in trained.probe_scores)
     assert max(trained.probe_scores) >= 0.7
-    for name in ("model.safetensors", "config.json", "tokenizer.json", PROBES_FILE, PROBES_JSON, PROBES_PLOT,
+    for name in ("model.safetensors", "config.json", "tokenizer.json", PROBES_FILE, PROBES_JSON,
                  TEACHER_JSON):
         assert (trained.dir / name).is_file(), name
-    assert (trained.dir / PROBES_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((trained.dir / PROBES_JSON).read_text())["dev_scores"] == trained.probe_scores
     assert trained.metric == "accuracy"  # the tiny task's metric: dev_score and the probes are in it
     assert trained.dir.parent == tiny["root"] / "teachers"

@@ -11,15 +11,13 @@ import json
 from pathlib import Path
 
 import torch
-from rich.table import Table
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from workers.metrics import METRIC_NAMES, task_score
+from workers.metrics import task_score
 
 PROBES_FILE = "probes.safetensors"
 PROBES_JSON = "probes.json"
-PROBES_PLOT = "probes.png"
 
 
 def pool_layers(hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor) -> torch.Tensor:
@@ -94,36 +92,10 @@ def layer_names(num_probes: int) -> list[str]:
     return ["embeddings"] + [f"layer {i}" for i in range(1, num_probes)]
 
 
-def probe_table(scores: list[float], *, metric: str, teacher_score: float | None = None) -> Table:
-    name = METRIC_NAMES[metric]
-    table = Table(title=f"teacher probes (dev {name})")
-    table.add_column("layer")
-    table.add_column(name, justify="right")
-    for layer, score in zip(layer_names(len(scores)), scores, strict=True):
-        table.add_row(layer, f"{score:.4f}")
-    if teacher_score is not None:
-        table.add_row("teacher (head)", f"{teacher_score:.4f}", style="bold")
-    return table
-
-
-def write_probe_report(folder: Path, scores: list[float], *, metric: str, teacher_score: float) -> None:
-    """probes.json and probes.png in the teacher folder, in the task's metric."""
+def write_probe_scores(folder: Path, scores: list[float], *, metric: str, teacher_score: float) -> None:
+    """probes.json in the teacher folder: each layer's probe and the teacher's head, in the task's metric
+    (orchestrator/plots.py draws it)."""
     (folder / PROBES_JSON).write_text(json.dumps(
         {"layers": layer_names(len(scores)), "metric": metric, "dev_scores": scores, "teacher_dev_score": teacher_score},
         indent=2,
     ))
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on workers
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(len(scores)), scores, marker="o", label="layer probe")
-    ax.axhline(teacher_score, color="grey", linestyle="--", label="teacher head")
-    ax.set_xticks(range(len(scores)), layer_names(len(scores)), rotation=30, ha="right")
-    ax.set_ylabel(f"dev {METRIC_NAMES[metric]}")
-    ax.set_title("Linear probes on the teacher's layers")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / PROBES_PLOT, dpi=120)
-    plt.close(fig)

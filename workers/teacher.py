@@ -43,7 +43,7 @@ from workers.probes import (
     probe_scores,
     save_probes,
     train_probes,
-    write_probe_report,
+    write_probe_scores,
 )
 from workers.progress import say
 
@@ -276,7 +276,7 @@ def prepare_teacher(
             model.save_pretrained(str(folder))
             tokenizer.save_pretrained(str(folder))
         save_probes(probes, folder)
-        write_probe_report(folder, scores, metric=meta.metric, teacher_score=dev_score)
+        write_probe_scores(folder, scores, metric=meta.metric, teacher_score=dev_score)
         (folder / TEACHER_JSON).write_text(json.dumps(record, indent=2))
 
     publish_dir(out, write_teacher)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from orchestrator.app import app
 from orchestrator.config import load_job
@@ -20,9 +21,10 @@ def teacher(job_file: Path = typer.Argument(..., help="The job YAML file."),
 
     A second run with the same teacher, data and settings reuses the saved teacher.
     """
+    from orchestrator.plots import PROBES_PLOT
     from orchestrator.stages import prepare_stage, teacher_stage
     from workers.metrics import METRIC_NAMES
-    from workers.probes import PROBES_PLOT, probe_table
+    from workers.probes import layer_names
 
     job = load_job(job_file)
     prepared = prepare_stage(job, progress=not quiet)
@@ -32,5 +34,12 @@ def teacher(job_file: Path = typer.Argument(..., help="The job YAML file."),
     console = Console()
     console.print(f"teacher {artifacts.key} ({how}): dev {METRIC_NAMES[artifacts.metric]} "
                   f"[bold]{artifacts.dev_score:.4f}[/]")
-    console.print(probe_table(artifacts.probe_scores, metric=artifacts.metric, teacher_score=artifacts.dev_score))
+    name = METRIC_NAMES[artifacts.metric]
+    table = Table(title=f"teacher probes (dev {name})")
+    table.add_column("layer")
+    table.add_column(name, justify="right")
+    for layer, score in zip(layer_names(len(artifacts.probe_scores)), artifacts.probe_scores, strict=True):
+        table.add_row(layer, f"{score:.4f}")
+    table.add_row("teacher (head)", f"{artifacts.dev_score:.4f}", style="bold")
+    console.print(table)
     console.print(f"plot: {escape(str(artifacts.dir / PROBES_PLOT))}", soft_wrap=True)
