@@ -32,6 +32,9 @@ class SearchSpaceConfig:
     # Supernet only: the convs of one dilation share one super-kernel (conv_3 and conv_5 are the
     # centre taps of conv_7), so each trains whenever any of its family is sampled.
     shared_kernels: bool = True
+    # None: a token table of width embed_dim. r: LadaBERT's low-rank table, (V, r) rows times an (r, embed_dim)
+    # map, initialised from the SVD of the projected teacher table: V*r + r*embed_dim parameters, not V*embed_dim.
+    embedding_rank: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.primitives, str):
@@ -51,6 +54,10 @@ class SearchSpaceConfig:
             raise ValueError(f"primitives has duplicates: {list(self.primitives)}")
         if not any(p != ZERO for p in self.primitives):
             raise ValueError(f"primitives needs at least one op other than {ZERO!r}")
+        if self.embedding_rank is not None and (not _is_int(self.embedding_rank)
+                                                or not 0 < self.embedding_rank < self.embed_dim):
+            raise ValueError(f"embedding_rank must be null or an int in 1..{self.embed_dim - 1} (below embed_dim), "
+                             f"got {self.embedding_rank!r}")
         for flag in ("op_norm", "shared_kernels"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")

@@ -144,6 +144,9 @@ def genotype_params_flops(
     head_params = (d + 1) + (d * d + d) + (d * c + c)  # cell scorer, dense, classifier
     head_flops = k * d * t + 4 * k * d + 2 * d * d + d + 2 * d * c  # pool, attend, dense, tanh, classify
 
-    params = vocab_size * d + k * (cell_params + probe_params) + head_params
-    flops = k * (cell_flops + probe_flops) + head_flops
+    r = space.embedding_rank
+    embedding_params = vocab_size * d if r is None else vocab_size * r + r * d
+    params = embedding_params + k * (cell_params + probe_params) + head_params
+    embedding_flops = 0 if r is None else 2 * r * d * t  # the low-rank map, per token
+    flops = embedding_flops + k * (cell_flops + probe_flops) + head_flops
     return params, float(flops)

@@ -50,7 +50,10 @@ class PairEmbedding(nn.Module):
     With `rows` (a task vocabulary) the table holds only `rows` rows and the buffer `id_map` (V,)
     sends each tokenizer id to its row (ids the task never used share [UNK]'s row); it is filled by
     `search_space.student.keep_vocabulary` or by loading saved weights. The inputs stay the
-    tokenizer's ids either way."""
+    tokenizer's ids either way.
+
+    With `rank` r the table is low-rank (LadaBERT, arXiv 2004.04124): rows of width r, then `up`, an
+    (r -> d) linear map; an `init` is factored by its SVD (the best rank-r fit of it)."""
 
     def __init__(
         self,
@@ -61,29 +64,38 @@ class PairEmbedding(nn.Module):
         dropout: float = 0.0,
         init: torch.Tensor | None = None,
         rows: int | None = None,
+        rank: int | None = None,
     ) -> None:
         super().__init__()
         self.pad_id = pad_id
+        width = dim if rank is None else rank
         if rows is None:
             self.id_map = None
             # Stored at width d directly (not H then a projection) to keep the student small.
-            self.table = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+            self.table = nn.Embedding(vocab_size, width, padding_idx=pad_id)
         else:
             if init is not None:
                 raise ValueError("a task-vocabulary table is filled by keep_vocabulary, not by an init")
             self.register_buffer("id_map", torch.zeros(vocab_size, dtype=torch.long))  # (V,) id -> row
-            self.table = nn.Embedding(rows, dim)  # pads are masked to zero in _embed, whatever their row
+            self.table = nn.Embedding(rows, width)  # pads are masked to zero in _embed, whatever their row
+        self.up = None if rank is None else nn.Linear(rank, dim, bias=False)  # (r -> d)
         if init is not None:
             if tuple(init.shape) != (vocab_size, dim):
                 raise ValueError(f"embedding init must be ({vocab_size}, {dim}), got {tuple(init.shape)}")
             with torch.no_grad():
-                self.table.weight.copy_(init)
+                if self.up is None:
+                    self.table.weight.copy_(init)
+                else:
+                    u, s, vh = torch.linalg.svd(init.float(), full_matrices=False)  # (V, d), (d,), (d, d)
+                    self.table.weight.copy_(u[:, :rank] * s[:rank])  # (V, r)
+                    self.up.weight.copy_(vh[:rank].T)  # (d, r): table @ up.weight.T is the rank-r fit of init
                 self.table.weight[pad_id].zero_()
         self.dropout = nn.Dropout(dropout)
 
     def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         rows = ids if self.id_map is None else self.id_map[ids]  # (B, T)
-        x = self.dropout(self.table(rows))  # (B, T, D)
+        x = self.table(rows)  # (B, T, D), or (B, T, r) when low-rank
+        x = self.dropout(x if self.up is None else self.up(x))  # (B, T, D)
         return x * mask.to(dtype=x.dtype).unsqueeze(-1)
 
     def forward(

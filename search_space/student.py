@@ -72,7 +72,8 @@ class Student(nn.Module):
         self.embedding_rows = embedding_rows
         d = space.embed_dim
         self.embedding = PairEmbedding(
-            vocab_size, dim=d, pad_id=pad_id, dropout=space.dropout, init=embedding_init, rows=embedding_rows
+            vocab_size, dim=d, pad_id=pad_id, dropout=space.dropout, init=embedding_init, rows=embedding_rows,
+            rank=space.embedding_rank,
         )
         self.cells = nn.ModuleList(StudentCell(genotype, dim=d, norm=space.op_norm) for _ in range(genotype.depth))
         self.probes = nn.ModuleList(

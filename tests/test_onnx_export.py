@@ -33,19 +33,22 @@ EXTRA_OPS = Genotype(depth=1, nodes=((("conv_5", 0), ("dil_conv_3", 1)), (("dil_
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _saved_student(folder: Path, *, genotype: Genotype, pair: bool, task_vocab: bool = False) -> Path:
+def _saved_student(folder: Path, *, genotype: Genotype, pair: bool, task_vocab: bool = False,
+                   space: SearchSpaceConfig = SPACE) -> Path:
     torch.manual_seed(0)
-    student = Student(genotype, space=SPACE, vocab_size=30522, num_labels=3, pad_id=0).eval()
+    student = Student(genotype, space=space, vocab_size=30522, num_labels=3, pad_id=0).eval()
     if task_vocab:  # a table of 1,000 rows and its id map (V,) in the graph; other ids read [UNK]'s row
         student = keep_vocabulary(student, torch.arange(1000), unk_id=100)
     return save_student(student, folder, tokenizer_dir=MINILM, extra={
         "label_names": ["a", "b", "c"], "pair": pair, "max_length": 32})
 
 
-@pytest.mark.parametrize(("genotype", "pair", "task_vocab"), [(GENOTYPE, False, False), (EXTRA_OPS, True, True)],
-                         ids=["single", "pair-task-vocab"])
-def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_vocab):
-    src = _saved_student(tmp_path / "student", genotype=genotype, pair=pair, task_vocab=task_vocab)
+@pytest.mark.parametrize(("genotype", "pair", "task_vocab", "rank"),
+                         [(GENOTYPE, False, False, None), (EXTRA_OPS, True, True, None), (GENOTYPE, False, True, 4)],
+                         ids=["single", "pair-task-vocab", "low-rank-task-vocab"])
+def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_vocab, rank):
+    src = _saved_student(tmp_path / "student", genotype=genotype, pair=pair, task_vocab=task_vocab,
+                         space=SearchSpaceConfig(embed_dim=16, k_max=3, embedding_rank=rank))
     assert main(["export", str(src), "-o", str(tmp_path / "onnx"), "--onnx"]) == 0
     out = tmp_path / "onnx"
     assert {ONNX_FILE, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}

@@ -1,5 +1,6 @@
 """search_space: supernet, student, embedding projection."""
 
+import dataclasses
 import json
 
 import pytest
@@ -229,17 +230,19 @@ def test_same_seed_same_genotype():
     ],
 )
 @pytest.mark.parametrize("with_probes", [True, False])
-def test_student_parameters_equal_the_analytic_count(genotype, with_probes):
-    student = Student(genotype, space=SPACE, vocab_size=VOCAB, num_labels=LABELS, with_probes=with_probes)
+@pytest.mark.parametrize("rank", [None, 4])
+def test_student_parameters_equal_the_analytic_count(genotype, with_probes, rank):
+    space = dataclasses.replace(SPACE, embedding_rank=rank)
+    student = Student(genotype, space=space, vocab_size=VOCAB, num_labels=LABELS, with_probes=with_probes)
     params, flops = genotype_params_flops(
-        genotype, space=SPACE, seq_len=10, vocab_size=VOCAB, num_labels=LABELS, with_probes=with_probes
+        genotype, space=space, seq_len=10, vocab_size=VOCAB, num_labels=LABELS, with_probes=with_probes
     )
     assert _count(student) == params and flops > 0
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_a_student_with_inherited_weights_computes_what_its_supernet_path_computes(shared):
-    net = _supernet(space=SearchSpaceConfig(embed_dim=16, k_max=3, shared_kernels=shared)).eval()
+@pytest.mark.parametrize(("shared", "rank"), [(True, None), (False, None), (True, 4)])
+def test_a_student_with_inherited_weights_computes_what_its_supernet_path_computes(shared, rank):
+    net = _supernet(space=SearchSpaceConfig(embed_dim=16, k_max=3, shared_kernels=shared, embedding_rank=rank)).eval()
     student = Student(GENOTYPE, space=net.space, vocab_size=VOCAB, num_labels=LABELS).eval()
     inherit_weights(net, student, GENOTYPE)
     ids, mask = _batch()

@@ -59,3 +59,32 @@ def test_keep_vocabulary_refuses_what_it_cannot_map(keep, message):
     small = keep_vocabulary(_student(), torch.tensor([0, 1]), unk_id=UNK)
     with pytest.raises(ValueError, match="already"):
         keep_vocabulary(small, torch.tensor([0, 1]), unk_id=UNK)
+
+
+def test_a_low_rank_table_is_the_best_rank_r_fit_of_its_init_and_keeps_a_task_vocabulary():
+    """LadaBERT's low-rank embedding: an init of rank <= r is reproduced exactly, rows then map
+    through `up`; it counts V*r + r*d parameters, and a task vocabulary slices its rows alike."""
+    space = SearchSpaceConfig(embed_dim=8, k_max=3, embedding_rank=3)
+    torch.manual_seed(0)
+    init = torch.randn(VOCAB, 3) @ torch.randn(3, 8)  # (V, d) of rank 3
+    init[PAD] = 0
+    low = Student(GENOTYPE, space=space, vocab_size=VOCAB, num_labels=3, pad_id=PAD, embedding_init=init).eval()
+    torch.testing.assert_close(low.embedding.up(low.embedding.table.weight), init, atol=1e-4, rtol=0)
+    full = Student(GENOTYPE, space=SPACE, vocab_size=VOCAB, num_labels=3, pad_id=PAD).eval()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(full) - count(low) == VOCAB * 8 - (VOCAB * 3 + 3 * 8)
+
+    small = keep_vocabulary(low, torch.tensor([0, 1, 5, 6, 7]), unk_id=UNK)
+    assert tuple(small.embedding.table.weight.shape) == (5, 3)
+    ids = torch.tensor([[5, 6, 7, 0], [7, 42, 5, 6]])
+    want = low(torch.tensor([[5, 6, 7, 0], [7, UNK, 5, 6]]), ids != PAD).logits
+    torch.testing.assert_close(small(ids, ids != PAD).logits, want, rtol=0, atol=0)
+    again = Student.from_config_dict(small.config_dict())
+    again.load_state_dict(small.state_dict())
+    torch.testing.assert_close(again.eval()(ids, ids != PAD).logits, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rank", [0, 8, 9, 2.5, True])
+def test_an_embedding_rank_outside_1_to_embed_dim_is_refused(rank):
+    with pytest.raises(ValueError, match="embedding_rank"):
+        SearchSpaceConfig(embed_dim=8, embedding_rank=rank)
