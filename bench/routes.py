@@ -9,18 +9,21 @@ each route from that one trained student, so a route's change is the route's alo
 - taskvocab: the rows of the ids its train split uses (`retrain.task_vocab`'s remap);
 - onnx: the task-vocabulary student exported (fp32) and run by onnxruntime;
 - int8: the same export through onnxruntime's dynamic int8 quantiser;
-- earlyexit: the task-vocabulary student stopping at its probes, the threshold swept on dev.
+- earlyexit: the task-vocabulary student stopping at its probes, the threshold swept on dev;
+- lowrank: the one route with a training of its own: the same genotype retrained alike with a
+  rank-r embedding (`space.embedding_rank`, LadaBERT), then given its task vocabulary.
 Each is scored on dev and test in the task's metric. torch arms are timed by
 `workers.latency.latency_metrics`, onnxruntime arms by `onnx_latency_metrics` (same plan, inputs and
 threads), early exit by `exit_latency_b1` on real dev texts at every threshold (0 is the full
-model; median of three alternating rounds). Routes not built yet (low-rank and Kronecker tables, the small-transformer family) print
-null. Ends with one JSON line of flat keys. `--quick` runs a tiny slice with one epoch: its scores
+model; median of three alternating rounds). Routes not built yet (Kronecker tables, the
+small-transformer family) print null. Ends with one JSON line of flat keys. `--quick` runs a tiny slice with one epoch: its scores
 are not comparable. Figures, not tests: nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--job", default=str(ROOT / "examples" / "rotten_tomatoes.yaml"))
     parser.add_argument("--genotype", default=None, help="a genotype's JSON (default: the README's hand cell)")
     parser.add_argument("--quick", action="store_true", help="tiny slice, one epoch: no score claim")
+    parser.add_argument("--rank", type=int, default=32, help="the low-rank route's embedding rank")
     args = parser.parse_args()
     genotype = HAND_CELL if args.genotype is None else Genotype.from_json(args.genotype)
     console = Console(stderr=True)
@@ -95,7 +99,12 @@ def main() -> None:
     console.print("measuring the teacher, the full student and the task-vocabulary student (torch) ...")
     rows["teacher"] = {**torch_row(teacher_model), "dev": teacher.score_in(meta.metric),
                        "test": None}
-    for name, model in (("full", full), ("taskvocab", small)):
+    console.print(f"retraining with a rank-{args.rank} embedding ...")
+    low_dir = retrain_from_paths(genotype=genotype, space=dataclasses.replace(job.space, embedding_rank=args.rank),
+                                 cfg=cfg, cache_uri=cache.uri, prepared_dir=prepared.folder, teacher_dir=teacher.dir,
+                                 out_dir=out / f"lowrank{args.rank}", progress=True).student_dir
+    low = task_vocabulary_student(load_student(low_dir), train=train, meta=meta, tokenizer_dir=teacher.dir).eval()
+    for name, model in (("full", full), ("taskvocab", small), ("lowrank", low)):
         rows[name] = {**torch_row(model),
                       **scores(lambda split, m=model: predict_classes(m, split, batch_size=256))}
 
@@ -139,7 +148,10 @@ def main() -> None:
         "taskvocab_dev": v["dev"], "taskvocab_test": v["test"], "taskvocab_params": v["params"],
         "taskvocab_dev_delta": 100 * (v["dev"] - f["dev"]),
         "taskvocab_params_over_teacher": v["params"] / t["params"],
-        "lowrank_params": None, "lowrank_dev": None,  # not built yet
+        "lowrank_rank": args.rank, "lowrank_dev": rows["lowrank"]["dev"], "lowrank_test": rows["lowrank"]["test"],
+        "lowrank_params": rows["lowrank"]["params"], "lowrank_params_over_teacher": rows["lowrank"]["params"] / t["params"],
+        "lowrank_dev_delta": 100 * (rows["lowrank"]["dev"] - v["dev"]),  # against the full-rank task vocabulary
+        "lowrank_b1_ms": rows["lowrank"]["b1"], "lowrank_b128_ms": rows["lowrank"]["b128"],
         "onnx_dev": o["dev"], "onnx_b1_ms": o["b1"], "onnx_b128_ms": o["b128"], "onnx_file_mb": o["file_mb"],
         "onnx_speedup_vs_torch_b1": v["b1"] / o["b1"], "onnx_speedup_vs_torch_b128": v["b128"] / o["b128"],
         "int8_dev": q["dev"], "int8_test": q["test"], "int8_b1_ms": q["b1"], "int8_b128_ms": q["b128"],
