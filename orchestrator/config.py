@@ -60,6 +60,7 @@ SEARCHABLE = {
     "tau_end": ("search", "tau_end"),
     "k_max": ("space", "k_max"),
     "embed_dim": ("space", "embed_dim"),
+    "embedding_rank": ("space", "embedding_rank"),  # e.g. {choices: [null, 32]}: full and low-rank tables compete
 }
 
 

@@ -343,8 +343,15 @@ def _candidate(spec: StudentSpec, metrics: dict, *, batch: int) -> Candidate:
         key=spec.key, config_number=spec.outcome.number, genotype=spec.genotype, score=metrics["dev_metric"],
         latency_ms=metrics[f"latency_b{batch}_ms"], latency_p95_ms=metrics[f"latency_b{batch}_p95_ms"],
         params=int(metrics["params"]), metrics=metrics, student_dir=str(spec.out_dir),
-        params_of_config=spec.outcome.params,
+        params_of_config=spec.outcome.params, route=student_route(spec.space),
     )
+
+
+def student_route(space: dict) -> str:
+    """The compression route of a searched student, from its space: the name the Pareto plot and the
+    registry's `route` tag use."""
+    rank = space.get("embedding_rank")
+    return "cells" if rank is None else f"cells, rank-{rank} table"
 
 
 def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Path, cache_key: str,
@@ -353,7 +360,8 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
     seeds = [spec.figures["seed"]] if spec.figures and spec.figures.get("seed") is not None else []
     return {
         "teacher": str(teacher_dir), "cache_key": cache_key, "data_fingerprint": fingerprint,
-        "genotype": spec.genotype, "beta": search["beta"], "gamma": search["gamma"],
+        "genotype": spec.genotype, "beta": search["beta"], "gamma": search["gamma"], "route": c.route,
+        "embed_dim": spec.space["embed_dim"], "embedding_rank": spec.space.get("embedding_rank") or "",
         "seed": seeds[0] if seeds else search.get("seed", ""), "config_number": spec.outcome.number,
         "metric": c.metrics["metric"], "dev_score": c.score, "test_score": c.metrics["test_metric"], "params": c.params,
         "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,

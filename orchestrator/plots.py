@@ -17,6 +17,7 @@ from workers.metrics import METRIC_NAMES  # noqa: E402
 from workers.probes import PROBES_JSON  # noqa: E402
 
 PROBES_PLOT = "probes.png"
+ROUTE_MARKERS = ("o", "^", "s", "D", "v", "P")
 
 
 def pareto_plot(
@@ -26,12 +27,14 @@ def pareto_plot(
 ) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     on_front = {c.key for c in front}
-    rest = [c for c in candidates if c.key not in on_front]
     size = lambda cs: [30 + 200 * c.params / max(x.params for x in candidates) for c in cs]  # noqa: E731
-    ax.scatter([c.latency_ms for c in rest], [100 * c.score for c in rest], s=size(rest), c="0.7",
-               label="dominated")
-    ax.scatter([c.latency_ms for c in front], [100 * c.score for c in front], s=size(front), c="tab:blue",
-               label="Pareto front")
+    routes = sorted({c.route for c in candidates})
+    for route, marker in zip(routes, ROUTE_MARKERS, strict=False):  # one marker per route, colour: on the front
+        for group, colour, what in ((False, "0.7", "dominated"), (True, "tab:blue", "Pareto front")):
+            cs = [c for c in candidates if c.route == route and (c.key in on_front) == group]
+            if cs:
+                ax.scatter([c.latency_ms for c in cs], [100 * c.score for c in cs], s=size(cs), c=colour,
+                           marker=marker, label=f"{what}: {route}" if len(routes) > 1 else what)
     ax.scatter([champion.latency_ms], [100 * champion.score], s=260, facecolors="none", edgecolors="tab:red",
                linewidths=2, label="champion")
     if teacher_score is not None:

@@ -24,6 +24,7 @@ class Candidate:
     metrics: dict = field(default_factory=dict, compare=False)
     student_dir: str = ""
     params_of_config: dict = field(default_factory=dict, compare=False)
+    route: str = "cells"  # how it was compressed: "cells" (a searched cell stack), "cells, rank-r table"
 
 
 def dominates(a: Candidate, b: Candidate) -> bool:

@@ -33,6 +33,17 @@ def test_distribution_kinds(r, kind):
     assert isinstance(distribution(r), kind)
 
 
+def test_a_searched_embedding_rank_reaches_the_space_and_names_the_route(tmp_path):
+    from orchestrator.pipeline import student_route
+
+    j = job(tmp_path, params={"embedding_rank": {"choices": [None, 32]}})
+    low, full = (trial_configs(j, number=0, round_index=0, params={"embedding_rank": r}, refs=REFS)[0]["space"]
+                 for r in (32, None))
+    assert low["embedding_rank"] == 32 and full["embedding_rank"] is None
+    assert student_route(low) == "cells, rank-32 table" and student_route(full) == "cells"
+    assert isinstance(distribution(j.outer_loop.params["embedding_rank"]), optuna.distributions.CategoricalDistribution)
+
+
 def test_trial_configs_place_params_and_vary_seeds(tmp_path):
     j = job(tmp_path)
     dicts = trial_configs(j, number=5, round_index=1, params={"beta": 2.5, "k_max": 4}, refs=REFS)

@@ -50,3 +50,17 @@ def test_pick_champion_follows_the_budget(budget, teacher, expected, met):
 def test_pick_champion_needs_candidates():
     with pytest.raises(ValueError, match="no retrained students"):
         pick_champion([], budget=BudgetConfig(), teacher_score=None)
+
+
+def test_the_pareto_plot_draws_each_route_with_its_own_marker(tmp_path):
+    from dataclasses import replace
+
+    from orchestrator.plots import pareto_plot
+
+    cands = [replace(c, route="cells" if i % 2 else "cells, rank-32 table") for i, c in enumerate(CANDS)]
+    front = pareto_front(cands)
+    path = pareto_plot(cands, front, front[0], tmp_path / "pareto.png", teacher_score=0.8, teacher_latency_ms=20.0)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.pyplot as plt
+
+    assert not plt.get_fignums()  # closed after saving

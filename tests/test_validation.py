@@ -133,9 +133,13 @@ def test_unknown_key_in_job_file_suggests_the_right_one(tmp_path):
      r"outer_loop.params.beta: -1.0 is not a valid search.beta \(Input should be greater than or equal to 0\)$"),
     ("outer_loop: {params: {k_max: {choices: [99]}}}", r"outer_loop.params.k_max: 99 is not a valid space.k_max"),
     ("outer_loop: {params: {k_max: {choices: [4, x]}}}", r"outer_loop.params.k_max: 'x' is not a valid space.k_max"),
+    ("outer_loop: {params: {embedding_rank: {choices: [null, 128]}}}",
+     r"outer_loop.params.embedding_rank: 128 is not a valid space.embedding_rank \(embedding_rank must be null or an "
+     r"int in 1..127"),
     ("task: {builtin: rotten_tomatoes, max_length: 100000}",
      r"task.max_length 100000 is over the teacher's limit of 512 tokens \(minilm\)"),
-], ids=["bool-int", "bool-nested", "range-key", "range-end", "choice-range", "choice-type", "max-length"])
+], ids=["bool-int", "bool-nested", "range-key", "range-end", "choice-range", "choice-type", "rank-choice",
+        "max-length"])
 def test_validate_refuses_values_the_job_would_fail_on_later(tmp_path, capsys, yaml_text, message):
     job = tmp_path / "job.yaml"
     body = yaml_text if yaml_text.startswith("task:") else f"task: {{builtin: rotten_tomatoes}}\n{yaml_text}"
