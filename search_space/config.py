@@ -67,6 +67,8 @@ class SearchSpaceConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["primitives"] = list(self.primitives)  # JSON-friendly
+        if d["embedding_rank"] is None:  # left out: the keys of students and searches saved before it existed hold
+            del d["embedding_rank"]
         return d
 
     @classmethod
