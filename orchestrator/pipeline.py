@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.connect import check_cluster, ensure_ray
+from orchestrator.baselines import BaselineScores, tfidf_logreg
 from orchestrator.config import JobConfig, dump_job
 from orchestrator.data import PreparedData
 from orchestrator.errors import AdarayError, deferred_interrupt, worker_errors
@@ -49,6 +50,7 @@ class PipelineResult:
     teacher_latency_ms: float
     teacher_params: int
     teacher_latency: dict  # latency_b{1,128}_ms of the teacher, timed like every student
+    baseline: BaselineScores  # TF-IDF + logistic regression on the same splits: what a user would try first
     model_name: str
     champion_version: str
     parent_run_id: str
@@ -128,8 +130,10 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                       f"{resources['gpus']:g} GPUs")
         cache = cache_stage(job, prepared, teacher, progress=progress)
     metric_name = METRIC_NAMES[prepared.meta.metric]
+    baseline = tfidf_logreg(prepared.folder)  # seconds: every job is measured against it
     console.print(f"[green]✓[/] teacher  dev {metric_name} {teacher.score_in(prepared.meta.metric):.4f} "
-                  f"(majority class {majority:.4f}){'  (cache hit)' if teacher.cache_hit else ''}")
+                  f"(majority class {majority:.4f}, TF-IDF + LR {baseline.dev:.4f})"
+                  f"{'  (cache hit)' if teacher.cache_hit else ''}")
     console.print(f"[green]✓[/] cache    {cache.rows}  key {cache.key[:12]}{'  (cache hit)' if cache.cache_hit else ''}")
     tracker = Tracker(job, task_name=prepared.meta.task, say=lambda message: console.print(f"[yellow]{message}[/]"))
     if orphans := tracker.settle_orphans():
@@ -138,6 +142,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     parent = tracker.parent_run()
     status.update(parent_run_id=parent, tracking_uri=tracker.uri, study=job.study_name)
     _log_parent(tracker, parent, job=job, prepared=prepared, teacher=teacher, cache=cache)
+    tracker.log_metrics(parent, {f"tfidf_dev_{baseline.metric}": baseline.dev, f"tfidf_test_{baseline.metric}": baseline.test})
     refs = DataRefs(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir))
 
     # -- outer loop -----------------------------------------------------------------------
@@ -211,7 +216,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     result = PipelineResult(
         champion=choice.champion, choice=choice, front=front, candidates=candidates, teacher_score=t_score,
         teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], teacher_params=teacher_lat["params"],
-        teacher_latency=teacher_lat,
+        teacher_latency=teacher_lat, baseline=baseline,
         model_name=tracker.model_name, champion_version=versions[choice.champion.key], parent_run_id=parent,
         alias_kept=kept,
     )
@@ -393,6 +398,10 @@ def _print_summary(console: Console, job: JobConfig, r: PipelineResult) -> None:
     metric = METRIC_NAMES[c.metrics.get("metric", "accuracy")]
     console.print(f"  dev {metric} {100 * c.score:.2f}% (teacher {100 * r.teacher_score:.2f}%, "
                   f"{100 * c.score / r.teacher_score:.1f}% retained)")
+    gain = 100 * (c.score - r.baseline.dev)
+    console.print(f"  {gain:+.2f} points over TF-IDF + logistic regression on the same split "
+                  f"({100 * r.baseline.dev:.2f}%)" + ("" if gain > 0 else
+                  "  [yellow]: this student is no better than the baseline a user would try first[/]"))
     for batch in (1, 128):
         mine, theirs = c.metrics[f"latency_b{batch}_ms"], r.teacher_latency[f"latency_b{batch}_ms"]
         console.print(f"  {theirs / mine:.1f}x faster than the teacher at batch {batch} ({mine:.2f} ms vs {theirs:.2f} ms)")

@@ -91,8 +91,13 @@ def test_registry_has_a_champion_that_predicts(finished_job):
     tracker = Tracker(job, task_name="rotten_tomatoes")
     mv = tracker.client.get_model_version_by_alias(result.model_name, "champion")
     assert mv.version == result.champion_version
-    for tag in ("teacher", "cache_key", "data_fingerprint", "genotype", "beta", "gamma", "seed", "latency_hardware"):
+    for tag in ("teacher", "cache_key", "data_fingerprint", "genotype", "beta", "gamma", "seed", "latency_hardware",
+                "metric", "dev_score", "test_score", "route"):
         assert mv.tags.get(tag), f"lineage tag {tag} missing"
+    assert mv.tags["metric"] == "accuracy" and float(mv.tags["dev_score"]) == pytest.approx(result.champion.score)
+    # the baseline every job is measured against, on the parent run and in the result
+    parent = tracker.client.get_run(result.parent_run_id).data.metrics
+    assert parent["tfidf_dev_accuracy"] == pytest.approx(result.baseline.dev) and 0 < result.baseline.dev < 1
     model = mlflow.pyfunc.load_model(f"models:/{result.model_name}@champion")
     predictions = model.predict(["a warm and funny film", "dull and lifeless"])
     assert len(predictions) == 2
