@@ -44,3 +44,23 @@ def test_validate_imports_no_heavy_library(tmp_path):
     job.write_text("name: demo\nworkspace: ws\ntask:\n  builtin: rotten_tomatoes\n")
     assert _heavy_after(["validate", str(job)]) == {"codes": [0], "heavy": []}
     assert not (tmp_path / "ws").exists()
+
+
+def test_predict_on_a_student_folder_imports_only_torch(tmp_path):
+    """`adaray predict DIR` needs torch for the model and the `tokenizers` library for the ids:
+    not transformers (about 1 s), ray, mlflow or optuna. (pyarrow's padding path pulls in pandas.)"""
+    import torch
+
+    from orchestrator.teacher_source import MINILM, resolve_teacher_source
+    from search_space import Genotype, SearchSpaceConfig
+    from search_space.student import Student
+    from workers.student import save_student
+
+    genotype = Genotype(depth=1, nodes=((("conv_3", 0), ("identity", 1)),))
+    student = Student(genotype, space=SearchSpaceConfig(embed_dim=8, k_max=1, num_nodes=1), vocab_size=30522,
+                      num_labels=2, pad_id=0)
+    torch.manual_seed(0)
+    save_student(student, tmp_path / "student", tokenizer_dir=resolve_teacher_source(MINILM),
+                 extra={"label_names": ["neg", "pos"], "pair": False, "max_length": 16})
+    after = _heavy_after(["predict", str(tmp_path / "student"), "--text", "a fine film", "--json"])
+    assert after == {"codes": [0], "heavy": ["pandas", "torch"]}

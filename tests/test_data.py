@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from orchestrator.cli import main
 from orchestrator.data import fingerprint, load_tokenizer, prepare, tokenize
@@ -13,6 +14,7 @@ from orchestrator.tasks import TaskConfig, load_task
 from orchestrator.teacher_source import MINILM, resolve_teacher_source
 from workers.dataset import (
     SPLITS,
+    encode_texts,
     is_prepared,
     load_split,
     read_split_table,
@@ -172,7 +174,11 @@ def test_prepare_and_predict_give_a_text_the_same_ids(tmp_path, pair):
     task = TaskConfig(path=str(tmp_path / "d.csv"), text_column="text", text_pair_column="other" if pair else None,
                       max_length=24)
     prepared = prepare(task, tokenizer_source=MINILM, workspace=tmp_path / "ws", progress=False)
-    tokenizer = load_tokenizer(MINILM)
+    # What `adaray predict` loads: the tokenizer.json that save_student writes, read without transformers.
+    load_tokenizer(MINILM).save_pretrained(str(tmp_path / "student"))
+    tokenizer = Tokenizer.from_file(str(tmp_path / "student" / "tokenizer.json"))
+    assert tokenizer.padding is not None  # MiniLM's file pads to 128 of its own accord; predict must not
+    pad = tokenizer.token_to_id("[PAD]")
     longest = 0
     for split in SPLITS:
         table = read_split_table(prepared.folder, split)
@@ -182,4 +188,6 @@ def test_prepare_and_predict_give_a_text_the_same_ids(tmp_path, pair):
         if pair:
             assert table.column("ids_b").to_pylist() == ids_b
         longest = max(longest, *map(len, ids_a))
+        assert not any(pad in row for row in ids_a + (ids_b or []))  # whole texts, never padded
     assert longest == token_budget(24, pair=pair)  # the long texts were cut
+    assert len(encode_texts(tokenizer, ["word " * 300], budget=None)[0]) == 300  # nor cut at the file's 128

@@ -279,9 +279,17 @@ def token_budget(max_length: int, *, pair: bool) -> int:
 
 def encode_texts(tokenizer, texts: list[str], *, budget: int | None) -> list[list[int]]:
     """The one tokenization, of `prepare` and of students at prediction time: teacher-tokenizer ids
-    without special tokens, each list cut to its first `budget` ids (None: full length)."""
-    ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False,
-                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    without special tokens, each list cut to its first `budget` ids (None: full length).
+
+    `tokenizer`: a transformers fast tokenizer or the `tokenizers.Tokenizer` it wraps (what a student
+    folder's tokenizer.json loads to); both run through the same Rust encoder here."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if not hasattr(backend, "encode_batch"):
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; load it with use_fast=True")
+    # transformers sets these per call and leaves them behind; the ids here are whole, unpadded texts.
+    backend.no_truncation()
+    backend.no_padding()
+    ids = [enc.ids for enc in backend.encode_batch(list(texts), add_special_tokens=False)]
     return ids if budget is None else [row[:budget] for row in ids]
 
 

@@ -12,13 +12,14 @@ from typing import Any
 import pyarrow as pa
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
+from tokenizers import Tokenizer
 
 from search_space.student import Student
 from workers.dataset import pad_id_lists, tokenize_ids
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"  # written by a fast tokenizer's save_pretrained
 
 
 def save_student(model: Student, folder: str | Path, *, tokenizer_dir: str | Path, extra: dict[str, Any]) -> Path:
@@ -32,6 +33,8 @@ def save_student(model: Student, folder: str | Path, *, tokenizer_dir: str | Pat
     if clash:
         raise ValueError(f"extra keys {clash} would overwrite the architecture config")
     (folder / CONFIG_FILE).write_text(json.dumps({**model.config_dict(), **extra}, indent=2))
+    from transformers import AutoTokenizer  # heavy (about 1 s): kept off the predict path
+
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
     return folder
@@ -65,7 +68,10 @@ class StudentPredictor:
         missing = [k for k in ("label_names", "pair", "max_length") if k not in config]
         if missing:
             raise ValueError(f"{folder / CONFIG_FILE} lacks {missing}: not saved by adaray's retrain")
-        return cls(model, tokenizer=AutoTokenizer.from_pretrained(str(folder)), label_names=config["label_names"],
+        if not (folder / TOKENIZER_FILE).is_file():
+            raise ValueError(f"{folder} lacks {TOKENIZER_FILE}: save the student with adaray's retrain or pull")
+        # The fast tokenizer's own file, read without transformers; encode_texts drives it as prepare does.
+        return cls(model, tokenizer=Tokenizer.from_file(str(folder / TOKENIZER_FILE)), label_names=config["label_names"],
                    pair=config["pair"], max_length=config["max_length"],
                    exit_threshold=config.get("exit_threshold", 0.0))
 
