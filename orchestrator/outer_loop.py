@@ -237,7 +237,7 @@ def _restore(path: Path, trainable) -> tune.Tuner | None:
 
 def candidates_to_screen(job: JobConfig, seeds: list[dict | None]) -> list[dict]:
     """The configuration's candidates for the short retrain: every seed's reported pool, one entry
-    per genotype (its best inherited score), the best `screen.top` first."""
+    per genotype (its best inherited score): alpha's best `screen.top`, then every uniform draw."""
     best: dict[str, dict] = {}
     for m in seeds:
         if m is None:
@@ -250,7 +250,8 @@ def candidates_to_screen(job: JobConfig, seeds: list[dict | None]) -> list[dict]
             if candidate_id(c) not in best or c["score"] > best[candidate_id(c)]["score"]:
                 best[candidate_id(c)] = c
     ranked = sorted(best.values(), key=lambda c: (-c["score"], c["flops"]))
-    return ranked[: job.outer_loop.screen.top]
+    from_alpha = [c for c in ranked if c.get("source", "alpha") == "alpha"]
+    return from_alpha[: job.outer_loop.screen.top] + [c for c in ranked if c.get("source") == "random"]
 
 
 def aggregate(job: JobConfig, *, trial_dicts: list[dict], seeds: list[dict | None], number: int, round_index: int,

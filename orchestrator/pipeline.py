@@ -250,7 +250,8 @@ def _screen(job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key
     return screen_candidates(
         job, candidates, refs=refs, cache_key=cache_key,
         on_done=lambda s, m, hit: console.print(
-            f"    candidate {s.key}: inherited {s.figures['score']:.4f} → short retrain dev {METRIC_NAMES[metric]} "
+            f"    candidate {s.key} ({origin(s.figures)}): inherited {s.figures['score']:.4f} → short retrain dev "
+            f"{METRIC_NAMES[metric]} "
             f"{m['dev_metric']:.4f}{'  (cache hit)' if hit else ''}"),
     )
 
@@ -359,6 +360,11 @@ def student_route(space: dict) -> str:
     return "cells" if rank is None else f"cells, rank-{rank} table"
 
 
+def origin(candidate: dict) -> str:
+    """Where a screened genotype came from: the search's alpha, or a uniform draw riding along with it."""
+    return "random draw" if candidate.get("source") == "random" else "search"
+
+
 def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Path, cache_key: str,
              fingerprint: str) -> dict:
     search = spec.outcome.search
@@ -367,6 +373,7 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
         "teacher": str(teacher_dir), "cache_key": cache_key, "data_fingerprint": fingerprint,
         "genotype": spec.genotype, "beta": search["beta"], "gamma": search["gamma"], "route": c.route,
         "embed_dim": spec.space["embed_dim"], "embedding_rank": spec.space.get("embedding_rank") or "",
+        "origin": origin(spec.figures or {}),
         "seed": seeds[0] if seeds else search.get("seed", ""), "config_number": spec.outcome.number,
         "metric": c.metrics["metric"], "dev_score": c.score, "test_score": c.metrics["test_metric"], "params": c.params,
         "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,

@@ -78,6 +78,21 @@ def test_the_screen_takes_each_configurations_best_candidates_by_inherited_score
     assert candidates_to_screen(j, [None, None, None]) == []
 
 
+def test_uniform_draws_reach_the_screen_whatever_their_inherited_score(tmp_path):
+    j = job(tmp_path, screen={"top": 1})
+    g4 = '{"depth": 4}'
+    seeds = [{**SEEDS[0], "candidates": json.dumps([*json.loads(SEEDS[0]["candidates"]),
+                                                     {"genotype": g4, "score": 0.1, "params": 5, "flops": 5.0,
+                                                      "source": "random"}])}, SEEDS[1]]
+    picked = candidates_to_screen(j, seeds)
+    assert [(c["genotype"], c.get("source", "alpha")) for c in picked] == [(G1, "alpha"), (g4, "random")]
+    dicts = trial_configs(j, number=0, round_index=0, params={}, refs=REFS)[:2]
+    short = {candidate_id({"genotype": G1, "space": {"k": 1}}): 0.71,
+             candidate_id({"genotype": g4, "space": {"k": 1}}): 0.74}
+    out = aggregate(j, trial_dicts=dicts, seeds=seeds, number=0, round_index=0, params={}, short_scores=short)
+    assert out.genotype == g4 and out.score == 0.74  # the draw beat the search on the measurement: it is kept
+
+
 def test_the_outcome_is_the_candidate_with_the_best_short_retrain(tmp_path):
     j = job(tmp_path, screen={"top": 2})
     dicts = trial_configs(j, number=0, round_index=0, params={"beta": 1.0}, refs=REFS)

@@ -152,10 +152,15 @@ def test_reports_every_epoch_with_the_documented_metrics(reference_run):
     assert metrics["collapse_reason"] in ("", "parameter_free", "entropy_stalled")
     assert (metrics["collapse"] == 1) == (metrics["collapse_reason"] != "")
     assert metrics["tau"] == pytest.approx(CFG.tau_end)
-    # The result is the pool's best by inherited score; the pool holds alpha's argmax and is sorted.
+    # The result is the pool's best by inherited score; alpha's part holds its argmax and is sorted,
+    # and the uniform draws follow it whatever their score, so the screen always retrains them.
     pool = json.loads(metrics["candidates"])
-    assert len(pool) == CFG.report_candidates and Genotype.from_json(pool[0]["genotype"]) == result.genotype
-    assert [c["score"] for c in pool] == sorted((c["score"] for c in pool), reverse=True)
+    from_alpha, drawn = pool[:CFG.report_candidates], pool[CFG.report_candidates:]
+    assert [c["source"] for c in pool] == ["alpha"] * CFG.report_candidates + ["random"] * CFG.random_candidates
+    assert Genotype.from_json(from_alpha[0]["genotype"]) == result.genotype
+    assert [c["score"] for c in from_alpha] == sorted((c["score"] for c in from_alpha), reverse=True)
+    space_ops = set(SPACE.primitives) - {"zero"}
+    assert all({op for op, _ in node} <= space_ops for c in drawn for node in Genotype.from_json(c["genotype"]).nodes)
     assert "candidates" not in states[0][0]  # the pool is scored once, after the last epoch
     assert "expected_latency_ms" not in metrics
     json.dumps(result.history)  # flat, JSON-friendly: what Tune and MLflow log

@@ -1,8 +1,8 @@
 """Candidate students scored with the supernet's inherited weights: the cheap first fidelity.
 
 A search ends with a pool of genotypes (alpha's argmax and draws from alpha and the depth
-logits); each is scored on search_valid along its own path through the trained supernet, in the
-task's metric. Short KD retrains of the best few are the next fidelity (orchestrator/).
+logits, plus a few drawn uniformly so the screen can tell when the search loses to chance); each
+is scored on search_valid along its own path through the trained supernet, in the task's metric. Short KD retrains of the best few are the next fidelity (orchestrator/).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from search_space.config import SearchSpaceConfig
 from search_space.cost import genotype_params_flops
-from search_space.genotype import Genotype, sample_genotypes
+from search_space.genotype import Genotype, random_genotype, sample_genotypes
 from search_space.supernet import Supernet, genotype_weights
 from workers.dataset import TargetSplit
 from workers.metrics import task_score
@@ -39,20 +39,25 @@ def inherited_scores(
 
 
 def candidate_pool(
-    model: Supernet, *, space: SearchSpaceConfig, valid: TargetSplit, metric: str, count: int, seed: int,
-    seq_len: int, batch_size: int, device: torch.device,
+    model: Supernet, *, space: SearchSpaceConfig, valid: TargetSplit, metric: str, count: int, random: int,
+    seed: int, seq_len: int, batch_size: int, device: torch.device,
 ) -> list[dict[str, Any]]:
-    """Up to `count` genotypes from alpha, best inherited score first (ties: fewer FLOPs).
+    """Up to `count` genotypes from alpha, best inherited score first (ties: fewer FLOPs), then `random`
+    genotypes drawn uniformly from the space (random search's draws, scored the same way).
 
-    Each: {"genotype" (JSON), "score", "params", "flops"}.
+    Each: {"genotype" (JSON), "score", "params", "flops", "source": "alpha" | "random"}.
     """
     generator = torch.Generator().manual_seed(seed)
-    pool = sample_genotypes(model.alpha, model.depth_logits, count=count, generator=generator,
-                            primitives=space.primitives)
-    rows = []
-    for genotype in pool:
+    from_alpha = sample_genotypes(model.alpha, model.depth_logits, count=count, generator=generator,
+                                  primitives=space.primitives)
+    uniform = [random_genotype(num_nodes=space.num_nodes, k_max=space.k_max, generator=generator,
+                               primitives=space.primitives) for _ in range(random)]
+
+    def row(genotype: Genotype, source: str) -> dict[str, Any]:
         score = inherited_scores(model, genotype, valid, metric=metric, batch_size=batch_size, device=device)[-1]
         params, flops = genotype_params_flops(genotype, space=space, seq_len=seq_len, vocab_size=model.vocab_size,
                                               num_labels=model.num_labels)
-        rows.append({"genotype": genotype.to_json(), "score": score, "params": params, "flops": flops})
-    return sorted(rows, key=lambda r: (-r["score"], r["flops"]))
+        return {"genotype": genotype.to_json(), "score": score, "params": params, "flops": flops, "source": source}
+
+    ranked = sorted((row(g, "alpha") for g in from_alpha), key=lambda r: (-r["score"], r["flops"]))
+    return ranked + [row(g, "random") for g in uniform]

@@ -89,6 +89,10 @@ class SearchConfig(_Config):
     candidates: int = Field(16, ge=1, description="genotypes drawn from alpha after the search and scored "
                             "with the supernet's weights (1: alpha's argmax only)")
     report_candidates: int = Field(3, ge=1, description="the best of those reported for short retrains")
+    # Random search's draws (Li & Talwalkar 2019) ride along: inherited scores of a collapsed supernet
+    # rank parameter-free cells first, so these bypass that ranking and go straight to the screen.
+    random_candidates: int = Field(1, ge=0, description="genotypes drawn uniformly from the space, reported for "
+                                   "short retrains beside alpha's best; the screen keeps whichever scores higher")
     max_train_examples: int | None = Field(None, ge=2)
     seed: int = 0
 

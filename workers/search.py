@@ -159,11 +159,13 @@ def run_search(
                 tau=schedule(arch_steps), loss_means=loss_means, batch_size=cfg.batch_size, device=device,
                 arch_steps=arch_steps,
             )
-            if epoch == cfg.epochs and cfg.candidates > 1:
+            if epoch == cfg.epochs and (cfg.candidates > 1 or cfg.random_candidates):
                 pool = candidate_pool(model, space=space, valid=data.valid, metric=data.metric, count=cfg.candidates,
-                                      seed=cfg.seed, seq_len=data.max_length, batch_size=2 * cfg.batch_size,
-                                      device=device)
-                metrics["candidates"] = json.dumps(pool[: cfg.report_candidates])
+                                      random=cfg.random_candidates, seed=cfg.seed, seq_len=data.max_length,
+                                      batch_size=2 * cfg.batch_size, device=device)
+                from_alpha = [c for c in pool if c["source"] == "alpha"]
+                metrics["candidates"] = json.dumps(from_alpha[: cfg.report_candidates]
+                                                   + [c for c in pool if c["source"] == "random"])
                 metrics["best_candidate"] = pool[0]["genotype"]
                 metrics["best_candidate_score"] = pool[0]["score"]
             cpu_spent += time.process_time() - epoch_cpu
