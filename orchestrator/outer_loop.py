@@ -103,7 +103,7 @@ def trial_configs(job: JobConfig, *, number: int, round_index: int, params: dict
     return [
         {
             "config_number": number, "round": round_index, "seed_index": s,
-            "space": layers["space"], "search": {**layers["search"], "seed": job.search.seed + s},
+            "space": layers["space"], "search": {**layers["search"], "seed": job.search.seed + s, "draw_stream": number},
             "cache_uri": refs.cache_uri, "prepared_dir": refs.prepared_dir, "teacher_dir": refs.teacher_dir,
             "max_train_examples": job.search.max_train_examples,
         }
@@ -267,7 +267,7 @@ def aggregate(job: JobConfig, *, trial_dicts: list[dict], seeds: list[dict | Non
     tops = Counter(m.get("best_candidate", m["genotype"]) for m in done)
     return ConfigOutcome(
         number=number, round=round_index, params=params, space=trial_dicts[0]["space"],
-        search={k: v for k, v in trial_dicts[0]["search"].items() if k != "seed"},
+        search={k: v for k, v in trial_dicts[0]["search"].items() if k not in ("seed", "draw_stream")},
         score=chosen["short_score"], cost=chosen[COST_METRIC[job.outer_loop.objectives[1]]],
         agreement=tops.most_common(1)[0][1] / len(seeds),
         collapse=sum(bool(m.get("collapse")) for m in done) * 2 > len(done),

@@ -50,6 +50,7 @@ def test_trial_configs_place_params_and_vary_seeds(tmp_path):
     assert [d["search"]["seed"] for d in dicts] == [0, 1, 2]
     assert all(d["search"]["beta"] == 2.5 and d["space"]["k_max"] == 4 for d in dicts)
     assert all(d["config_number"] == 5 and d["round"] == 1 and d["cache_uri"] == "/c" for d in dicts)
+    assert all(d["search"]["draw_stream"] == 5 for d in dicts)  # each configuration screens its own draws
     # the job's own config is not mutated by one configuration's params
     assert j.search.beta == 0.1 and j.space.k_max == 8
 

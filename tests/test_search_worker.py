@@ -14,7 +14,7 @@ from search_space import Genotype, SearchSpaceConfig, Supernet, normalised_cost_
 from search_space.supernet import genotype_weights, inherit_weights, uniform_path
 from workers.cache import MANIFEST
 from workers.cache_shards import CacheLayout, serialise, shard_batch
-from workers.candidates import inherited_scores
+from workers.candidates import candidate_pool, inherited_scores
 from workers.config import SearchConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit, split_table, write_prepared
 from workers.latency import read_latency_table, write_latency_table
@@ -164,6 +164,24 @@ def test_reports_every_epoch_with_the_documented_metrics(reference_run):
     assert "candidates" not in states[0][0]  # the pool is scored once, after the last epoch
     assert "expected_latency_ms" not in metrics
     json.dumps(result.history)  # flat, JSON-friendly: what Tune and MLflow log
+
+
+def test_uniform_draws_are_fixed_by_seed_and_stream_and_differ_across_streams():
+    torch.manual_seed(0)
+    model = Supernet(SPACE, vocab_size=VOCAB, num_labels=LABELS)
+
+    def drawn(*, seed: int, stream: int) -> list[str]:
+        pool = candidate_pool(model, space=SPACE, valid=tiny_split(16, seed=1, teacher=False), metric="accuracy",
+                              count=2, random=3, seed=seed, stream=stream, seq_len=WIDTH, batch_size=8,
+                              device=torch.device("cpu"))
+        assert [c["source"] for c in pool][-3:] == ["random"] * 3
+        return [c["genotype"] for c in pool if c["source"] == "random"]
+
+    first = drawn(seed=0, stream=0)
+    with torch.no_grad():
+        model.alpha.add_(3 * torch.randn_like(model.alpha))
+    assert drawn(seed=0, stream=0) == first  # what alpha learned does not move them
+    assert drawn(seed=0, stream=1) != first and drawn(seed=1, stream=0) != first
 
 
 def test_warmup_trains_only_the_weights():

@@ -40,17 +40,19 @@ def inherited_scores(
 
 def candidate_pool(
     model: Supernet, *, space: SearchSpaceConfig, valid: TargetSplit, metric: str, count: int, random: int,
-    seed: int, seq_len: int, batch_size: int, device: torch.device,
+    seed: int, stream: int = 0, seq_len: int, batch_size: int, device: torch.device,
 ) -> list[dict[str, Any]]:
     """Up to `count` genotypes from alpha, best inherited score first (ties: fewer FLOPs), then `random`
-    genotypes drawn uniformly from the space (random search's draws, scored the same way).
+    genotypes drawn uniformly from the space (random search's draws, scored the same way), from
+    their own generator: (`seed`, `stream`) fixes them, whatever alpha learned.
 
     Each: {"genotype" (JSON), "score", "params", "flops", "source": "alpha" | "random"}.
     """
     generator = torch.Generator().manual_seed(seed)
     from_alpha = sample_genotypes(model.alpha, model.depth_logits, count=count, generator=generator,
                                   primitives=space.primitives)
-    uniform = [random_genotype(num_nodes=space.num_nodes, k_max=space.k_max, generator=generator,
+    uniform_generator = torch.Generator().manual_seed((seed << 20) + stream)
+    uniform = [random_genotype(num_nodes=space.num_nodes, k_max=space.k_max, generator=uniform_generator,
                                primitives=space.primitives) for _ in range(random)]
 
     def row(genotype: Genotype, source: str) -> dict[str, Any]:

@@ -93,6 +93,8 @@ class SearchConfig(_Config):
     # rank parameter-free cells first, so these bypass that ranking and go straight to the screen.
     random_candidates: int = Field(1, ge=0, description="genotypes drawn uniformly from the space, reported for "
                                    "short retrains beside alpha's best; the screen keeps whichever scores higher")
+    draw_stream: int = Field(0, ge=0, description="which stream of uniform draws (with `seed`): the outer loop "
+                             "gives each configuration its own, so configurations screen different genotypes")
     max_train_examples: int | None = Field(None, ge=2)
     seed: int = 0
 
