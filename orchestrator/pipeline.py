@@ -251,8 +251,7 @@ def _screen(job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key
         job, candidates, refs=refs, cache_key=cache_key,
         on_done=lambda s, m, hit: console.print(
             f"    candidate {s.key} ({origin(s.figures)}): inherited {s.figures['score']:.4f} → short retrain dev "
-            f"{METRIC_NAMES[metric]} "
-            f"{m['dev_metric']:.4f}{'  (cache hit)' if hit else ''}"),
+            f"{METRIC_NAMES[metric]} {m['dev_metric']:.4f}{'  (cache hit)' if hit else ''}"),
     )
 
 

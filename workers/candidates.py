@@ -2,7 +2,8 @@
 
 A search ends with a pool of genotypes (alpha's argmax and draws from alpha and the depth
 logits, plus a few drawn uniformly so the screen can tell when the search loses to chance); each
-is scored on search_valid along its own path through the trained supernet, in the task's metric. Short KD retrains of the best few are the next fidelity (orchestrator/).
+is scored on search_valid along its own path through the trained supernet, in the task's metric.
+Short KD retrains of the best few are the next fidelity (orchestrator/).
 """
 
 from __future__ import annotations

@@ -161,8 +161,8 @@ def run_search(
             )
             if epoch == cfg.epochs and (cfg.candidates > 1 or cfg.random_candidates):
                 pool = candidate_pool(model, space=space, valid=data.valid, metric=data.metric, count=cfg.candidates,
-                                      random=cfg.random_candidates, seed=cfg.seed, stream=cfg.draw_stream, seq_len=data.max_length,
-                                      batch_size=2 * cfg.batch_size, device=device)
+                                      random=cfg.random_candidates, seed=cfg.seed, stream=cfg.draw_stream,
+                                      seq_len=data.max_length, batch_size=2 * cfg.batch_size, device=device)
                 from_alpha = [c for c in pool if c["source"] == "alpha"]
                 metrics["candidates"] = json.dumps(from_alpha[: cfg.report_candidates]
                                                    + [c for c in pool if c["source"] == "random"])

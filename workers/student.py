@@ -27,14 +27,14 @@ def save_student(model: Student, folder: str | Path, *, tokenizer_dir: str | Pat
 
     Writes into `folder` directly; callers wanting an atomic folder write to a temp one first.
     """
+    from transformers import AutoTokenizer  # heavy (about 1 s): kept off the predict path
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     clash = sorted(set(extra) & set(model.config_dict()))
     if clash:
         raise ValueError(f"extra keys {clash} would overwrite the architecture config")
     (folder / CONFIG_FILE).write_text(json.dumps({**model.config_dict(), **extra}, indent=2))
-    from transformers import AutoTokenizer  # heavy (about 1 s): kept off the predict path
-
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
     return folder
