@@ -163,6 +163,14 @@ def test_predict_names_a_missing_or_empty_folder_and_an_empty_text(tmp_path, cap
     assert "--text is empty" in capsys.readouterr().err
 
 
+def test_predict_names_the_file_a_student_folder_lacks(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"genotype": {}}')
+    assert main(["predict", str(tmp_path), "--text", "good"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a saved student (needs config.json and model.safetensors)" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 @pytest.mark.parametrize("command", [["pull", "m@champion", "-o", "OUT"], ["predict", "m@champion", "--text", "good"],
                                      ["export", "m@champion", "--onnx", "-o", "OUT"]], ids=["pull", "predict", "export"])
 def test_a_missing_sqlite_store_creates_nothing(tmp_path, capsys, command):

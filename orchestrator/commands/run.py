@@ -224,7 +224,11 @@ def _student_folder(student: str, *, tracking_uri: str | None, workspace: Path) 
 def _predict_folder(folder: Path, texts: list[str], *, exit_threshold: float | None) -> list[dict]:
     from workers.student import StudentPredictor
 
-    return StudentPredictor.from_pretrained(folder).predict(texts, exit_threshold=exit_threshold)
+    try:
+        predictor = StudentPredictor.from_pretrained(folder)
+    except ValueError as exc:  # a folder with some of a student's files: say which is missing
+        raise AdarayError(str(exc)) from None
+    return predictor.predict(texts, exit_threshold=exit_threshold)
 
 
 def _tracking_uri(explicit: str | None, workspace: Path) -> str:
