@@ -77,7 +77,7 @@ def main() -> None:
     train, dev, test = (open_cache(cache.uri).split("train"), load_split(prepared.folder, "dev"),
                         load_split(prepared.folder, "test"))
     out = job.run_dir / "bench-routes"
-    full_dir = retrain_from_paths(genotype=genotype, space=job.space, cfg=cfg, cache_uri=cache.uri,
+    full_dir = retrain_from_paths(arch=genotype, space=job.space, cfg=cfg, cache_uri=cache.uri,
                                   prepared_dir=prepared.folder, teacher_dir=teacher.dir, out_dir=out / "full",
                                   progress=True).student_dir
 
@@ -100,7 +100,7 @@ def main() -> None:
     rows["teacher"] = {**torch_row(teacher_model), "dev": teacher.score_in(meta.metric),
                        "test": None}
     console.print(f"retraining with a rank-{args.rank} embedding ...")
-    low_dir = retrain_from_paths(genotype=genotype, space=dataclasses.replace(job.space, embedding_rank=args.rank),
+    low_dir = retrain_from_paths(arch=genotype, space=dataclasses.replace(job.space, embedding_rank=args.rank),
                                  cfg=cfg, cache_uri=cache.uri, prepared_dir=prepared.folder, teacher_dir=teacher.dir,
                                  out_dir=out / f"lowrank{args.rank}", progress=True).student_dir
     low = task_vocabulary_student(load_student(low_dir), train=train, meta=meta, tokenizer_dir=teacher.dir).eval()

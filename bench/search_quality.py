@@ -144,7 +144,7 @@ def ablation(job: JobConfig, genotype: Genotype, *, prepared, teacher, cache_uri
     original = train.subset(torch.nonzero(train.labels != NO_LABEL).flatten())  # copy 0: no augmented rows
     out = {}
     for name, split in (("logits", replace(original, probe_logits=None)), ("hints", original)):
-        result = retrain_from_paths(genotype=genotype, space=job.space, cfg=job.retrain, cache_uri=cache_uri,
+        result = retrain_from_paths(arch=genotype, space=job.space, cfg=job.retrain, cache_uri=cache_uri,
                                     prepared_dir=prepared.folder, teacher_dir=teacher.dir, train=split,
                                     out_dir=job.run_dir / "ablation" / name)
         out[name] = result.metrics["dev_metric"]

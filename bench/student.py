@@ -76,7 +76,7 @@ def main() -> None:
     searched = run_search(space=job.space, cfg=cfg, data=data, progress=True)
     console.print(f"search: {searched.genotype.to_json()} (search-valid {searched.metrics['search_valid_score']:.4f})")
     retrained = retrain_from_paths(
-        genotype=searched.genotype, space=job.space, cfg=job.retrain, cache_uri=cache.uri, prepared_dir=prepared.folder,
+        arch=searched.genotype, space=job.space, cfg=job.retrain, cache_uri=cache.uri, prepared_dir=prepared.folder,
         teacher_dir=teacher.dir, out_dir=job.run_dir / f"bench-beta{cfg.beta:g}-seed0" / "student", progress=True,
     )
 

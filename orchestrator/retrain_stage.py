@@ -75,7 +75,7 @@ def _retrain_remote(spec: dict) -> dict:
     from workers.retrain import retrain_from_paths
 
     result = retrain_from_paths(
-        genotype=Genotype.from_json(spec["genotype"]), space=SearchSpaceConfig.from_dict(spec["space"]),
+        arch=Genotype.from_json(spec["genotype"]), space=SearchSpaceConfig.from_dict(spec["space"]),
         cfg=RetrainConfig(**spec["retrain"]), cache_uri=spec["cache_uri"], prepared_dir=spec["prepared_dir"],
         teacher_dir=spec["teacher_dir"], out_dir=Path(spec["out_dir"]),
     )

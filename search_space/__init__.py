@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from search_space.gumbel import TemperatureSchedule, gumbel_softmax
     from search_space.layers import project_embeddings
     from search_space.ops import OPS, PRIMITIVES
-    from search_space.student import Student, StudentOutput
+    from search_space.layers import StudentOutput
+    from search_space.student import Student
     from search_space.supernet import MixedOp, SearchCell, Supernet, SupernetOutput
 
 # exported name -> the submodule that defines it
@@ -47,7 +48,7 @@ _EXPORTS = {
     "OPS": "ops",
     "PRIMITIVES": "primitives",
     "Student": "student",
-    "StudentOutput": "student",
+    "StudentOutput": "layers",
     "MixedOp": "supernet",
     "SearchCell": "supernet",
     "Supernet": "supernet",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,7 +79,7 @@ class PairEmbedding(nn.Module):
             if init is not None:
                 raise ValueError("a task-vocabulary table is filled by keep_vocabulary, not by an init")
             self.register_buffer("id_map", torch.zeros(vocab_size, dtype=torch.long))  # (V,) id -> row
-            self.table = nn.Embedding(rows, width)  # pads are masked to zero in _embed, whatever their row
+            self.table = nn.Embedding(rows, width)  # pads are masked to zero in embed_tokens, whatever their row
         self.up = None if rank is None else nn.Linear(rank, dim, bias=False)  # (r -> d)
         if init is not None:
             if tuple(init.shape) != (vocab_size, dim):
@@ -92,7 +94,8 @@ class PairEmbedding(nn.Module):
                 self.table.weight[pad_id].zero_()
         self.dropout = nn.Dropout(dropout)
 
-    def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def embed_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One sentence: ids, mask (B, T) -> (B, T, D), zero at pads."""
         rows = ids if self.id_map is None else self.id_map[ids]  # (B, T)
         x = self.table(rows)  # (B, T, D), or (B, T, r) when low-rank
         x = self.dropout(x if self.up is None else self.up(x))  # (B, T, D)
@@ -110,7 +113,7 @@ class PairEmbedding(nn.Module):
             mask_a = ids_a != self.pad_id
         mask_a = mask_a.to(torch.bool)
         if ids_b is None:
-            x = self._embed(ids_a, mask_a)
+            x = self.embed_tokens(ids_a, mask_a)
             return x, x, mask_a
         mask_b = (ids_b != self.pad_id) if mask_b is None else mask_b.to(torch.bool)
         # Sentences padded to different lengths: right-pad the shorter with masked pads.
@@ -118,7 +121,7 @@ class PairEmbedding(nn.Module):
         ids_a, mask_a = _right_pad(ids_a, mask_a, length, self.pad_id)
         ids_b, mask_b = _right_pad(ids_b, mask_b, length, self.pad_id)
         # Cells add the two sentences position-wise: a position is real if it is in either.
-        return self._embed(ids_a, mask_a), self._embed(ids_b, mask_b), mask_a | mask_b
+        return self.embed_tokens(ids_a, mask_a), self.embed_tokens(ids_b, mask_b), mask_a | mask_b
 
 
 class CellOutput(nn.Module):
@@ -165,3 +168,107 @@ class Head(nn.Module):
         summary = torch.einsum("bk,bkd->bd", weights, pooled)  # (B, D)
         # dense before tanh (as BERT's pooler) so the two linears do not collapse into one
         return self.classifier(self.dropout(torch.tanh(self.dense(summary))))
+
+
+@dataclass
+class StudentOutput:
+    logits: torch.Tensor  # (B, C)
+    cell_probe_logits: list[torch.Tensor] = field(
+        default_factory=list
+    )  # (B, C) per block (cell or layer); empty without probes
+
+
+State = tuple[torch.Tensor, ...]  # what a stack carries from block to block, each (B, T, D)
+
+
+class ProbedStack(nn.Module):
+    """A student's shape, whatever its blocks (searched cells, transformer layers): embed, run blocks,
+    a probe per block (the KD hints, early exit), and a head over every block's pooled output.
+
+    Subclasses define `embed` and `step`, build their modules, then call `add_readout`."""
+
+    def __init__(self, *, vocab_size: int, num_labels: int, pad_id: int, with_probes: bool,
+                 embedding_rows: int | None) -> None:
+        super().__init__()
+        self.vocab_size, self.num_labels, self.pad_id = vocab_size, num_labels, pad_id
+        self.with_probes, self.embedding_rows = with_probes, embedding_rows
+
+    def add_readout(self, *, dim: int, depth: int, dropout: float) -> None:
+        self.depth = depth
+        self.probes = nn.ModuleList(Probe(dim, num_labels=self.num_labels) for _ in range(depth) if self.with_probes)
+        self.head = Head(dim, num_labels=self.num_labels, dropout=dropout)
+
+    def embed(self, ids_a: torch.Tensor, mask_a: torch.Tensor | None, ids_b: torch.Tensor | None,
+              mask_b: torch.Tensor | None) -> tuple[State, torch.Tensor]:
+        """-> (the first block's state, the real-token mask (B, T))."""
+        raise NotImplementedError
+
+    def step(self, k: int, state: State, mask: torch.Tensor) -> tuple[State, torch.Tensor]:
+        """Block k: -> (the next state, its output (B, T, D))."""
+        raise NotImplementedError
+
+    def config_dict(self) -> dict:
+        """Everything needed to rebuild this architecture, "family" included (JSON-serialisable; no weights)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config_dict(cls, d: dict) -> ProbedStack:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        ids_a: torch.Tensor,
+        mask_a: torch.Tensor | None,
+        ids_b: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+    ) -> StudentOutput:
+        """ids/masks (B, T); the second sentence of a pair, or None."""
+        state, mask = self.embed(ids_a, mask_a, ids_b, mask_b)
+        outputs = []
+        for k in range(self.depth):
+            state, h = self.step(k, state, mask)
+            outputs.append(h)
+        pooled = torch.stack([masked_mean(h, mask) for h in outputs], dim=1)  # (B, K, D)
+        probes = [probe(h, mask) for probe, h in zip(self.probes, outputs, strict=False)]
+        return StudentOutput(logits=self.head(pooled), cell_probe_logits=probes)
+
+    @torch.no_grad()
+    def early_exit(
+        self,
+        ids_a: torch.Tensor,
+        mask_a: torch.Tensor | None,
+        ids_b: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+        *,
+        threshold: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """FastBERT-style inference: an example stops after the first block whose probe's normalised
+        entropy (0 certain, 1 uniform) is below `threshold`, and takes that probe's logits; the rest go
+        on, the last block's through the head. Threshold 0 is the full model. Returns logits (B, C) and
+        the blocks each example ran (B,)."""
+        if not self.with_probes:
+            raise ValueError("early exit needs the blocks' probes: this student was built without them")
+        state, mask = self.embed(ids_a, mask_a, ids_b, mask_b)
+        batch = mask.shape[0]
+        logits = state[0].new_empty(batch, self.num_labels)  # (B, C)
+        blocks_run = torch.full((batch,), self.depth, dtype=torch.long)  # (B,)
+        rows = torch.arange(batch)  # (b,) the examples still running
+        pooled: list[torch.Tensor] = []  # (b, D) per block so far
+        log_c = torch.log(torch.tensor(float(self.num_labels)))
+        for k in range(self.depth):
+            state, h = self.step(k, state, mask)
+            pooled.append(masked_mean(h, mask))
+            if k == self.depth - 1:
+                logits[rows] = self.head(torch.stack(pooled, dim=1))
+                break
+            probe = self.probes[k](h, mask)  # (b, C)
+            log_p = probe.log_softmax(dim=-1)
+            entropy = -(log_p.exp() * log_p).sum(dim=-1) / log_c  # (b,)
+            done = entropy < threshold
+            logits[rows[done]], blocks_run[rows[done]] = probe[done], k + 1
+            go = ~done
+            if not bool(go.any()):
+                break
+            rows, state, mask = rows[go], tuple(s[go] for s in state), mask[go]
+            pooled = [p[go] for p in pooled]
+        return logits, blocks_run

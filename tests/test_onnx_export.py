@@ -12,6 +12,7 @@ import torch
 from orchestrator.cli import main
 from search_space import Genotype, SearchSpaceConfig
 from search_space.student import Student, keep_vocabulary
+from search_space.transformer import SmallTransformer, TransformerConfig
 from workers.onnx_export import (
     ONNX_FILE,
     PARITY_ATOL,
@@ -29,14 +30,18 @@ GENOTYPE = Genotype(depth=2, nodes=((("conv_3", 0), ("dil_conv_5", 1)), (("max_p
                                     (("avg_pool_3", 1), ("identity", 3))))
 EXTRA_OPS = Genotype(depth=1, nodes=((("conv_5", 0), ("dil_conv_3", 1)), (("dil_conv_7", 0), ("identity", 2)),
                                      (("max_pool_3", 1), ("conv_3", 3))))
+TRANSFORMER = TransformerConfig(layers=2, hidden=16, heads=2, ffn=32)  # the small-transformer family's graph
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _saved_student(folder: Path, *, genotype: Genotype, pair: bool, task_vocab: bool = False,
+def _saved_student(folder: Path, *, genotype: Genotype | TransformerConfig, pair: bool, task_vocab: bool = False,
                    space: SearchSpaceConfig = SPACE) -> Path:
     torch.manual_seed(0)
-    student = Student(genotype, space=space, vocab_size=30522, num_labels=3, pad_id=0).eval()
+    if isinstance(genotype, TransformerConfig):
+        student = SmallTransformer(genotype, vocab_size=30522, num_labels=3, max_positions=80, pad_id=0).eval()
+    else:
+        student = Student(genotype, space=space, vocab_size=30522, num_labels=3, pad_id=0).eval()
     if task_vocab:  # a table of 1,000 rows and its id map (V,) in the graph; other ids read [UNK]'s row
         student = keep_vocabulary(student, torch.arange(1000), unk_id=100)
     return save_student(student, folder, tokenizer_dir=MINILM, extra={
@@ -44,8 +49,9 @@ def _saved_student(folder: Path, *, genotype: Genotype, pair: bool, task_vocab: 
 
 
 @pytest.mark.parametrize(("genotype", "pair", "task_vocab", "rank"),
-                         [(GENOTYPE, False, False, None), (EXTRA_OPS, True, True, None), (GENOTYPE, False, True, 4)],
-                         ids=["single", "pair-task-vocab", "low-rank-task-vocab"])
+                         [(GENOTYPE, False, False, None), (EXTRA_OPS, True, True, None), (GENOTYPE, False, True, 4),
+                          (TRANSFORMER, True, True, None)],
+                         ids=["single", "pair-task-vocab", "low-rank-task-vocab", "transformer-pair-task-vocab"])
 def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_vocab, rank):
     src = _saved_student(tmp_path / "student", genotype=genotype, pair=pair, task_vocab=task_vocab,
                          space=SearchSpaceConfig(embed_dim=16, k_max=3, embedding_rank=rank))

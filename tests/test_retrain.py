@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def retrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "student"
     result = retrain(
-        genotype=GENOTYPE, space=SPACE, cfg=CFG, train=tiny_split(384, seed=0, unlabelled=64),
+        arch=GENOTYPE, space=SPACE, cfg=CFG, train=tiny_split(384, seed=0, unlabelled=64),
         dev=tiny_split(64, seed=1, teacher=False), test=tiny_split(64, seed=2, teacher=False), meta=META,
         num_teacher_layers=LAYERS, embedding_init=None, tokenizer_dir=MINILM, out_dir=out,
     )
@@ -42,7 +42,7 @@ def retrained(tmp_path_factory):
 
 def test_retrain_learns_the_task_and_reports_its_figures(retrained):
     m = retrained.metrics
-    assert retrained.genotype == GENOTYPE
+    assert retrained.arch == GENOTYPE
     assert m["dev_acc"] >= 0.8 and m["test_acc"] >= 0.8  # chance is 0.5 on the toy task
     assert 0.0 <= m["dev_f1_macro"] <= 1.0 and 0.0 <= m["test_f1_macro"] <= 1.0
     params, flops = genotype_params_flops(GENOTYPE, space=SPACE, seq_len=META.max_length,
@@ -94,7 +94,7 @@ def test_retrain_replaces_an_older_student_atomically(retrained, tmp_path):
     out.mkdir()
     (out / "stale.txt").write_text("old")
     result = retrain(
-        genotype=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1}), train=tiny_split(32, seed=0),
+        arch=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1}), train=tiny_split(32, seed=0),
         dev=tiny_split(16, seed=1, teacher=False), test=tiny_split(16, seed=2, teacher=False), meta=META,
         num_teacher_layers=LAYERS, embedding_init=torch.randn(META.vocab_size, 24), tokenizer_dir=MINILM, out_dir=out,
     )
@@ -104,7 +104,7 @@ def test_retrain_replaces_an_older_student_atomically(retrained, tmp_path):
 
 def test_without_the_task_vocabulary_the_student_keeps_the_whole_table(tmp_path):
     result = retrain(
-        genotype=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1, "task_vocab": False}),
+        arch=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1, "task_vocab": False}),
         train=tiny_split(32, seed=0), dev=tiny_split(16, seed=1, teacher=False),
         test=tiny_split(16, seed=2, teacher=False), meta=META, num_teacher_layers=LAYERS, embedding_init=None,
         tokenizer_dir=MINILM, out_dir=tmp_path / "student",
@@ -119,7 +119,7 @@ def test_without_the_task_vocabulary_the_student_keeps_the_whole_table(tmp_path)
 def test_min_steps_lengthens_training_on_a_small_transfer_set(tmp_path):
     # 32 rows at batch 16: 2 steps an epoch, so 5 steps at least take 3 epochs where 1 was asked for.
     result = retrain(
-        genotype=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1, "min_steps": 5}),
+        arch=GENOTYPE, space=SPACE, cfg=CFG.model_copy(update={"epochs": 1, "min_steps": 5}),
         train=tiny_split(32, seed=0), dev=tiny_split(16, seed=1, teacher=False),
         test=tiny_split(16, seed=2, teacher=False), meta=META, num_teacher_layers=LAYERS, embedding_init=None,
         tokenizer_dir=MINILM, out_dir=tmp_path / "student",

@@ -1,4 +1,4 @@
-"""Retrain a derived genotype from scratch as a plain student with KD from the cache, and evaluate it.
+"""Retrain a derived genotype (or a small transformer) from scratch as a plain student with KD from the cache, and evaluate it.
 
 The same losses as the search (gold CE + soft logits + attentive probe hints, no efficiency
 term: the architecture is fixed). The dev-best epoch's weights are kept, and with
@@ -24,8 +24,9 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 from search_space.config import SearchSpaceConfig
 from search_space.cost import genotype_params_flops
 from search_space.genotype import Genotype
-from search_space.layers import project_embeddings
+from search_space.layers import ProbedStack, project_embeddings
 from search_space.student import Student, keep_vocabulary, task_token_ids
+from search_space.transformer import SmallTransformer, TransformerConfig, teacher_layer_state
 from workers.config import RetrainConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
 from workers.early_exit import exit_curve, pick_threshold
@@ -44,12 +45,55 @@ METRICS_FILE = "metrics.json"
 class RetrainResult:
     student_dir: Path
     metrics: dict[str, Any]
-    genotype: Genotype
+    arch: Arch
+
+
+def arch_fields(arch: Arch) -> dict[str, str]:
+    """What a student's metrics say of its architecture: the genotype, or the transformer (JSON)."""
+    if isinstance(arch, Genotype):
+        return {"genotype": arch.to_json()}
+    return {"transformer": json.dumps(arch.to_dict(), sort_keys=True)}
+
+
+def student_flops(model: ProbedStack, *, seq_len: int) -> float:
+    """FLOPs per example at `seq_len`: the cost model's for cells, 2 per dense weight per token (the
+    teacher's accounting) for a transformer."""
+    if isinstance(model, Student):
+        return genotype_params_flops(model.genotype, space=model.space, seq_len=seq_len,
+                                     vocab_size=model.vocab_size, num_labels=model.num_labels)[1]
+    return 2.0 * model.dense_params() * seq_len
+
+
+Arch = Genotype | TransformerConfig  # a searched cell stack, or a member of the small-transformer family
+
+
+def build_student(arch: Arch, *, space: SearchSpaceConfig, meta: PreparedMeta, embedding_init: torch.Tensor | None,
+                  teacher_dir: str | Path | None = None) -> ProbedStack:
+    """A fresh student of either family, started from the teacher: its table projected to the
+    student's width, or, for a transformer with init "teacher", its table and bottom layers as they are
+    (read from `teacher_dir`)."""
+    if isinstance(arch, Genotype):
+        init = None if embedding_init is None else project_embeddings(embedding_init, space.embed_dim)  # (V, d)
+        return Student(arch, space=space, vocab_size=meta.vocab_size, num_labels=meta.num_labels,
+                       pad_id=meta.pad_id, with_probes=True, embedding_init=init)
+    from_teacher = arch.init == "teacher"
+    if from_teacher and (embedding_init is None or teacher_dir is None):
+        raise ValueError("a transformer with init 'teacher' needs the teacher's table and folder")
+    init = embedding_init if from_teacher or embedding_init is None else project_embeddings(embedding_init,
+                                                                                            arch.hidden)  # (V, H)
+    model = SmallTransformer(arch, vocab_size=meta.vocab_size, num_labels=meta.num_labels,
+                             max_positions=meta.max_length, pad_id=meta.pad_id, embedding_init=init)
+    if from_teacher:
+        from workers.teacher import teacher_weights
+
+        state, heads = teacher_weights(teacher_dir)
+        model.load_state_dict(teacher_layer_state(model, state, teacher_heads=heads), strict=False)
+    return model
 
 
 def retrain(
     *,
-    genotype: Genotype,
+    arch: Arch,
     space: SearchSpaceConfig,
     cfg: RetrainConfig,
     train: TargetSplit,
@@ -70,9 +114,8 @@ def retrain(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
-    init = None if embedding_init is None else project_embeddings(embedding_init, space.embed_dim)  # (V, d)
-    model = Student(genotype, space=space, vocab_size=meta.vocab_size, num_labels=meta.num_labels,
-                    pad_id=meta.pad_id, with_probes=True, embedding_init=init).to(device)
+    model = build_student(arch, space=space, meta=meta, embedding_init=embedding_init,
+                          teacher_dir=tokenizer_dir).to(device)
 
     train = sample_rows(train, cfg.max_train_examples, seed=cfg.seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -117,8 +160,7 @@ def retrain(
 
     dev_scores = evaluate(model, dev, batch_size=2 * cfg.batch_size, device=device)
     test_scores = evaluate(model, test, batch_size=2 * cfg.batch_size, device=device)
-    _, flops = genotype_params_flops(genotype, space=space, seq_len=meta.max_length,
-                                                vocab_size=meta.vocab_size, num_labels=meta.num_labels)
+    flops = student_flops(model, seq_len=meta.max_length)
     metrics: dict[str, Any] = {
         "dev_acc": dev_scores["accuracy"],
         "dev_f1_macro": dev_scores["f1_macro"],
@@ -136,7 +178,7 @@ def retrain(
         "train_examples": len(train),
         "train_seconds": train_seconds,
         "cpu_seconds": cpu_seconds,  # this process's CPU time: what compute budgets compare
-        "genotype": genotype.to_json(),
+        **arch_fields(arch),
     }
     model.cpu().eval()
     exit_threshold = 0.0  # the full model
@@ -155,11 +197,11 @@ def retrain(
         "teacher_layers": num_teacher_layers,
         "exit_threshold": exit_threshold,  # predict's default (StudentPredictor, the pyfunc's params)
     })
-    return RetrainResult(student_dir=student_dir, metrics=metrics, genotype=genotype)
+    return RetrainResult(student_dir=student_dir, metrics=metrics, arch=arch)
 
 
-def task_vocabulary_student(model: Student, *, train: TargetSplit, meta: PreparedMeta,
-                            tokenizer_dir: str | Path) -> Student:
+def task_vocabulary_student(model: ProbedStack, *, train: TargetSplit, meta: PreparedMeta,
+                            tokenizer_dir: str | Path) -> ProbedStack:
     """The model with only the rows of ids in the train split (its augmented copies included) and
     the special tokens; ids never seen in training read [UNK]'s row (the pad row without an [UNK])."""
     unk_id = AutoTokenizer.from_pretrained(str(tokenizer_dir)).unk_token_id
@@ -170,7 +212,7 @@ def task_vocabulary_student(model: Student, *, train: TargetSplit, meta: Prepare
 
 
 def retrain_from_paths(
-    *, genotype: Genotype, space: SearchSpaceConfig, cfg: RetrainConfig, cache_uri: str, prepared_dir: str | Path,
+    *, arch: Arch, space: SearchSpaceConfig, cfg: RetrainConfig, cache_uri: str, prepared_dir: str | Path,
     teacher_dir: str | Path, out_dir: Path, train: TargetSplit | None = None, progress: bool = False,
 ) -> RetrainResult:
     """`retrain` on a job's data stages as they are stored: the cache's transfer set (or `train`, a
@@ -182,7 +224,7 @@ def retrain_from_paths(
 
     cache = open_cache(cache_uri)
     return retrain(
-        genotype=genotype, space=space, cfg=cfg, train=cache.split("train") if train is None else train,
+        arch=arch, space=space, cfg=cfg, train=cache.split("train") if train is None else train,
         dev=load_split(prepared_dir, "dev"), test=load_split(prepared_dir, "test"), meta=read_meta(prepared_dir),
         num_teacher_layers=int(cache.manifest["num_layers"]), embedding_init=teacher_word_embeddings(teacher_dir),
         tokenizer_dir=teacher_dir, out_dir=out_dir, progress=progress,
@@ -210,7 +252,7 @@ def _check_inputs(
 
 
 @torch.no_grad()
-def predict_classes(model: Student, split: TargetSplit, *, batch_size: int,
+def predict_classes(model: ProbedStack, split: TargetSplit, *, batch_size: int,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """The model's class for every row of `split`, in order. (N,) int64"""
     was_training = model.training
@@ -224,14 +266,14 @@ def predict_classes(model: Student, split: TargetSplit, *, batch_size: int,
     return torch.cat(predictions)
 
 
-def evaluate(model: Student, split: TargetSplit, *, batch_size: int, device: torch.device | str = "cpu") -> dict:
+def evaluate(model: ProbedStack, split: TargetSplit, *, batch_size: int, device: torch.device | str = "cpu") -> dict:
     """{"accuracy", "f1_macro"} on a gold-labelled split."""
     predictions = predict_classes(model, split, batch_size=batch_size, device=device)
     return classification_scores(predictions, split.labels, num_labels=model.num_labels)
 
 
 def _save_atomically(
-    model: Student, *, out_dir: Path, tokenizer_dir: str | Path, metrics: dict, extra: dict
+    model: ProbedStack, *, out_dir: Path, tokenizer_dir: str | Path, metrics: dict, extra: dict
 ) -> Path:
     """Write into a temp folder beside `out_dir`, then rename it into place (replacing an older one,
     which is put back if the swap fails)."""

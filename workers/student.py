@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from search_space.student import Student
+from search_space.layers import ProbedStack
+from search_space.student import student_from_config
 from workers.dataset import pad_id_lists, tokenize_ids
 
 CONFIG_FILE = "config.json"
@@ -22,7 +23,7 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"  # written by a fast tokenizer's save_pretrained
 
 
-def save_student(model: Student, folder: str | Path, *, tokenizer_dir: str | Path, extra: dict[str, Any]) -> Path:
+def save_student(model: ProbedStack, folder: str | Path, *, tokenizer_dir: str | Path, extra: dict[str, Any]) -> Path:
     """Write config.json (architecture + `extra`), the weights and the tokenizer's files.
 
     Writes into `folder` directly; callers wanting an atomic folder write to a temp one first.
@@ -40,13 +41,13 @@ def save_student(model: Student, folder: str | Path, *, tokenizer_dir: str | Pat
     return folder
 
 
-def load_student(folder: str | Path) -> Student:
+def load_student(folder: str | Path) -> ProbedStack:
     """The torch module of a saved student (a `pull`ed or retrained folder), in eval mode."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise ValueError(f"{folder} is not a saved student (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    model = Student.from_config_dict(json.loads(config_path.read_text()))
+    model = student_from_config(json.loads(config_path.read_text()))
     model.load_state_dict(load_file(str(weights_path)))
     return model.eval()
 
@@ -54,7 +55,7 @@ def load_student(folder: str | Path) -> Student:
 class StudentPredictor:
     """A saved student with its tokenizer and label names: texts in, labels and probabilities out."""
 
-    def __init__(self, model: Student, *, tokenizer, label_names: list[str], pair: bool, max_length: int,
+    def __init__(self, model: ProbedStack, *, tokenizer, label_names: list[str], pair: bool, max_length: int,
                  exit_threshold: float = 0.0) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.label_names, self.pair, self.max_length = list(label_names), pair, max_length

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 from transformers import (
@@ -121,6 +122,16 @@ def teacher_word_embeddings(folder: str | Path) -> torch.Tensor:
         if len(names) != 1:
             raise ValueError(f"{folder}/{MODEL_FILE}: expected one word_embeddings tensor, found {names}")
         return f.get_tensor(names[0])
+
+
+def teacher_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The teacher's whole state dict (model.safetensors) and its attention heads (config.json): what a
+    small transformer starting from the teacher's own layers reads."""
+    folder = Path(folder)
+    heads = json.loads((folder / "config.json").read_text()).get("num_attention_heads")
+    if heads is None:
+        raise ValueError(f"{folder}/config.json has no num_attention_heads: not a BERT-family teacher")
+    return load_file(str(folder / MODEL_FILE)), int(heads)
 
 
 def teacher_cost(folder: str | Path, *, seq_len: int) -> OpCost:

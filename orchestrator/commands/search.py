@@ -77,7 +77,7 @@ def search(
                                            "history": result.history})
         state_path.unlink(missing_ok=True)
 
-    retrained = retrain_from_paths(genotype=genotype, space=job.space, cfg=job.retrain, cache_uri=cache.uri,
+    retrained = retrain_from_paths(arch=genotype, space=job.space, cfg=job.retrain, cache_uri=cache.uri,
                                    prepared_dir=prepared.folder, teacher_dir=teacher.dir, out_dir=run_dir / "student",
                                    progress=not quiet)
     from orchestrator.measure import student_latency

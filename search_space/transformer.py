@@ -1,0 +1,203 @@
+"""The small-transformer family (TinyBERT's task-specific stage, arXiv 1909.10351): a k-layer BERT-shaped
+student, distilled from the same cache as the searched cells, with a probe per layer for the hints.
+
+Its layers keep BERT's post-norm layout, so `teacher_layer_state` can start one from the teacher's own
+bottom layers when the widths agree (the layer-dropping init of DistilBERT and "Poor Man's BERT").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_space.layers import PairEmbedding, ProbedStack, State
+
+INITS = ("projected", "teacher")
+BERT_EPS = 1e-12  # BERT's LayerNorm epsilon: a teacher's layers behave as they did in the teacher
+MASKED = -1e4  # additive attention bias at pads: finite, so a text with no tokens gives no NaN
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """One member of the family. init "projected": the teacher's table projected to `hidden` (PCA),
+    layers random; "teacher": the teacher's table, positions and bottom `layers` layers, which needs
+    the teacher's own hidden, heads and ffn sizes."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 2
+    ffn: int = 512
+    dropout: float = 0.1
+    init: str = "projected"
+    # None: a token table of width hidden; r: a rank-r table (LadaBERT), as `space.embedding_rank` for cells.
+    embedding_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "ffn"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"transformer {name} must be a positive int, got {getattr(self, name)!r}")
+        if self.hidden % self.heads:
+            raise ValueError(f"transformer hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.init not in INITS:
+            raise ValueError(f"transformer init must be one of {list(INITS)}, got {self.init!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"transformer dropout must be in [0, 1), got {self.dropout!r}")
+        if self.embedding_rank is not None and (not _is_int(self.embedding_rank)
+                                                or not 0 < self.embedding_rank < self.hidden):
+            raise ValueError(f"transformer embedding_rank must be null or an int in 1..{self.hidden - 1}, "
+                             f"got {self.embedding_rank!r}")
+
+    @property
+    def name(self) -> str:
+        """Short and stable: the route's name on the Pareto plot and in the registry."""
+        rank = "" if self.embedding_rank is None else f"-r{self.embedding_rank}"
+        return f"L{self.layers}-H{self.hidden}{rank}-{self.init}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
+        extra = sorted(set(d) - {f.name for f in fields(cls)})
+        if extra:
+            raise ValueError(f"unknown transformer keys {extra}")
+        return cls(**d)
+
+
+class EncoderLayer(nn.Module):
+    """BERT's post-norm encoder layer: self-attention, add and norm, GELU feed-forward, add and norm."""
+
+    def __init__(self, dim: int, *, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.attn_dropout = heads, dropout
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.attn_out, self.attn_norm = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=BERT_EPS)
+        self.intermediate, self.output = nn.Linear(dim, ffn), nn.Linear(ffn, dim)
+        self.out_norm = nn.LayerNorm(dim, eps=BERT_EPS)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), bias (B, 1, 1, T) added to the attention scores -> (B, T, D)."""
+        b, t, d = x.shape
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, H, T, D/H)
+
+        a = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
+                                           attn_mask=bias, dropout_p=self.attn_dropout if self.training else 0.0)
+        x = self.attn_norm(x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(b, t, d))))
+        return self.out_norm(x + self.dropout(self.output(F.gelu(self.intermediate(x)))))
+
+
+class SmallTransformer(ProbedStack):
+    """Token table (+ positions and segments, BERT-style), `arch.layers` encoder layers, a probe per
+    layer and the cells' head. A pair is one sequence, the second sentence after the first."""
+
+    def __init__(
+        self,
+        arch: TransformerConfig,
+        *,
+        vocab_size: int,
+        num_labels: int,
+        max_positions: int,
+        pad_id: int = 0,
+        with_probes: bool = True,
+        embedding_init: torch.Tensor | None = None,
+        embedding_rows: int | None = None,
+    ) -> None:
+        """`embedding_init`: a `(vocab_size, hidden)` table; `max_positions`: the longest input, both
+        sentences of a pair together."""
+        super().__init__(vocab_size=vocab_size, num_labels=num_labels, pad_id=pad_id, with_probes=with_probes,
+                         embedding_rows=embedding_rows)
+        self.arch, self.max_positions = arch, max_positions
+        d = arch.hidden
+        self.embedding = PairEmbedding(vocab_size, dim=d, pad_id=pad_id, init=embedding_init, rows=embedding_rows,
+                                       rank=arch.embedding_rank)
+        self.positions, self.segments = nn.Embedding(max_positions, d), nn.Embedding(2, d)
+        self.norm, self.dropout = nn.LayerNorm(d, eps=BERT_EPS), nn.Dropout(arch.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(d, heads=arch.heads, ffn=arch.ffn, dropout=arch.dropout)
+                                    for _ in range(arch.layers))
+        self.add_readout(dim=d, depth=arch.layers, dropout=arch.dropout)
+
+    def embed(self, ids_a: torch.Tensor, mask_a: torch.Tensor | None, ids_b: torch.Tensor | None,
+              mask_b: torch.Tensor | None) -> tuple[State, torch.Tensor]:
+        mask_a = (ids_a != self.pad_id) if mask_a is None else mask_a.to(torch.bool)  # (B, Ta)
+        x = self.embedding.embed_tokens(ids_a, mask_a)  # (B, Ta, D)
+        segment = torch.zeros_like(ids_a[0])  # (Ta,)
+        mask = mask_a
+        if ids_b is not None:
+            mask_b = (ids_b != self.pad_id) if mask_b is None else mask_b.to(torch.bool)  # (B, Tb)
+            x = torch.cat([x, self.embedding.embed_tokens(ids_b, mask_b)], dim=1)  # (B, T, D)
+            segment = torch.cat([segment, torch.ones_like(ids_b[0])])  # (T,)
+            mask = torch.cat([mask_a, mask_b], dim=1)  # (B, T)
+        x = x + self.positions.weight[: x.shape[1]] + self.segments(segment)  # (B, T, D)
+        bias = (~mask)[:, None, None, :].to(x.dtype) * MASKED  # (B, 1, 1, T)
+        return (self.dropout(self.norm(x)), bias), mask
+
+    def step(self, k: int, state: State, mask: torch.Tensor) -> tuple[State, torch.Tensor]:
+        x, bias = state
+        x = self.layers[k](x, bias)  # (B, T, D)
+        return (x, bias), x
+
+    def dense_params(self) -> int:
+        """Weights outside the embedding tables: 2 FLOPs each per token, the teacher's accounting."""
+        return sum(p.numel() for name, p in self.named_parameters()
+                   if not name.startswith(("embedding.", "positions.", "segments.")))
+
+    def config_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this architecture (JSON-serialisable; no weights)."""
+        return {"family": "transformer", "transformer": self.arch.to_dict(), "vocab_size": self.vocab_size,
+                "num_labels": self.num_labels, "max_positions": self.max_positions, "pad_id": self.pad_id,
+                "with_probes": self.with_probes, "embedding_rows": self.embedding_rows}
+
+    @classmethod
+    def from_config_dict(cls, d: dict[str, Any]) -> SmallTransformer:
+        return cls(TransformerConfig.from_dict(d["transformer"]), vocab_size=d["vocab_size"],
+                   num_labels=d["num_labels"], max_positions=d["max_positions"], pad_id=d.get("pad_id", 0),
+                   with_probes=d.get("with_probes", True), embedding_rows=d.get("embedding_rows"))
+
+
+_LAYER_NAMES = {  # ours -> BERT's, inside one layer
+    "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense", "output": "output.dense", "out_norm": "output.LayerNorm",
+}
+
+
+def teacher_layer_state(model: SmallTransformer, teacher: dict[str, torch.Tensor], *,
+                        teacher_heads: int) -> dict[str, torch.Tensor]:
+    """The entries of `model`'s state dict that a BERT teacher's weights fill: its positions, segments,
+    embedding norm and bottom `layers` layers. `teacher`: the teacher's state dict, any prefix
+    ("bert." or none). The token table comes separately, as `embedding_init`."""
+    if teacher_heads != model.arch.heads:  # the weights' shapes cannot tell
+        raise ValueError(f"init 'teacher' needs the teacher's {teacher_heads} attention heads, transformer "
+                         f"{model.arch.name} has {model.arch.heads}")
+    found = [k for k in teacher if k.endswith("embeddings.word_embeddings.weight")]
+    if len(found) != 1:
+        raise ValueError(f"not a BERT state dict: expected one embeddings.word_embeddings.weight, found {found}")
+    prefix = found[0][: -len("embeddings.word_embeddings.weight")]
+    state = {"positions.weight": teacher[f"{prefix}embeddings.position_embeddings.weight"][: model.max_positions],
+             "segments.weight": teacher[f"{prefix}embeddings.token_type_embeddings.weight"][:2],
+             "norm.weight": teacher[f"{prefix}embeddings.LayerNorm.weight"],
+             "norm.bias": teacher[f"{prefix}embeddings.LayerNorm.bias"]}
+    for i in range(model.arch.layers):
+        for ours, theirs in _LAYER_NAMES.items():
+            for leaf in ("weight", "bias"):
+                state[f"layers.{i}.{ours}.{leaf}"] = teacher[f"{prefix}encoder.layer.{i}.{theirs}.{leaf}"]
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"the teacher's layers do not fit transformer {model.arch.name} ({wrong[0]}: teacher "
+                         f"{tuple(state[wrong[0]].shape)}, student {tuple(own[wrong[0]].shape)}); init 'teacher' "
+                         "needs the teacher's hidden, heads and ffn sizes, or use init 'projected'")
+    return state
