@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cluster.config import ClusterConfig
 from orchestrator.errors import AdarayError
 from orchestrator.tasks import TaskConfig
-from search_space.config import SearchSpaceConfig
+from search_space.config import SearchSpaceConfig, TransformerConfig
 from workers.config import CacheConfig, RetrainConfig, SearchConfig, TeacherConfig
 
 
@@ -163,6 +163,9 @@ class JobConfig(_Config):
     space: SearchSpaceConfig = SearchSpaceConfig()
     search: SearchConfig = SearchConfig()
     retrain: RetrainConfig = RetrainConfig()
+    small_transformers: list[TransformerConfig] = Field(
+        default_factory=list, description="the small-transformer family (TinyBERT): each member is distilled from "
+        "the cache with the retrain settings, beside the searched finalists, and stands on the same Pareto front")
     outer_loop: OuterLoopConfig = OuterLoopConfig()
     cluster: ClusterConfig = ClusterConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -25,9 +25,16 @@ from orchestrator.job_lock import job_lock
 from orchestrator.measure import student_latency, teacher_latency
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
 from orchestrator.plots import cell_plot, pareto_plot
-from orchestrator.retrain_stage import StudentSpec, finalist_specs, retrain_students, screen_candidates
+from orchestrator.retrain_stage import (
+    StudentSpec,
+    finalist_specs,
+    retrain_students,
+    screen_candidates,
+    transformer_specs,
+)
 from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
 from orchestrator.stages import cache_stage, prepare_stage, teacher_stage
+from orchestrator.teacher_source import check_transformer_inits, resolve_teacher_source
 from orchestrator.tracking import (
     Tracker,
     check_tracking_store,
@@ -84,6 +91,7 @@ def run_pipeline(job: JobConfig, *, console: Console | None = None, tune_callbac
 def preflight(job: JobConfig) -> None:
     """AdarayError (one line) for a store or workspace the job cannot use, before Ray or any stage starts."""
     check_tracking_store(default_tracking_uri(job))
+    check_transformer_inits(job.small_transformers, source=resolve_teacher_source(job.teacher.model))
     try:
         check_cluster(job.cluster)
     except ConnectionError as exc:
@@ -121,6 +129,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     status.update(stage="data")
     with worker_errors():
         teacher = teacher_stage(job, prepared, progress=progress)
+        check_transformer_inits(job.small_transformers, source=str(teacher.dir))  # a hub teacher's sizes, now known
         majority = above_majority(prepared, score=teacher.score_in(prepared.meta.metric),
                                   margin=job.budget.min_over_majority, who="the teacher",
                                   hint="train the teacher longer (teacher.epochs), with more data, or give a "
@@ -168,11 +177,14 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     # -- retrain ----------------------------------------------------------------------------
     status.update(stage="retrain")
     specs = finalist_specs(job, outcomes, cache_key=cache.key)
-    console.print(f"[bold]retrain[/]: the {len(specs)} best of the screened students, {job.retrain.epochs} epochs")
+    family = transformer_specs(job, cache_key=cache.key)
+    console.print(f"[bold]retrain[/]: the {len(specs)} best of the screened students"
+                  f"{f' and {len(family)} small transformers' if family else ''}, {job.retrain.epochs} epochs")
+    specs += family
     metrics = retrain_students(
         job, specs, refs=refs,
         on_done=lambda s, m, hit: console.print(
-            f"  [green]✓[/] student {s.key} (config {s.outcome.number}): dev {metric_name} {m['dev_metric']:.4f}"
+            f"  [green]✓[/] student {s.key} ({s.describe()}): dev {metric_name} {m['dev_metric']:.4f}"
             f"{'  (cache hit)' if hit else ''}"),
     )
 
@@ -331,32 +343,28 @@ def _config_run(tracker: Tracker, parent: str, *, job: JobConfig, outcome: Confi
 
 
 def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: StudentSpec, metrics: dict) -> str:
-    config_run = _config_run(tracker, parent, job=job, outcome=spec.outcome)
+    """The student's run: under its configuration's run, or under the job's for a small transformer."""
+    above = parent if spec.outcome is None else _config_run(tracker, parent, job=job, outcome=spec.outcome)
     run_id, to_log = tracker.ensure_run(f"{job.name}/student-{spec.key}", name=f"student-{spec.key}",
-                                        role="retrain", parent_id=config_run)
+                                        role="retrain", parent_id=above)
     if to_log:
-        tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), "space": spec.space})
+        arch = {"space": spec.space} if spec.transformer is None else {"transformer": spec.transformer}
+        tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), **arch})
         tracker.log_metrics(run_id, {**metrics, "inherited_score": spec.figures["score"] if spec.figures else None,
                                      "short_retrain_dev_score": spec.figures.get("short_score") if spec.figures else None})
-        tracker.log_text(run_id, spec.genotype, "genotype.json")
+        tracker.log_text(run_id, spec.arch_json, "genotype.json" if spec.transformer is None else "transformer.json")
         tracker.finish(run_id)
     return run_id
 
 
 def _candidate(spec: StudentSpec, metrics: dict, *, batch: int) -> Candidate:
     return Candidate(
-        key=spec.key, config_number=spec.outcome.number, genotype=spec.genotype, score=metrics["dev_metric"],
+        key=spec.key, config_number=spec.outcome.number if spec.outcome else None, genotype=spec.arch_json,
+        score=metrics["dev_metric"],
         latency_ms=metrics[f"latency_b{batch}_ms"], latency_p95_ms=metrics[f"latency_b{batch}_p95_ms"],
         params=int(metrics["params"]), metrics=metrics, student_dir=str(spec.out_dir),
-        params_of_config=spec.outcome.params, route=student_route(spec.space),
+        params_of_config=spec.outcome.params if spec.outcome else {}, route=spec.route,
     )
-
-
-def student_route(space: dict) -> str:
-    """The compression route of a searched student, from its space: the name the Pareto plot and the
-    registry's `route` tag use."""
-    rank = space.get("embedding_rank")
-    return "cells" if rank is None else f"cells, rank-{rank} table"
 
 
 def origin(candidate: dict) -> str:
@@ -366,14 +374,17 @@ def origin(candidate: dict) -> str:
 
 def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Path, cache_key: str,
              fingerprint: str) -> dict:
-    search = spec.outcome.search
+    search = spec.outcome.search if spec.outcome else {}  # a small transformer had no search
     seeds = [spec.figures["seed"]] if spec.figures and spec.figures.get("seed") is not None else []
     return {
         "teacher": str(teacher_dir), "cache_key": cache_key, "data_fingerprint": fingerprint,
-        "genotype": spec.genotype, "beta": search["beta"], "gamma": search["gamma"], "route": c.route,
-        "embed_dim": spec.space["embed_dim"], "embedding_rank": spec.space.get("embedding_rank") or "",
-        "origin": origin(spec.figures or {}),
-        "seed": seeds[0] if seeds else search.get("seed", ""), "config_number": spec.outcome.number,
+        "genotype": spec.genotype, "transformer": spec.arch_json if spec.transformer else "",
+        "beta": search.get("beta", ""), "gamma": search.get("gamma", ""), "route": c.route,
+        "embed_dim": spec.space.get("embed_dim") or (spec.transformer or {}).get("hidden", ""),
+        "embedding_rank": spec.space.get("embedding_rank") or (spec.transformer or {}).get("embedding_rank") or "",
+        "origin": origin(spec.figures or {}) if spec.outcome else "small-transformer family",
+        "seed": seeds[0] if seeds else search.get("seed", ""),
+        "config_number": spec.outcome.number if spec.outcome else "",
         "metric": c.metrics["metric"], "dev_score": c.score, "test_score": c.metrics["test_metric"], "params": c.params,
         "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,
         f"latency_b{job.budget.latency_batch}_p95_ms": c.latency_p95_ms,  # what the budget reads
@@ -389,7 +400,7 @@ def selection_table(candidates: list[Candidate], front: list[Candidate], champio
     on_front = {c.key for c in front}
     for c in sorted(candidates, key=lambda c: -c.score):
         mark = "★ champion" if c.key == champion.key else ("✓" if c.key in on_front else "")
-        table.add_row(c.key, str(c.config_number), f"{100 * c.score:.2f}",
+        table.add_row(c.key, "-" if c.config_number is None else str(c.config_number), f"{100 * c.score:.2f}",
                       f"{c.latency_ms:.2f}/{c.latency_p95_ms:.2f}", f"{c.params:,}", mark)
     return table
 

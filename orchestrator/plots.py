@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def pareto_plot(
     on_front = {c.key for c in front}
     size = lambda cs: [30 + 200 * c.params / max(x.params for x in candidates) for c in cs]  # noqa: E731
     routes = sorted({c.route for c in candidates})
-    for route, marker in zip(routes, ROUTE_MARKERS, strict=False):  # one marker per route, colour: on the front
+    for route, marker in zip(routes, itertools.cycle(ROUTE_MARKERS), strict=False):  # one marker per route, colour: on the front
         for group, colour, what in ((False, "0.7", "dominated"), (True, "tab:blue", "Pareto front")):
             cs = [c for c in candidates if c.route == route and (c.key in on_front) == group]
             if cs:

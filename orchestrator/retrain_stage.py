@@ -17,6 +17,7 @@ import ray
 
 from orchestrator.config import JobConfig
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, candidate_id
+from search_space.config import TransformerConfig
 from workers.config import RetrainConfig
 
 
@@ -29,11 +30,29 @@ class StudentSpec:
     out_dir: Path
     outcome: ConfigOutcome | None = None  # the configuration that yielded it (finalists only)
     figures: dict | None = None  # what the earlier fidelities measured (inherited and short scores)
+    transformer: dict | None = None  # a member of the small-transformer family; genotype and space are then empty
+
+    @property
+    def route(self) -> str:
+        """The compression route: the Pareto plot's marker and the registry's `route` tag."""
+        if self.transformer is not None:
+            return f"small transformer {TransformerConfig.from_dict(self.transformer).name}"
+        rank = self.space.get("embedding_rank")
+        return "cells" if rank is None else f"cells, rank-{rank} table"
+
+    @property
+    def arch_json(self) -> str:
+        """What it is: the genotype, or the transformer's settings (JSON)."""
+        return self.genotype if self.transformer is None else json.dumps(self.transformer, sort_keys=True)
+
+    def describe(self) -> str:
+        return self.route if self.outcome is None else f"config {self.outcome.number}"
 
 
-def student_key(*, genotype: str, space: dict, cache_key: str, retrain: RetrainConfig) -> str:
-    blob = json.dumps({"genotype": json.loads(genotype), "space": space, "cache": cache_key,
-                       "retrain": retrain.model_dump(mode="json")}, sort_keys=True)
+def student_key(*, genotype: str, space: dict, cache_key: str, retrain: RetrainConfig,
+                transformer: dict | None = None) -> str:
+    arch = {"genotype": json.loads(genotype), "space": space} if transformer is None else {"transformer": transformer}
+    blob = json.dumps({**arch, "cache": cache_key, "retrain": retrain.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -68,14 +87,27 @@ def finalist_specs(job: JobConfig, outcomes: list[ConfigOutcome], *, cache_key: 
     return specs
 
 
+def transformer_specs(job: JobConfig, *, cache_key: str) -> list[StudentSpec]:
+    """The job's small-transformer family, each retrained as the finalists are (no search: a member's
+    figures are its retrain's)."""
+    specs = []
+    for arch in job.small_transformers:
+        t = arch.to_dict()
+        key = student_key(genotype="", space={}, cache_key=cache_key, retrain=job.retrain, transformer=t)
+        specs.append(StudentSpec(key, "", {}, job.retrain, job.run_dir / "students" / key, transformer=t))
+    return specs
+
+
 def _retrain_remote(spec: dict) -> dict:
     """Runs in a Ray task: load data from the cache and prepared folders, train, save, evaluate."""
     from search_space.config import SearchSpaceConfig
     from search_space.genotype import Genotype
     from workers.retrain import retrain_from_paths
 
+    t = spec.get("transformer")
     result = retrain_from_paths(
-        arch=Genotype.from_json(spec["genotype"]), space=SearchSpaceConfig.from_dict(spec["space"]),
+        arch=Genotype.from_json(spec["genotype"]) if t is None else TransformerConfig.from_dict(t),
+        space=SearchSpaceConfig.from_dict(spec["space"]),
         cfg=RetrainConfig(**spec["retrain"]), cache_uri=spec["cache_uri"], prepared_dir=spec["prepared_dir"],
         teacher_dir=spec["teacher_dir"], out_dir=Path(spec["out_dir"]),
     )
@@ -102,7 +134,8 @@ def retrain_students(
     )
     refs_by_obj = {
         task.remote({
-            "genotype": s.genotype, "space": s.space, "retrain": s.retrain.model_dump(mode="json"),
+            "genotype": s.genotype, "space": s.space, "transformer": s.transformer,
+            "retrain": s.retrain.model_dump(mode="json"),
             "cache_uri": refs.cache_uri, "prepared_dir": refs.prepared_dir, "teacher_dir": refs.teacher_dir,
             "out_dir": str(s.out_dir.resolve()),
         }): s

@@ -15,7 +15,7 @@ class Candidate:
     """One retrained student."""
 
     key: str  # stable id: hash of genotype + space + cache key + retrain config
-    config_number: int  # the Optuna trial (configuration) it came from
+    config_number: int | None  # the Optuna trial (configuration) it came from; None: no search (a small transformer)
     genotype: str  # JSON
     score: float  # the task's metric on dev, in [0, 1]
     latency_ms: float  # median at the budget's batch size
@@ -24,7 +24,7 @@ class Candidate:
     metrics: dict = field(default_factory=dict, compare=False)
     student_dir: str = ""
     params_of_config: dict = field(default_factory=dict, compare=False)
-    route: str = "cells"  # how it was compressed: "cells" (a searched cell stack), "cells, rank-r table"
+    route: str = "cells"  # how it was compressed: "cells", "cells, rank-r table", "small transformer L2-H128-..."
 
 
 def dominates(a: Candidate, b: Candidate) -> bool:

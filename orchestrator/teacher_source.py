@@ -63,3 +63,21 @@ def check_max_length(max_length: int, *, limit: int | None, model: str) -> None:
     if limit is not None and max_length > limit:
         raise AdarayError(f"task.max_length {max_length} is over the teacher's limit of {limit} tokens "
                           f"({model}); set task.max_length to {limit} or less")
+
+
+def check_transformer_inits(members: list, *, source: str) -> None:
+    """AdarayError (one line) for a small transformer with init "teacher" whose sizes the teacher's
+    config.json lacks, before any work starts. A hub id (no local config) is checked again once the
+    teacher's folder exists."""
+    try:
+        config = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    have = {"hidden": config.get("hidden_size"), "heads": config.get("num_attention_heads"),
+            "ffn": config.get("intermediate_size")}
+    depth = config.get("num_hidden_layers")
+    for m in (m for m in members if m.init == "teacher"):
+        if any(v is not None and getattr(m, k) != v for k, v in have.items()) or (depth and m.layers > depth):
+            sizes = ", ".join(f"{k} {v}" for k, v in have.items())
+            raise AdarayError(f"small_transformers: {m.name} starts from the teacher's layers, so it needs the "
+                              f"teacher's {sizes} and at most {depth} layers; set those, or use init: projected")

@@ -22,9 +22,8 @@ if TYPE_CHECKING:
     )
     from search_space.genotype import Genotype, derive_genotype, edge_index, num_edges
     from search_space.gumbel import TemperatureSchedule, gumbel_softmax
-    from search_space.layers import project_embeddings
+    from search_space.layers import StudentOutput, project_embeddings
     from search_space.ops import OPS, PRIMITIVES
-    from search_space.layers import StudentOutput
     from search_space.student import Student
     from search_space.supernet import MixedOp, SearchCell, Supernet, SupernetOutput
 

@@ -78,3 +78,66 @@ class SearchSpaceConfig:
         if extra:
             raise ValueError(f"unknown search-space keys {extra}; known: {sorted(known)}")
         return cls(**d)
+
+
+INITS = ("projected", "teacher")
+TEACHER_LR = 1e-4
+
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """One member of the family. init "projected": the teacher's table projected to `hidden` (PCA),
+    layers random; "teacher": the teacher's table, positions and bottom `layers` layers, which needs
+    the teacher's own hidden, heads and ffn sizes."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 2
+    ffn: int = 512
+    dropout: float = 0.1
+    init: str = "projected"
+    # None: a token table of width hidden; r: a rank-r table (LadaBERT), as `space.embedding_rank` for cells.
+    embedding_rank: int | None = None
+    # None: the retrain's lr from scratch, TEACHER_LR from the teacher's layers (a fine-tuning rate: on
+    # rotten_tomatoes L2-H384 scored 78.52 dev at 1e-4 and 76.75 at the cells' 2e-3).
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "ffn"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"transformer {name} must be a positive int, got {getattr(self, name)!r}")
+        if self.hidden % self.heads:
+            raise ValueError(f"transformer hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.init not in INITS:
+            raise ValueError(f"transformer init must be one of {list(INITS)}, got {self.init!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"transformer dropout must be in [0, 1), got {self.dropout!r}")
+        if self.lr is not None and (not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool)
+                                    or self.lr <= 0):
+            raise ValueError(f"transformer lr must be null or a positive number, got {self.lr!r}")
+        if self.embedding_rank is not None and (not _is_int(self.embedding_rank)
+                                                or not 0 < self.embedding_rank < self.hidden):
+            raise ValueError(f"transformer embedding_rank must be null or an int in 1..{self.hidden - 1}, "
+                             f"got {self.embedding_rank!r}")
+
+    def learning_rate(self, retrain_lr: float) -> float:
+        return self.lr if self.lr is not None else TEACHER_LR if self.init == "teacher" else retrain_lr
+
+    @property
+    def name(self) -> str:
+        """Short and stable: the route's name on the Pareto plot and in the registry."""
+        rank = "" if self.embedding_rank is None else f"-r{self.embedding_rank}"
+        return f"L{self.layers}-H{self.hidden}{rank}-{self.init}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
+        extra = sorted(set(d) - {f.name for f in fields(cls)})
+        if extra:
+            raise ValueError(f"unknown transformer keys {extra}")
+        return cls(**d)

@@ -7,71 +7,17 @@ bottom layers when the widths agree (the layer-dropping init of DistilBERT and "
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_space.config import TransformerConfig
 from search_space.layers import PairEmbedding, ProbedStack, State
 
-INITS = ("projected", "teacher")
 BERT_EPS = 1e-12  # BERT's LayerNorm epsilon: a teacher's layers behave as they did in the teacher
 MASKED = -1e4  # additive attention bias at pads: finite, so a text with no tokens gives no NaN
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    """One member of the family. init "projected": the teacher's table projected to `hidden` (PCA),
-    layers random; "teacher": the teacher's table, positions and bottom `layers` layers, which needs
-    the teacher's own hidden, heads and ffn sizes."""
-
-    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
-
-    layers: int = 2
-    hidden: int = 128
-    heads: int = 2
-    ffn: int = 512
-    dropout: float = 0.1
-    init: str = "projected"
-    # None: a token table of width hidden; r: a rank-r table (LadaBERT), as `space.embedding_rank` for cells.
-    embedding_rank: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("layers", "hidden", "heads", "ffn"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise ValueError(f"transformer {name} must be a positive int, got {getattr(self, name)!r}")
-        if self.hidden % self.heads:
-            raise ValueError(f"transformer hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
-        if self.init not in INITS:
-            raise ValueError(f"transformer init must be one of {list(INITS)}, got {self.init!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"transformer dropout must be in [0, 1), got {self.dropout!r}")
-        if self.embedding_rank is not None and (not _is_int(self.embedding_rank)
-                                                or not 0 < self.embedding_rank < self.hidden):
-            raise ValueError(f"transformer embedding_rank must be null or an int in 1..{self.hidden - 1}, "
-                             f"got {self.embedding_rank!r}")
-
-    @property
-    def name(self) -> str:
-        """Short and stable: the route's name on the Pareto plot and in the registry."""
-        rank = "" if self.embedding_rank is None else f"-r{self.embedding_rank}"
-        return f"L{self.layers}-H{self.hidden}{rank}-{self.init}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        extra = sorted(set(d) - {f.name for f in fields(cls)})
-        if extra:
-            raise ValueError(f"unknown transformer keys {extra}")
-        return cls(**d)
 
 
 class EncoderLayer(nn.Module):

@@ -8,9 +8,11 @@ from its checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -26,6 +28,10 @@ from orchestrator.outer_loop import open_study
 from orchestrator.pipeline import run_pipeline
 from orchestrator.tracking import Tracker
 from workers.dataset import tokenize_ids
+
+# The small-transformer route: one member from scratch, one from the fine-tuned teacher's bottom layer.
+FAMILY = [{"layers": 1, "hidden": 32, "heads": 2, "ffn": 64},
+          {"layers": 1, "hidden": 384, "heads": 12, "ffn": 1536, "init": "teacher", "embedding_rank": 16}]
 
 
 class KillFirstTrialOnce(tune.Callback):
@@ -43,7 +49,7 @@ class KillFirstTrialOnce(tune.Callback):
 @pytest.fixture(scope="module")
 def finished_job(local_ray, tmp_path_factory):
     workspace = tmp_path_factory.mktemp("ws")
-    job = parse_job(tiny_job(workspace))
+    job = parse_job(tiny_job(workspace, small_transformers=FAMILY))
     killer = KillFirstTrialOnce()
     result = run_pipeline(job, tune_callbacks=[killer], progress=False)
     return job, result, killer
@@ -84,6 +90,23 @@ def test_mlflow_holds_parent_child_and_trial_runs(finished_job):
     assert "search_valid_score" in run.data.metrics
     artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
     assert "genotype.json" in artifacts and any(p.endswith(".png") for p in artifacts)
+
+
+def test_the_small_transformers_stand_beside_the_searched_students(finished_job):
+    job, result, _ = finished_job
+    members = {c.route: c for c in result.candidates if c.config_number is None}
+    assert sorted(members) == ["small transformer L1-H32-projected", "small transformer L1-H384-r16-teacher"]
+    for c in members.values():
+        assert 0 < c.score <= 1 and c.latency_ms > 0 and c.params > 0
+    assert sum(c.config_number is not None for c in result.candidates) >= 1  # the searched finalists too
+    # the teacher-started member keeps a rank-16 task-vocabulary table: far below the 384-wide one
+    teacher_started = members["small transformer L1-H384-r16-teacher"]
+    assert teacher_started.metrics["vocab_rows"] * 16 < teacher_started.params
+    assert (job.run_dir / "pareto.png").is_file()
+    tracker = Tracker(job, task_name="rotten_tomatoes")
+    selection = tracker.client.download_artifacts(result.parent_run_id, "selection.json")
+    logged = {c["route"] for c in json.loads(Path(selection).read_text())}
+    assert set(members) <= logged and "cells" in logged
 
 
 def test_registry_has_a_champion_that_predicts(finished_job):

@@ -11,8 +11,9 @@ import torch
 
 from orchestrator.cli import main
 from search_space import Genotype, SearchSpaceConfig
+from search_space.config import TransformerConfig
 from search_space.student import Student, keep_vocabulary
-from search_space.transformer import SmallTransformer, TransformerConfig
+from search_space.transformer import SmallTransformer
 from workers.onnx_export import (
     ONNX_FILE,
     PARITY_ATOL,

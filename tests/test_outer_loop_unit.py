@@ -34,13 +34,32 @@ def test_distribution_kinds(r, kind):
 
 
 def test_a_searched_embedding_rank_reaches_the_space_and_names_the_route(tmp_path):
-    from orchestrator.pipeline import student_route
+    from orchestrator.retrain_stage import StudentSpec, transformer_specs
+    from search_space.config import TransformerConfig
+
+    def student_route(space: dict) -> str:
+        return StudentSpec("k", "{}", space, j.retrain, tmp_path).route
 
     j = job(tmp_path, params={"embedding_rank": {"choices": [None, 32]}})
     low, full = (trial_configs(j, number=0, round_index=0, params={"embedding_rank": r}, refs=REFS)[0]["space"]
                  for r in (32, None))
     assert low["embedding_rank"] == 32 and full["embedding_rank"] is None
     assert student_route(low) == "cells, rank-32 table" and student_route(full) == "cells"
+    family = j.model_copy(update={"small_transformers": [TransformerConfig(layers=2, hidden=64, heads=2, ffn=128,
+                                                                            embedding_rank=16)]})
+    (member,) = transformer_specs(family, cache_key="c")
+    assert member.route == "small transformer L2-H64-r16-projected" and member.outcome is None
+    # Its registry tags: what it is and where it came from, with no search fields to fill.
+    from orchestrator.pipeline import _candidate, _lineage
+
+    metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_ms": 1.0,
+               "latency_b1_p95_ms": 1.2}
+    c = _candidate(member, metrics, batch=1)
+    tags = _lineage(family, c, spec=member, teacher_dir=tmp_path, cache_key="c", fingerprint="f")
+    assert c.config_number is None and c.route == member.route
+    assert tags["route"] == member.route and tags["origin"] == "small-transformer family"
+    assert TransformerConfig.from_dict(json.loads(tags["transformer"])).embedding_rank == 16
+    assert tags["embed_dim"] == 64 and tags["embedding_rank"] == 16 and tags["genotype"] == tags["beta"] == ""
     assert isinstance(distribution(j.outer_loop.params["embedding_rank"]), optuna.distributions.CategoricalDistribution)
 
 

@@ -128,7 +128,7 @@ def test_min_steps_lengthens_training_on_a_small_transfer_set(tmp_path):
 
 
 def test_retrain_rejects_bad_inputs_before_training(tmp_path):
-    common = {"genotype": GENOTYPE, "space": SPACE, "cfg": CFG, "meta": META, "num_teacher_layers": LAYERS,
+    common = {"arch": GENOTYPE, "space": SPACE, "cfg": CFG, "meta": META, "num_teacher_layers": LAYERS,
               "embedding_init": None, "tokenizer_dir": MINILM, "out_dir": tmp_path / "s"}
     good = {"train": tiny_split(16, seed=0), "dev": tiny_split(8, seed=1, teacher=False),
             "test": tiny_split(8, seed=2, teacher=False)}

@@ -13,8 +13,9 @@ from test_retrain import META
 from test_search_worker import LAYERS, SPACE, tiny_split
 from transformers import BertConfig, BertModel
 
+from search_space.config import TransformerConfig
 from search_space.student import keep_vocabulary, student_from_config
-from search_space.transformer import SmallTransformer, TransformerConfig, teacher_layer_state
+from search_space.transformer import SmallTransformer, teacher_layer_state
 from workers.config import RetrainConfig
 from workers.retrain import build_student, evaluate, retrain
 from workers.student import StudentPredictor, load_student

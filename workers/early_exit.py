@@ -1,5 +1,5 @@
 """Early exit (FastBERT) for a retrained student: the exit threshold's curve on a split, and the
-threshold a student ships with (`Student.early_exit` does the inference)."""
+threshold a student ships with (`ProbedStack.early_exit` does the inference)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from search_space.student import Student
+from search_space.layers import ProbedStack
 from workers.dataset import TargetSplit
 from workers.metrics import task_score
 
@@ -19,7 +19,7 @@ THRESHOLDS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 
 
 @torch.inference_mode()
-def exit_curve(model: Student, split: TargetSplit, *, metric: str, thresholds: tuple[float, ...] = THRESHOLDS,
+def exit_curve(model: ProbedStack, split: TargetSplit, *, metric: str, thresholds: tuple[float, ...] = THRESHOLDS,
                batch_size: int = 128) -> list[dict[str, float]]:
     """Per threshold: the split's score in `metric` and the mean number of cells run."""
     was_training = model.training
@@ -47,7 +47,7 @@ def pick_threshold(curve: list[dict[str, float]], *, max_drop: float) -> float:
 
 
 @torch.inference_mode()
-def exit_latency_b1(model: Student, split: TargetSplit, *, threshold: float, examples: int = 200,
+def exit_latency_b1(model: ProbedStack, split: TargetSplit, *, threshold: float, examples: int = 200,
                     warmup: int = 10) -> dict[str, Any]:
     """Mean ms per example at batch 1 over the split's first `examples` real examples (their own
     lengths: exits depend on the text), after `warmup` untimed calls."""

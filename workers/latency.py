@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from search_space.config import SearchSpaceConfig
+from search_space.layers import ProbedStack
 from search_space.ops import OPS
-from search_space.student import Student
 from workers.local_files import write_json_atomic
 
 LATENCY_TABLE_FORMAT = 1
@@ -75,7 +75,7 @@ def time_callable(
 def example_inputs(model: nn.Module, *, batch_size: int, seq_len: int, device: torch.device | str) -> dict:
     """Random full-length inputs for a student or a Hugging Face encoder (keyword arguments)."""
     gen = torch.Generator().manual_seed(0)
-    if isinstance(model, Student):
+    if isinstance(model, ProbedStack):
         # The same length as the teacher's inputs (a student's real inputs are 2 tokens shorter: no
         # [CLS]/[SEP]), so every model compared does the same amount of work per example.
         ids = torch.randint(1, model.vocab_size, (batch_size, seq_len), generator=gen)  # (B, T)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from search_space.student import Student
+from search_space.layers import ProbedStack
 from workers.dataset import TargetSplit
 from workers.latency import time_callable, timing_plan
 from workers.local_files import MANIFEST, check_destination, deliver_files
@@ -45,7 +45,7 @@ EXPORT_REPORT = "export.json"
 class _Logits(nn.Module):
     """The student's logits alone: what an ONNX graph can return."""
 
-    def __init__(self, student: Student) -> None:
+    def __init__(self, student: ProbedStack) -> None:
         super().__init__()
         self.student = student
 
@@ -58,7 +58,7 @@ def input_names(*, pair: bool) -> list[str]:
     return ["ids", "mask", "ids_b", "mask_b"] if pair else ["ids", "mask"]
 
 
-def example_feed(student: Student, *, batch: int, length: int, pair: bool, seed: int = 0) -> dict[str, np.ndarray]:
+def example_feed(student: ProbedStack, *, batch: int, length: int, pair: bool, seed: int = 0) -> dict[str, np.ndarray]:
     """Random ids (int64) and masks (bool, the last row half padded) for every input of the graph."""
     gen = torch.Generator().manual_seed(seed)
     feed = {}
@@ -100,7 +100,7 @@ def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = F
         return deliver_files(folder, out_dir, force=force)
 
 
-def _export_graph(student: Student, path: Path, *, pair: bool) -> None:
+def _export_graph(student: ProbedStack, path: Path, *, pair: bool) -> None:
     names = input_names(pair=pair)
     feed = example_feed(student, batch=2, length=7, pair=pair)
     args = tuple(torch.from_numpy(feed[n]) for n in names)
@@ -193,7 +193,7 @@ def _gemms_as_matmuls(model) -> None:
     onnx.checker.check_model(model)
 
 
-def logit_diff(student: Student, path: Path, *, pair: bool) -> float:
+def logit_diff(student: ProbedStack, path: Path, *, pair: bool) -> float:
     """Max |logit difference| between onnxruntime on `path` and torch over PARITY_SHAPES."""
     sess = session(path)
     worst = 0.0
@@ -206,7 +206,7 @@ def logit_diff(student: Student, path: Path, *, pair: bool) -> float:
     return worst
 
 
-def check_parity(student: Student, path: Path, *, pair: bool) -> float:
+def check_parity(student: ProbedStack, path: Path, *, pair: bool) -> float:
     """Max |logit difference| between onnxruntime and torch over PARITY_SHAPES; ValueError above PARITY_ATOL."""
     worst = logit_diff(student, path, pair=pair)
     if worst > PARITY_ATOL:
@@ -229,7 +229,7 @@ def onnx_predictions(path: str | Path, split: TargetSplit, *, pair: bool, batch_
     return torch.cat(predictions)
 
 
-def onnx_latency_metrics(path: str | Path, student: Student, *, seq_len: int, pair: bool = False,
+def onnx_latency_metrics(path: str | Path, student: ProbedStack, *, seq_len: int, pair: bool = False,
                          repeats: int = 30, threads: int | None = None) -> dict[str, float]:
     """onnxruntime's median ms at batch 1 and 128 (keys ort_latency_b{1,128}_ms), under the same
     `timing_plan` and full-length inputs as `workers.latency.latency_metrics` times torch with."""

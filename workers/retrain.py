@@ -21,12 +21,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from search_space.config import SearchSpaceConfig
+from search_space.config import SearchSpaceConfig, TransformerConfig
 from search_space.cost import genotype_params_flops
 from search_space.genotype import Genotype
 from search_space.layers import ProbedStack, project_embeddings
 from search_space.student import Student, keep_vocabulary, task_token_ids
-from search_space.transformer import SmallTransformer, TransformerConfig, teacher_layer_state
+from search_space.transformer import SmallTransformer, teacher_layer_state
 from workers.config import RetrainConfig
 from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
 from workers.early_exit import exit_curve, pick_threshold
@@ -121,7 +121,8 @@ def retrain(
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = cfg.lr if isinstance(arch, Genotype) else arch.learning_rate(cfg.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
     best_score, best_state, best_epoch, by_epoch = -1.0, None, 0, []
     started, cpu_started = time.perf_counter(), time.process_time()
