@@ -61,6 +61,7 @@ SEARCHABLE = {
     "k_max": ("space", "k_max"),
     "embed_dim": ("space", "embed_dim"),
     "embedding_rank": ("space", "embedding_rank"),  # e.g. {choices: [null, 32]}: full and low-rank tables compete
+    "embedding_kronecker": ("space", "embedding_kronecker"),  # e.g. {choices: [null, 32]}: Kronecker tables too
 }
 
 

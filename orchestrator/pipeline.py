@@ -382,6 +382,7 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
         "beta": search.get("beta", ""), "gamma": search.get("gamma", ""), "route": c.route,
         "embed_dim": spec.space.get("embed_dim") or (spec.transformer or {}).get("hidden", ""),
         "embedding_rank": spec.space.get("embedding_rank") or (spec.transformer or {}).get("embedding_rank") or "",
+        "embedding_kronecker": spec.space.get("embedding_kronecker") or "",
         "origin": origin(spec.figures or {}) if spec.outcome else "small-transformer family",
         "seed": seeds[0] if seeds else search.get("seed", ""),
         "config_number": spec.outcome.number if spec.outcome else "",

@@ -37,7 +37,9 @@ class StudentSpec:
         """The compression route: the Pareto plot's marker and the registry's `route` tag."""
         if self.transformer is not None:
             return f"small transformer {TransformerConfig.from_dict(self.transformer).name}"
-        rank = self.space.get("embedding_rank")
+        rank, kron = self.space.get("embedding_rank"), self.space.get("embedding_kronecker")
+        if kron is not None:
+            return f"cells, {kron}-term Kronecker table"
         return "cells" if rank is None else f"cells, rank-{rank} table"
 
     @property

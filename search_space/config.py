@@ -35,6 +35,9 @@ class SearchSpaceConfig:
     # None: a token table of width embed_dim. r: LadaBERT's low-rank table, (V, r) rows times an (r, embed_dim)
     # map, initialised from the SVD of the projected teacher table: V*r + r*embed_dim parameters, not V*embed_dim.
     embedding_rank: int | None = None
+    # None: as above. k: KroneckerBERT's table, a sum of k Kronecker products over the whole vocabulary
+    # (search_space.layers.KroneckerTable: k * (v1*d1 + v2*d2) parameters), fitted to the projected teacher table.
+    embedding_kronecker: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.primitives, str):
@@ -58,6 +61,12 @@ class SearchSpaceConfig:
                                                 or not 0 < self.embedding_rank < self.embed_dim):
             raise ValueError(f"embedding_rank must be null or an int in 1..{self.embed_dim - 1} (below embed_dim), "
                              f"got {self.embedding_rank!r}")
+        if self.embedding_kronecker is not None:
+            if not _is_int(self.embedding_kronecker) or self.embedding_kronecker < 1:
+                raise ValueError(f"embedding_kronecker must be null or a positive int, got {self.embedding_kronecker!r}")
+            if self.embedding_rank is not None:
+                raise ValueError("set embedding_rank or embedding_kronecker, not both: they are two factorisations "
+                                 "of the same table")
         for flag in ("op_norm", "shared_kernels"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
@@ -67,8 +76,9 @@ class SearchSpaceConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["primitives"] = list(self.primitives)  # JSON-friendly
-        if d["embedding_rank"] is None:  # left out: the keys of students and searches saved before it existed hold
-            del d["embedding_rank"]
+        for key in ("embedding_rank", "embedding_kronecker"):  # left out when unset: the keys of students and
+            if d[key] is None:                                  # searches saved before they existed hold
+                del d[key]
         return d
 
     @classmethod

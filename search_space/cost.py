@@ -13,6 +13,7 @@ import torch
 
 from search_space.config import SearchSpaceConfig
 from search_space.genotype import Genotype
+from search_space.layers import kronecker_shapes
 from search_space.ops import OP_SPECS
 
 
@@ -144,9 +145,12 @@ def genotype_params_flops(
     head_params = (d + 1) + (d * d + d) + (d * c + c)  # cell scorer, dense, classifier
     head_flops = k * d * t + 4 * k * d + 2 * d * d + d + 2 * d * c  # pool, attend, dense, tanh, classify
 
-    r = space.embedding_rank
+    r, kron = space.embedding_rank, space.embedding_kronecker
     embedding_params = vocab_size * d if r is None else vocab_size * r + r * d
-    params = embedding_params + k * (cell_params + probe_params) + head_params
     embedding_flops = 0 if r is None else 2 * r * d * t  # the low-rank map, per token
+    if kron is not None:
+        v1, v2, d1, d2 = kronecker_shapes(vocab_size, d)
+        embedding_params, embedding_flops = kron * (v1 * d1 + v2 * d2), 2 * kron * d * t  # products and sums
+    params = embedding_params + k * (cell_params + probe_params) + head_params
     flops = embedding_flops + k * (cell_flops + probe_flops) + head_flops
     return params, float(flops)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,49 @@ def project_embeddings(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
     return centred @ directions  # (V, dim)
 
 
+def kronecker_shapes(rows: int, dim: int) -> tuple[int, int, int, int]:
+    """(v1, v2, d1, d2) of a Kronecker-factored (rows, dim) table: d1 * d2 = dim with d1 the largest
+    divisor of dim at most its square root, v2 = ceil(sqrt(rows)), v1 * v2 >= rows."""
+    d1 = max(k for k in range(1, math.isqrt(dim) + 1) if dim % k == 0)
+    v2 = math.isqrt(rows - 1) + 1 if rows > 1 else 1
+    return -(-rows // v2), v2, d1, dim // d1
+
+
+class KroneckerTable(nn.Module):
+    """A (rows, dim) token table as a sum of `terms` Kronecker products (KroneckerBERT, arXiv
+    2109.06243): row i is sum_k a_k[i // v2] (x) b_k[i % v2], with a_k (v1, d1) and b_k (v2, d2), so
+    terms * (v1 * d1 + v2 * d2) parameters instead of rows * dim. An `init` (rows, dim) is fitted by
+    the nearest Kronecker sum (Van Loan and Pitsianis: the SVD of the table's rearrangement)."""
+
+    def __init__(self, rows: int, dim: int, *, terms: int, init: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.terms = rows, terms
+        self.v1, self.v2, self.d1, self.d2 = kronecker_shapes(rows, dim)
+        scale = terms ** -0.25  # each entry sums `terms` products: unit variance, as nn.Embedding's
+        self.a = nn.Parameter(torch.randn(terms, self.v1, self.d1) * scale)  # (r, v1, d1)
+        self.b = nn.Parameter(torch.randn(terms, self.v2, self.d2) * scale)  # (r, v2, d2)
+        if init is not None:
+            self._fit(init)
+
+    @torch.no_grad()
+    def _fit(self, init: torch.Tensor) -> None:
+        full = init.new_zeros(self.v1 * self.v2, self.d1 * self.d2)
+        full[: init.shape[0]] = init.float()  # rows past the vocabulary: zero, never looked up
+        # R[(i, p), (j, q)] = E[i * v2 + j, p * d2 + q]: E is sum_k a_k (x) b_k exactly when R is rank r.
+        rearranged = full.view(self.v1, self.v2, self.d1, self.d2).permute(0, 2, 1, 3).reshape(
+            self.v1 * self.d1, self.v2 * self.d2)
+        u, sv, vh = torch.linalg.svd(rearranged, full_matrices=False)
+        root = sv[: self.terms].sqrt()  # (r,)
+        self.a.copy_((u[:, : self.terms] * root).T.reshape(self.terms, self.v1, self.d1))
+        self.b.copy_((vh[: self.terms] * root[:, None]).reshape(self.terms, self.v2, self.d2))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> (B, T, d1 * d2)"""
+        a = self.a[:, ids // self.v2]  # (r, B, T, d1)
+        b = self.b[:, ids % self.v2]  # (r, B, T, d2)
+        return torch.einsum("rbtp,rbtq->btpq", a, b).flatten(-2)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens: x (..., T, D), mask (..., T) -> (..., D)."""
     m = mask.to(dtype=x.dtype).unsqueeze(-1)  # (..., T, 1)
@@ -55,7 +99,9 @@ class PairEmbedding(nn.Module):
     tokenizer's ids either way.
 
     With `rank` r the table is low-rank (LadaBERT, arXiv 2004.04124): rows of width r, then `up`, an
-    (r -> d) linear map; an `init` is factored by its SVD (the best rank-r fit of it)."""
+    (r -> d) linear map; an `init` is factored by its SVD (the best rank-r fit of it). With
+    `kronecker` k it is a `KroneckerTable` of k terms over the whole vocabulary (a task vocabulary
+    would not shrink it)."""
 
     def __init__(
         self,
@@ -67,10 +113,20 @@ class PairEmbedding(nn.Module):
         init: torch.Tensor | None = None,
         rows: int | None = None,
         rank: int | None = None,
+        kronecker: int | None = None,
     ) -> None:
         super().__init__()
         self.pad_id = pad_id
         width = dim if rank is None else rank
+        if kronecker is not None:
+            if rank is not None or rows is not None:
+                raise ValueError("a Kronecker table takes neither a rank nor a task vocabulary")
+            if init is not None and tuple(init.shape) != (vocab_size, dim):
+                raise ValueError(f"embedding init must be ({vocab_size}, {dim}), got {tuple(init.shape)}")
+            self.id_map, self.up = None, None
+            self.table = KroneckerTable(vocab_size, dim, terms=kronecker, init=init)
+            self.dropout = nn.Dropout(dropout)
+            return
         if rows is None:
             self.id_map = None
             # Stored at width d directly (not H then a projection) to keep the student small.

@@ -9,7 +9,7 @@ from torch import nn
 
 from search_space.config import SearchSpaceConfig
 from search_space.genotype import Genotype
-from search_space.layers import CellOutput, PairEmbedding, ProbedStack, State
+from search_space.layers import CellOutput, KroneckerTable, PairEmbedding, ProbedStack, State
 from search_space.ops import build_op
 
 
@@ -60,7 +60,7 @@ class Student(ProbedStack):
         d = space.embed_dim
         self.embedding = PairEmbedding(
             vocab_size, dim=d, pad_id=pad_id, dropout=space.dropout, init=embedding_init, rows=embedding_rows,
-            rank=space.embedding_rank,
+            rank=space.embedding_rank, kronecker=space.embedding_kronecker,
         )
         self.cells = nn.ModuleList(StudentCell(genotype, dim=d, norm=space.op_norm) for _ in range(genotype.depth))
         self.add_readout(dim=d, depth=genotype.depth, dropout=space.dropout)
@@ -118,6 +118,8 @@ def keep_vocabulary(student: ProbedStack, keep_ids: torch.Tensor, *, unk_id: int
     keep_ids: (n,) distinct tokenizer ids, `unk_id` and the pad id among them."""
     if student.embedding_rows is not None:
         raise ValueError("this student already has a task vocabulary")
+    if isinstance(student.embedding.table, KroneckerTable):
+        raise ValueError("a Kronecker table covers the whole vocabulary: it has no rows to drop")
     keep_ids = keep_ids.long().unique()
     missing = [i for i in (unk_id, student.pad_id) if not bool((keep_ids == i).any())]
     if missing:

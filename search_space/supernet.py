@@ -138,7 +138,7 @@ class Supernet(nn.Module):
             init = project_embeddings(embedding_init, space.embed_dim)
         d = space.embed_dim
         self.embedding = PairEmbedding(vocab_size, dim=d, pad_id=pad_id, dropout=space.dropout, init=init,
-                                       rank=space.embedding_rank)
+                                       rank=space.embedding_rank, kronecker=space.embedding_kronecker)
         self.cells = nn.ModuleList(SearchCell(space) for _ in range(space.k_max))
         self.probes = nn.ModuleList(Probe(d, num_labels=num_labels) for _ in range(space.k_max))
         self.head = Head(d, num_labels=num_labels, dropout=space.dropout)

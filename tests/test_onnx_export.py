@@ -51,11 +51,13 @@ def _saved_student(folder: Path, *, genotype: Genotype | TransformerConfig, pair
 
 @pytest.mark.parametrize(("genotype", "pair", "task_vocab", "rank"),
                          [(GENOTYPE, False, False, None), (EXTRA_OPS, True, True, None), (GENOTYPE, False, True, 4),
-                          (TRANSFORMER, True, True, None)],
-                         ids=["single", "pair-task-vocab", "low-rank-task-vocab", "transformer-pair-task-vocab"])
+                          (TRANSFORMER, True, True, None), (GENOTYPE, False, False, "kronecker")],
+                         ids=["single", "pair-task-vocab", "low-rank-task-vocab", "transformer-pair-task-vocab",
+                              "kronecker"])
 def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_vocab, rank):
+    factored = {"embedding_kronecker": 3} if rank == "kronecker" else {"embedding_rank": rank}
     src = _saved_student(tmp_path / "student", genotype=genotype, pair=pair, task_vocab=task_vocab,
-                         space=SearchSpaceConfig(embed_dim=16, k_max=3, embedding_rank=rank))
+                         space=SearchSpaceConfig(embed_dim=16, k_max=3, **factored))
     assert main(["export", str(src), "-o", str(tmp_path / "onnx"), "--onnx"]) == 0
     out = tmp_path / "onnx"
     assert {ONNX_FILE, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}

@@ -45,6 +45,7 @@ def test_a_searched_embedding_rank_reaches_the_space_and_names_the_route(tmp_pat
                  for r in (32, None))
     assert low["embedding_rank"] == 32 and full["embedding_rank"] is None
     assert student_route(low) == "cells, rank-32 table" and student_route(full) == "cells"
+    assert student_route({**full, "embedding_kronecker": 32}) == "cells, 32-term Kronecker table"
     family = j.model_copy(update={"small_transformers": [TransformerConfig(layers=2, hidden=64, heads=2, ffn=128,
                                                                             embedding_rank=16)]})
     (member,) = transformer_specs(family, cache_key="c")

@@ -230,9 +230,9 @@ def test_same_seed_same_genotype():
     ],
 )
 @pytest.mark.parametrize("with_probes", [True, False])
-@pytest.mark.parametrize("rank", [None, 4])
-def test_student_parameters_equal_the_analytic_count(genotype, with_probes, rank):
-    space = dataclasses.replace(SPACE, embedding_rank=rank)
+@pytest.mark.parametrize(("rank", "kronecker"), [(None, None), (4, None), (None, 3)], ids=["full", "rank-4", "kron-3"])
+def test_student_parameters_equal_the_analytic_count(genotype, with_probes, rank, kronecker):
+    space = dataclasses.replace(SPACE, embedding_rank=rank, embedding_kronecker=kronecker)
     student = Student(genotype, space=space, vocab_size=VOCAB, num_labels=LABELS, with_probes=with_probes)
     params, flops = genotype_params_flops(
         genotype, space=space, seq_len=10, vocab_size=VOCAB, num_labels=LABELS, with_probes=with_probes
@@ -240,9 +240,11 @@ def test_student_parameters_equal_the_analytic_count(genotype, with_probes, rank
     assert _count(student) == params and flops > 0
 
 
-@pytest.mark.parametrize(("shared", "rank"), [(True, None), (False, None), (True, 4)])
-def test_a_student_with_inherited_weights_computes_what_its_supernet_path_computes(shared, rank):
-    net = _supernet(space=SearchSpaceConfig(embed_dim=16, k_max=3, shared_kernels=shared, embedding_rank=rank)).eval()
+@pytest.mark.parametrize(("shared", "rank", "kronecker"), [(True, None, None), (False, None, None), (True, 4, None),
+                                                         (True, None, 2)])
+def test_a_student_with_inherited_weights_computes_what_its_supernet_path_computes(shared, rank, kronecker):
+    net = _supernet(space=SearchSpaceConfig(embed_dim=16, k_max=3, shared_kernels=shared, embedding_rank=rank,
+                                            embedding_kronecker=kronecker)).eval()
     student = Student(GENOTYPE, space=net.space, vocab_size=VOCAB, num_labels=LABELS).eval()
     inherit_weights(net, student, GENOTYPE)
     ids, mask = _batch()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from search_space import Genotype, SearchSpaceConfig
+from search_space.layers import KroneckerTable, kronecker_shapes
 from search_space.student import Student, keep_vocabulary, task_token_ids
 
 SPACE = SearchSpaceConfig(embed_dim=8, k_max=3)
@@ -88,3 +89,38 @@ def test_a_low_rank_table_is_the_best_rank_r_fit_of_its_init_and_keeps_a_task_vo
 def test_an_embedding_rank_outside_1_to_embed_dim_is_refused(rank):
     with pytest.raises(ValueError, match="embedding_rank"):
         SearchSpaceConfig(embed_dim=8, embedding_rank=rank)
+
+
+@pytest.mark.parametrize(("rows", "dim"), [(60, 8), (30522, 128), (13524, 384), (2, 7), (1, 1)])
+def test_kronecker_shapes_cover_the_table(rows, dim):
+    v1, v2, d1, d2 = kronecker_shapes(rows, dim)
+    assert d1 * d2 == dim and d1 <= d2 and v1 * v2 >= rows > (v1 - 1) * v2
+
+
+def test_a_kronecker_table_is_the_nearest_kronecker_sum_of_its_init():
+    """KroneckerBERT's table: an init that is a sum of k Kronecker products is reproduced exactly by k
+    terms; fewer terms fit it less well; it counts k * (v1*d1 + v2*d2) parameters and has no rows to drop."""
+    vocab = 64  # v1 * v2 exactly: no padding rows, so a Kronecker sum is one exactly
+    v1, v2, d1, d2 = kronecker_shapes(vocab, 8)
+    torch.manual_seed(0)
+    init = sum(torch.kron(torch.randn(v1, d1), torch.randn(v2, d2)) for _ in range(2))  # (V, d)
+    ids = torch.arange(vocab)[None, :]
+    errors = []
+    for terms in (1, 2):
+        table = KroneckerTable(vocab, 8, terms=terms, init=init)
+        assert sum(p.numel() for p in table.parameters()) == terms * (v1 * d1 + v2 * d2)
+        errors.append(float((table(ids)[0] - init).detach().norm() / init.norm()))
+    assert errors[1] < 1e-5 < 0.01 < errors[0]
+    space = SearchSpaceConfig(embed_dim=8, k_max=3, embedding_kronecker=2)
+    kron = Student(GENOTYPE, space=space, vocab_size=vocab, num_labels=3, pad_id=PAD, embedding_init=init).eval()
+    x = kron.embedding.embed_tokens(ids, ids >= 0)[0]  # (V, d), eval: no dropout
+    torch.testing.assert_close(x, init, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="no rows to drop"):
+        keep_vocabulary(kron, torch.tensor([0, 1, 5]), unk_id=UNK)
+
+
+def test_rank_and_kronecker_are_one_choice():
+    with pytest.raises(ValueError, match="not both"):
+        SearchSpaceConfig(embed_dim=8, embedding_rank=2, embedding_kronecker=2)
+    with pytest.raises(ValueError, match="embedding_kronecker"):
+        SearchSpaceConfig(embed_dim=8, embedding_kronecker=0)

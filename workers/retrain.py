@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 from search_space.config import SearchSpaceConfig, TransformerConfig
 from search_space.cost import genotype_params_flops
 from search_space.genotype import Genotype
-from search_space.layers import ProbedStack, project_embeddings
+from search_space.layers import KroneckerTable, ProbedStack, project_embeddings
 from search_space.student import Student, keep_vocabulary, task_token_ids
 from search_space.transformer import SmallTransformer, teacher_layer_state
 from workers.config import RetrainConfig
@@ -153,7 +153,7 @@ def retrain(
     train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     model.load_state_dict(best_state)
     full_vocab: dict[str, float] = {}
-    if cfg.task_vocab:
+    if cfg.task_vocab and not isinstance(model.embedding.table, KroneckerTable):  # no rows to drop there
         for name, split in (("dev", dev), ("test", test)):
             full_vocab[f"{name}_metric_full_vocab"] = evaluate(model, split, batch_size=2 * cfg.batch_size,
                                                                device=device)[meta.metric]
