@@ -176,11 +176,11 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
 
     # -- retrain ----------------------------------------------------------------------------
     status.update(stage="retrain")
-    specs = finalist_specs(job, outcomes, cache_key=cache.key)
+    finalists = finalist_specs(job, outcomes, cache_key=cache.key)
     family = transformer_specs(job, cache_key=cache.key)
-    console.print(f"[bold]retrain[/]: the {len(specs)} best of the screened students"
+    console.print(f"[bold]retrain[/]: the {len(finalists)} best of the screened students"
                   f"{f' and {len(family)} small transformers' if family else ''}, {job.retrain.epochs} epochs")
-    specs += family
+    specs = family + finalists  # the longest retrains first: the cells' fill the CPUs beside them
     metrics = retrain_students(
         job, specs, refs=refs,
         on_done=lambda s, m, hit: console.print(

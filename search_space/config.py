@@ -114,8 +114,13 @@ class TransformerConfig:
     # None: the retrain's lr from scratch, TEACHER_LR from the teacher's layers (a fine-tuning rate: on
     # rotten_tomatoes L2-H384 scored 78.52 dev at 1e-4 and 76.75 at the cells' 2e-3).
     lr: float | None = None
+    # Keep the token table as initialised: no optimiser state for its V x hidden weights, and tokens the
+    # train split never shows stay where the teacher put them, beside those it does.
+    freeze_table: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.freeze_table, bool):
+            raise ValueError(f"transformer freeze_table must be true or false, got {self.freeze_table!r}")
         for name in ("layers", "hidden", "heads", "ffn"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"transformer {name} must be a positive int, got {getattr(self, name)!r}")
@@ -140,7 +145,7 @@ class TransformerConfig:
     def name(self) -> str:
         """Short and stable: the route's name on the Pareto plot and in the registry."""
         rank = "" if self.embedding_rank is None else f"-r{self.embedding_rank}"
-        return f"L{self.layers}-H{self.hidden}{rank}-{self.init}"
+        return f"L{self.layers}-H{self.hidden}{rank}-{self.init}{'-frozen-table' if self.freeze_table else ''}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -88,6 +88,7 @@ def build_student(arch: Arch, *, space: SearchSpaceConfig, meta: PreparedMeta, e
 
         state, heads = teacher_weights(teacher_dir)
         model.load_state_dict(teacher_layer_state(model, state, teacher_heads=heads), strict=False)
+    model.embedding.table.requires_grad_(not arch.freeze_table)
     return model
 
 
@@ -122,7 +123,8 @@ def retrain(
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
     lr = cfg.lr if isinstance(arch, Genotype) else arch.learning_rate(cfg.lr)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
     best_score, best_state, best_epoch, by_epoch = -1.0, None, 0, []
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -140,7 +142,7 @@ def retrain(
                 loss = adabert_loss(ce=ce, kd=kd, eff=0.0, gamma=cfg.gamma, beta=0.0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                torch.nn.utils.clip_grad_norm_(trained, GRAD_CLIP)
                 optimizer.step()
                 scheduler.step()
                 bar.update()
