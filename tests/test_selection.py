@@ -64,3 +64,23 @@ def test_the_pareto_plot_draws_each_route_with_its_own_marker(tmp_path):
     import matplotlib.pyplot as plt
 
     assert not plt.get_fignums()  # closed after saving
+
+
+def test_the_pareto_plot_draws_every_candidate_when_routes_outnumber_markers(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import matplotlib.axes
+
+    from orchestrator.plots import ROUTE_MARKERS, pareto_plot
+
+    drawn: list[tuple[int, str]] = []
+    scatter = matplotlib.axes.Axes.scatter
+
+    def counting(self, x, y, *args, **kwargs):
+        drawn.append((len(x), kwargs.get("label", "")))
+        return scatter(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", counting)
+    cands = [replace(CANDS[i % len(CANDS)], key=f"s{i}", route=f"route {i}") for i in range(len(ROUTE_MARKERS) + 2)]
+    pareto_plot(cands, pareto_front(cands), cands[0], tmp_path / "pareto.png")
+    assert sum(n for n, label in drawn if label != "champion") == len(cands)

@@ -1,4 +1,5 @@
-"""Retrain a derived genotype (or a small transformer) from scratch as a plain student with KD from the cache, and evaluate it.
+"""Train a student with KD from the cache, and evaluate it: a derived genotype from scratch, or a
+member of the small-transformer family (from scratch or from the teacher's bottom layers).
 
 The same losses as the search (gold CE + soft logits + attentive probe hints, no efficiency
 term: the architecture is fixed). The dev-best epoch's weights are kept, and with
@@ -41,6 +42,9 @@ WARMUP_SHARE = 0.1
 METRICS_FILE = "metrics.json"
 
 
+Arch = Genotype | TransformerConfig  # a searched cell stack, or a member of the small-transformer family
+
+
 @dataclass
 class RetrainResult:
     student_dir: Path
@@ -62,9 +66,6 @@ def student_flops(model: ProbedStack, *, seq_len: int) -> float:
         return genotype_params_flops(model.genotype, space=model.space, seq_len=seq_len,
                                      vocab_size=model.vocab_size, num_labels=model.num_labels)[1]
     return 2.0 * model.dense_params() * seq_len
-
-
-Arch = Genotype | TransformerConfig  # a searched cell stack, or a member of the small-transformer family
 
 
 def build_student(arch: Arch, *, space: SearchSpaceConfig, meta: PreparedMeta, embedding_init: torch.Tensor | None,
