@@ -94,7 +94,6 @@ INITS = ("projected", "teacher")
 TEACHER_LR = 1e-4
 
 
-
 @dataclass(frozen=True)
 class TransformerConfig:
     """One member of the family. init "projected": the teacher's table projected to `hidden` (PCA),
