@@ -137,11 +137,11 @@ def main() -> None:
         for name, int8 in (("onnx", False), ("int8", True)):
             console.print(f"exporting and measuring {name} (onnxruntime) ...")
             path = export_onnx(small_dir, Path(tmp) / name, int8=int8) / ONNX_FILE
-            timed = onnx_latency_metrics(path, small, seq_len=meta.max_length, pair=meta.pair, repeats=repeats,
-                                         threads=threads)
+            timed = onnx_latency_metrics(path, vocab_size=small.vocab_size, seq_len=meta.max_length, pair=meta.pair,
+                                         repeats=repeats, threads=threads)
             rows[name] = {"params": rows["taskvocab"]["params"], "file_mb": path.stat().st_size / 1e6,
-                          "b1": timed["ort_latency_b1_ms"], "b128": timed["ort_latency_b128_ms"],
-                          **scores(lambda split, p=path: onnx_predictions(p, split, pair=meta.pair, threads=threads))}
+                          "b1": timed["latency_b1_ms"], "b128": timed["latency_b128_ms"],
+                          **scores(lambda split, p=path: onnx_predictions(p, split, threads=threads))}
 
     console.print("sweeping the early-exit threshold on dev ...")
     dev_curve = exit_curve(small, dev, metric=meta.metric)

@@ -95,10 +95,10 @@ def main() -> None:
 
     console.print("measuring the student under onnxruntime ...")
     onnx_dir = export_onnx(retrained.student_dir, retrained.student_dir.with_name("onnx"), force=True)
-    ort = onnx_latency_metrics(onnx_dir / ONNX_FILE, models["student"], seq_len=meta.max_length, pair=meta.pair,
-                               repeats=repeats, threads=torch.get_num_threads())
+    ort = onnx_latency_metrics(onnx_dir / ONNX_FILE, vocab_size=models["student"].vocab_size,
+                               seq_len=meta.max_length, pair=meta.pair, repeats=repeats)
     figures["student_onnxruntime"] = {"params": figures["student"]["params"],
-                                      1: ort["ort_latency_b1_ms"], 128: ort["ort_latency_b128_ms"]}
+                                      1: ort["latency_b1_ms"], 128: ort["latency_b128_ms"]}
 
     t, s, b = figures["teacher"], figures["student"], figures["bert_base"]
     # The *_acc keys hold the task's metric (named in "metric"): accuracy on the default task.

@@ -20,7 +20,7 @@ from cluster.config import ClusterConfig
 from orchestrator.errors import AdarayError
 from orchestrator.tasks import TaskConfig
 from search_space.config import SearchSpaceConfig, TransformerConfig
-from workers.config import CacheConfig, RetrainConfig, SearchConfig, TeacherConfig
+from workers.config import CacheConfig, RetrainConfig, SearchConfig, TeacherConfig, Variant
 
 
 class _Config(BaseModel):
@@ -167,6 +167,9 @@ class JobConfig(_Config):
     small_transformers: list[TransformerConfig] = Field(
         default_factory=list, description="the small-transformer family (TinyBERT): each member is distilled from "
         "the cache with the retrain settings, beside the searched finalists, and stands on the same Pareto front")
+    variants: list[Variant] = Field(
+        default_factory=list, description="serving variants of every retrained student, each a candidate of its own "
+        "on the Pareto front: onnx (onnxruntime, fp32), onnx-int8 (onnxruntime, int8 weights)")
     outer_loop: OuterLoopConfig = OuterLoopConfig()
     cluster: ClusterConfig = ClusterConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -176,6 +179,12 @@ class JobConfig(_Config):
     def _name(self) -> JobConfig:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ValueError("name may hold letters, digits, '.', '_' and '-' only")
+        return self
+
+    @model_validator(mode="after")
+    def _variants_once(self) -> JobConfig:
+        if len(set(self.variants)) < len(self.variants):
+            raise ValueError(f"variants: {self.variants} names one twice; list each once")
         return self
 
     @model_validator(mode="after")

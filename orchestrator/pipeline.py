@@ -28,9 +28,11 @@ from orchestrator.plots import cell_plot, pareto_plot
 from orchestrator.retrain_stage import (
     StudentSpec,
     finalist_specs,
+    make_variants,
     retrain_students,
     screen_candidates,
     transformer_specs,
+    variant_specs,
 )
 from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
 from orchestrator.stages import cache_stage, prepare_stage, teacher_stage
@@ -181,12 +183,17 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     console.print(f"[bold]retrain[/]: the {len(finalists)} best of the screened students"
                   f"{f' and {len(family)} small transformers' if family else ''}, {job.retrain.epochs} epochs")
     specs = family + finalists  # the longest retrains first: the cells' fill the CPUs beside them
-    metrics = retrain_students(
-        job, specs, refs=refs,
-        on_done=lambda s, m, hit: console.print(
-            f"  [green]✓[/] student {s.key} ({s.describe()}): dev {metric_name} {m['dev_metric']:.4f}"
-            f"{'  (cache hit)' if hit else ''}"),
-    )
+
+    def done(s: StudentSpec, m: dict, hit: bool) -> None:
+        console.print(f"  [green]✓[/] student {s.key} ({s.describe()}): dev {metric_name} {m['dev_metric']:.4f}"
+                      f"{'  (cache hit)' if hit else ''}")
+
+    metrics = retrain_students(job, specs, refs=refs, on_done=done)
+    if variants := variant_specs(job, specs):
+        console.print(f"[bold]variants[/]: {' and '.join(job.variants)} of each student, scored and timed under "
+                      "onnxruntime")
+        metrics |= make_variants(variants, refs=refs, on_done=done)
+        specs = specs + variants
 
     # -- latency, select ---------------------------------------------------------------------
     status.update(stage="select")
@@ -349,7 +356,8 @@ def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: Student
                                         role="retrain", parent_id=above)
     if to_log:
         arch = {"space": spec.space} if spec.transformer is None else {"transformer": spec.transformer}
-        tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), **arch})
+        made = {"variant": spec.variant, "parent_student": spec.parent.key} if spec.parent else {}
+        tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), **arch, **made})
         tracker.log_metrics(run_id, {**metrics, "inherited_score": spec.figures["score"] if spec.figures else None,
                                      "short_retrain_dev_score": spec.figures.get("short_score") if spec.figures else None})
         tracker.log_text(run_id, spec.arch_json, "genotype.json" if spec.transformer is None else "transformer.json")
@@ -384,6 +392,8 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
         "embedding_rank": spec.space.get("embedding_rank") or (spec.transformer or {}).get("embedding_rank") or "",
         "embedding_kronecker": spec.space.get("embedding_kronecker") or "",
         "origin": origin(spec.figures or {}) if spec.outcome else "small-transformer family",
+        "variant": spec.variant or "", "parent_student": spec.parent.key if spec.parent else "",
+        "runtime": c.metrics.get("runtime", "torch"),
         "seed": seeds[0] if seeds else search.get("seed", ""),
         "config_number": spec.outcome.number if spec.outcome else "",
         "metric": c.metrics["metric"], "dev_score": c.score, "test_score": c.metrics["test_metric"], "params": c.params,
@@ -396,12 +406,12 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
 def selection_table(candidates: list[Candidate], front: list[Candidate], champion: Candidate, *,
                     latency_batch: int, metric_name: str) -> Table:
     table = Table(title="Retrained students")
-    for col in ("student", "config", f"dev {metric_name}", f"b{latency_batch} ms (p50/p95)", "params", "front"):
-        table.add_column(col, justify="right" if col not in ("student", "front") else "left")
+    for col in ("student", "route", "config", f"dev {metric_name}", f"b{latency_batch} ms (p50/p95)", "params", "front"):
+        table.add_column(col, justify="right" if col not in ("student", "route", "front") else "left")
     on_front = {c.key for c in front}
     for c in sorted(candidates, key=lambda c: -c.score):
         mark = "★ champion" if c.key == champion.key else ("✓" if c.key in on_front else "")
-        table.add_row(c.key, "-" if c.config_number is None else str(c.config_number), f"{100 * c.score:.2f}",
+        table.add_row(c.key, c.route, "-" if c.config_number is None else str(c.config_number), f"{100 * c.score:.2f}",
                       f"{c.latency_ms:.2f}/{c.latency_p95_ms:.2f}", f"{c.params:,}", mark)
     return table
 
@@ -420,9 +430,11 @@ def _print_summary(console: Console, job: JobConfig, r: PipelineResult) -> None:
     console.print(f"  {gain:+.2f} points over TF-IDF + logistic regression on the same split "
                   f"({100 * r.baseline.dev:.2f}%)" + ("" if gain > 0 else
                   "  [yellow]: this student is no better than the baseline a user would try first[/]"))
+    runtime = c.metrics.get("runtime", "torch")
     for batch in (1, 128):
         mine, theirs = c.metrics[f"latency_b{batch}_ms"], r.teacher_latency[f"latency_b{batch}_ms"]
-        console.print(f"  {theirs / mine:.1f}x faster than the teacher at batch {batch} ({mine:.2f} ms vs {theirs:.2f} ms)")
+        console.print(f"  {theirs / mine:.1f}x faster than the teacher at batch {batch} ({mine:.2f} ms vs {theirs:.2f} ms)"
+                      + ("" if runtime == "torch" else f"; the student under {runtime}, the teacher under torch"))
     console.print(f"  {c.params / 1e6:.2f}M params ({r.teacher_params / max(c.params, 1):.1f}x smaller)")
     console.print(f"  pull it:      adaray pull {r.model_name}@champion -o student/")
     console.print(f"  MLflow UI:    {ui_command(job)}")

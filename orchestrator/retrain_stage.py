@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
@@ -19,6 +19,7 @@ from orchestrator.config import JobConfig
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, candidate_id
 from search_space.config import TransformerConfig
 from workers.config import RetrainConfig
+from workers.student_files import METRICS_FILE
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,14 @@ class StudentSpec:
     outcome: ConfigOutcome | None = None  # the configuration that yielded it (finalists only)
     figures: dict | None = None  # what the earlier fidelities measured (inherited and short scores)
     transformer: dict | None = None  # a member of the small-transformer family; genotype and space are then empty
+    variant: str | None = None  # a serving variant (workers.config.Variant) of `parent`, made by export, not training
+    parent: StudentSpec | None = None
 
     @property
     def route(self) -> str:
         """The compression route: the Pareto plot's marker and the registry's `route` tag."""
+        if self.parent is not None:
+            return f"{self.parent.route}, {self.variant}"
         if self.transformer is not None:
             return f"small transformer {TransformerConfig.from_dict(self.transformer).name}"
         rank, kron = self.space.get("embedding_rank"), self.space.get("embedding_kronecker")
@@ -48,6 +53,8 @@ class StudentSpec:
         return self.genotype if self.transformer is None else json.dumps(self.transformer, sort_keys=True)
 
     def describe(self) -> str:
+        if self.parent is not None:
+            return f"{self.parent.describe()}, {self.variant}"
         return self.route if self.outcome is None else f"config {self.outcome.number}"
 
 
@@ -100,6 +107,27 @@ def transformer_specs(job: JobConfig, *, cache_key: str) -> list[StudentSpec]:
     return specs
 
 
+def variant_specs(job: JobConfig, parents: list[StudentSpec]) -> list[StudentSpec]:
+    """Each of the job's serving variants of each retrained student, in a folder beside its parent's."""
+    return [replace(p, key=f"{p.key}-{v}", out_dir=p.out_dir.with_name(f"{p.key}-{v}"), variant=v, parent=p)
+            for p in parents for v in job.variants]
+
+
+def make_variants(specs: list[StudentSpec], *, refs: DataRefs,
+                  on_done: Callable[[StudentSpec, dict, bool], None] | None = None) -> dict[str, dict]:
+    """Export each variant of `specs` (on the driver, one at a time; kept on disk); returns {key: metrics}."""
+    from workers.variants import make_variant
+
+    results = {}
+    for spec in specs:
+        hit = (spec.out_dir / METRICS_FILE).is_file()
+        results[spec.key] = make_variant(spec.parent.out_dir, spec.out_dir, variant=spec.variant,
+                                         prepared_dir=refs.prepared_dir)
+        if on_done:
+            on_done(spec, results[spec.key], hit)
+    return results
+
+
 def _retrain_remote(spec: dict) -> dict:
     """Runs in a Ray task: load data from the cache and prepared folders, train, save, evaluate."""
     from search_space.config import SearchSpaceConfig
@@ -124,7 +152,7 @@ def retrain_students(
     results: dict[str, dict] = {}
     todo = []
     for spec in specs:
-        metrics_file = spec.out_dir / "metrics.json"
+        metrics_file = spec.out_dir / METRICS_FILE
         if metrics_file.is_file():
             results[spec.key] = json.loads(metrics_file.read_text())
             if on_done:

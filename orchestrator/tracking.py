@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from orchestrator.config import JobConfig
 from orchestrator.errors import AdarayError
 from workers.local_files import check_destination, deliver_files
+from workers.student_files import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, is_student_folder
 
 # Per-file download bars and INFO lines drown the job's own progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -153,6 +154,11 @@ class StudentPyfunc(PythonModel):
 
         self._predictor = StudentPredictor.from_pretrained(context.artifacts["student"])
 
+    def __getstate__(self) -> dict:
+        # MLflow pickles the model after its input-example check has loaded it; the student lives in
+        # the artifacts and load_context rebuilds it (an onnxruntime session cannot be pickled at all).
+        return {k: v for k, v in self.__dict__.items() if k != "_predictor"}
+
     def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[Prediction]:
         """`params={"exit_threshold": t}`: early exit at t (0 runs every cell); the student's default
         (chosen on dev) otherwise."""
@@ -267,7 +273,7 @@ class Tracker:
                 return mv.version
         # The signature's params (MLflow passes their defaults when a caller gives none): the exit
         # threshold the student was given on dev.
-        params = {"exit_threshold": float(json.loads((student_dir / "config.json").read_text())
+        params = {"exit_threshold": float(json.loads((student_dir / CONFIG_FILE).read_text())
                                           .get("exit_threshold", 0.0))}
 
         def log_model():
@@ -332,9 +338,9 @@ def pull_student(ref: str, *, dst: Path, tracking_uri: str, force: bool = False)
     with tempfile.TemporaryDirectory(prefix="adaray-pull-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
                                                          tracking_uri=tracking_uri, registry_uri=tracking_uri))
-        found = [p for p in local.rglob("config.json") if (p.parent / "model.safetensors").exists()]
+        found = [p for p in local.rglob(CONFIG_FILE) if is_student_folder(p.parent)]
         if not found:
-            raise FileNotFoundError(f"{model_uri} holds no student folder (config.json + model.safetensors)")
+            raise FileNotFoundError(f"{model_uri} holds no student folder ({CONFIG_FILE} + {WEIGHTS_FILE} or {ONNX_FILE})")
         return deliver_files(found[0].parent, dst, force=force)
 
 

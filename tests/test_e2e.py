@@ -212,3 +212,32 @@ def test_a_rerun_on_an_emptied_tracking_store_finishes_every_run_it_opens(finish
     assert result.champion_version is not None and runs
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
     assert tracker.runs_by_role()["config"] >= 1
+
+
+def test_turning_on_the_int8_variant_puts_every_students_export_on_the_front(finished_job, tmp_path):
+    """The job rerun with `variants: [onnx-int8]` (a fresh tracking store, so the registry above is left
+    as it is): every retrained student gains an onnxruntime int8 candidate, scored and timed as its
+    own, and the front's variants are registered with their parent's lineage and served from there."""
+    job, result, _ = finished_job
+    with_int8 = job.model_copy(update={
+        "variants": ["onnx-int8"], "budget": job.budget.model_copy(update={"register_top": 20}),
+        "tracking": job.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})})
+    again = run_pipeline(with_int8, progress=False)
+    by_key = {c.key: c for c in again.candidates}
+    parents = [c for c in again.candidates if c.metrics.get("runtime") == "torch"]
+    assert {c.key for c in parents} == {c.key for c in result.candidates}  # the students themselves: cache hits
+    for p in parents:
+        v = by_key[f"{p.key}-onnx-int8"]
+        assert v.route == f"{p.route}, onnx-int8" and v.params == p.params and v.genotype == p.genotype
+        assert v.metrics["runtime"] == "onnxruntime" and 0 < v.latency_ms <= v.latency_p95_ms
+        assert v.metrics["max_logit_diff"] < 0.05 and 0 < v.score <= 1
+    variants_on_front = [c for c in again.front if c.key.endswith("-onnx-int8")]
+    assert variants_on_front  # onnxruntime runs these tiny students far faster than torch at batch 1
+    tracker = Tracker(with_int8, task_name="rotten_tomatoes")
+    registered = {v.tags["adaray.key"]: v for v in tracker.client.search_model_versions(f"name = '{again.model_name}'")}
+    for c in variants_on_front:
+        mv = registered[f"{job.name}/{c.key}"]
+        assert mv.tags["variant"] == "onnx-int8" and mv.tags["runtime"] == "onnxruntime"
+        assert mv.tags["parent_student"] == c.key.removesuffix("-onnx-int8")
+    served = mlflow.pyfunc.load_model(f"models:/{again.model_name}/{registered[f'{job.name}/{variants_on_front[0].key}'].version}")
+    assert served.predict(["a warm and funny film"])[0].label in ("fresh", "rotten")

