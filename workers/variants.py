@@ -10,6 +10,7 @@ parameters are its parent's (int8 stores them in a quarter of the bytes; `file_m
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from workers.onnx_export import EXPORT_REPORT, ONNX_FILE, export_onnx, onnx_pred
 from workers.student_files import CONFIG_FILE, METRICS_FILE
 
 VARIANTS: dict[Variant, bool] = {"onnx": False, "onnx-int8": True}  # name -> int8 weights
-VARIANT_LABELS = {"onnx": "ONNX fp32", "onnx-int8": "ONNX int8"}  # as routes and tables name them
-# A parent's figures that do not hold for its export: early exit needs the probes a graph does not return.
-_NOT_INHERITED = ("exit_curve", "exit_threshold", "exit_mean_cells", "dev_metric_full_vocab", "test_metric_full_vocab")
+# A parent's figures that do not hold for its export: early exit needs the probes a graph does not
+# return, and the training's cost was the parent's (counting it twice would inflate a job's compute).
+_NOT_INHERITED = ("exit_curve", "exit_threshold", "exit_mean_cells", "dev_metric_full_vocab", "test_metric_full_vocab",
+                  "train_seconds", "cpu_seconds")
 
 
 def make_variant(student_dir: str | Path, out_dir: str | Path, *, variant: str, prepared_dir: str | Path) -> dict[str, Any]:
@@ -38,6 +40,7 @@ def make_variant(student_dir: str | Path, out_dir: str | Path, *, variant: str, 
     parent = json.loads((student_dir / METRICS_FILE).read_text())
 
     def write(folder: Path) -> None:
+        started = time.perf_counter()
         export_onnx(student_dir, folder, int8=VARIANTS[variant])
         scores = {}
         for name in ("dev", "test"):
@@ -51,7 +54,8 @@ def make_variant(student_dir: str | Path, out_dir: str | Path, *, variant: str, 
         report = json.loads((folder / EXPORT_REPORT).read_text())
         metrics = {**{k: v for k, v in parent.items() if k not in _NOT_INHERITED}, **scores, "variant": variant,
                    "parent_dev_metric": parent["dev_metric"], "file_mb": (folder / ONNX_FILE).stat().st_size / 1e6,
-                   "max_logit_diff": report.get("int8_max_logit_diff", report["fp32_max_logit_diff"])}
+                   "max_logit_diff": report.get("int8_max_logit_diff", report["fp32_max_logit_diff"]),
+                   "export_seconds": time.perf_counter() - started}
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
 
     publish_dir(out_dir, write)
