@@ -116,5 +116,9 @@ def test_a_registered_variant_is_pulled_and_served_like_any_student(tmp_path, pr
     assert from_registry[0].label == local[0]["label"]
     assert main(["predict", str(pulled), "--text", "a warm and funny film", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["label"] == local[0]["label"]
-    assert main(["export", str(pulled), "-o", str(tmp_path / "again"), "--onnx"]) == 2
-    assert "onnxruntime" in capsys.readouterr().err and not (tmp_path / "again").exists()
+    # Exporting what a job already exported: the graph as it is, or one line when asked for other weights.
+    assert main(["export", str(pulled), "-o", str(tmp_path / "fp32"), "--onnx"]) == 2
+    assert "already an ONNX graph with int8 weights" in capsys.readouterr().err and not (tmp_path / "fp32").exists()
+    assert main(["export", str(pulled), "-o", str(tmp_path / "again"), "--onnx", "--int8"]) == 0
+    assert (tmp_path / "again" / ONNX_FILE).read_bytes() == (variant / ONNX_FILE).read_bytes()
+    assert not (tmp_path / "again" / METRICS_FILE).exists()

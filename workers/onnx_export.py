@@ -29,7 +29,14 @@ from workers.dataset import TargetSplit
 from workers.latency import hardware_name, pinned_threads, planned_timings
 from workers.local_files import MANIFEST, check_destination, deliver_files
 from workers.student import load_student
-from workers.student_files import CONFIG_FILE, LATENCY_FILE, METRICS_FILE, ONNX_FILE, WEIGHTS_FILE
+from workers.student_files import (
+    CONFIG_FILE,
+    LATENCY_FILE,
+    METRICS_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    is_onnx_student,
+)
 
 OPSET = 18
 PARITY_ATOL = 1e-4  # max |logit difference| onnxruntime may show against torch
@@ -81,6 +88,8 @@ def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = F
     """
     student_dir = Path(student_dir)
     check_destination(out_dir, force=force)
+    if is_onnx_student(student_dir):
+        return _deliver_exported(student_dir, out_dir, force=force, int8=int8)
     student = load_student(student_dir)
     pair = bool(json.loads((student_dir / CONFIG_FILE).read_text()).get("pair", False))
     with tempfile.TemporaryDirectory(prefix="adaray-onnx-") as tmp:
@@ -94,10 +103,27 @@ def export_onnx(student_dir: str | Path, out_dir: str | Path, *, force: bool = F
             fp32.unlink()
             report["int8_max_logit_diff"] = logit_diff(student, folder / ONNX_FILE, pair=pair)
         (folder / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
-        for item in student_dir.iterdir():  # config and tokenizer; torch's weights and figures stay behind
-            if item.is_file() and item.name not in (WEIGHTS_FILE, MANIFEST, METRICS_FILE, LATENCY_FILE):
-                shutil.copy2(item, folder / item.name)
+        _copy_serving_files(student_dir, folder)
         return deliver_files(folder, out_dir, force=force)
+
+
+def _copy_serving_files(src: Path, dst: Path) -> None:
+    """Config, tokenizer (and an exported graph with its report): torch's weights and a job's figures stay behind."""
+    for item in src.iterdir():
+        if item.is_file() and item.name not in (WEIGHTS_FILE, MANIFEST, METRICS_FILE, LATENCY_FILE):
+            shutil.copy2(item, dst / item.name)
+
+
+def _deliver_exported(folder: Path, out_dir: str | Path, *, force: bool, int8: bool) -> Path:
+    """A student a job already exported (a serving variant), written as it is when it is what was asked."""
+    has_int8 = bool(json.loads((folder / EXPORT_REPORT).read_text()).get("int8"))
+    if has_int8 != int8:
+        have, want = ("int8", "fp32") if has_int8 else ("fp32", "int8")
+        raise ValueError(f"{folder} is already an ONNX graph with {have} weights; for {want}, export the student it "
+                         "was made from (its registry version's parent_student tag)")
+    with tempfile.TemporaryDirectory(prefix="adaray-onnx-") as tmp:
+        _copy_serving_files(folder, Path(tmp))
+        return deliver_files(Path(tmp), out_dir, force=force)
 
 
 def _export_graph(student: ProbedStack, path: Path, *, pair: bool) -> None:
