@@ -1,4 +1,4 @@
-"""The whole job: prepare → teacher → cache → outer loop → retrain → select → register.
+"""The whole job: prepare → teacher → cache → outer loop → retrain (+ variants) → select → register.
 
 Every stage is keyed by its inputs, so running a finished job again is a string of cache hits,
 and `adaray resume` after a dead driver is the same call: the study, the Tune experiments, the

@@ -2,7 +2,8 @@
 
 Students train in parallel; their latency is measured afterwards on the driver, one at a time, so
 no measurement shares the CPU with another student's training. Each student's folder is keyed by
-(genotype, space, cache key, retrain config): a re-run finds it and skips the training.
+(genotype, space, cache key, retrain config): a re-run finds it and skips the training. The job's
+serving variants (ONNX exports) are made after, on the driver, in folders beside their parents'.
 """
 
 from __future__ import annotations
@@ -66,9 +67,12 @@ def student_key(*, genotype: str, space: dict, cache_key: str, retrain: RetrainC
 
 
 def screen_config(job: JobConfig) -> RetrainConfig:
-    """The job's retrain at the screen's fidelity (fewer epochs, fewer examples)."""
+    """The job's retrain at the screen's fidelity (fewer epochs, fewer examples). No early-exit sweep:
+    a screened student is only ranked by its dev score, never served, and the sweep cost 4-11 s of
+    one CPU per student on the demo's task, about a minute of its 16 screens."""
     screen = job.outer_loop.screen
-    return job.retrain.model_copy(update={"epochs": screen.epochs, "max_train_examples": screen.max_train_examples})
+    return job.retrain.model_copy(update={"epochs": screen.epochs, "max_train_examples": screen.max_train_examples,
+                                          "exit_max_drop": None})
 
 
 def screen_specs(job: JobConfig, candidates: list[dict], *, cache_key: str) -> list[StudentSpec]:

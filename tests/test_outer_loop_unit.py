@@ -64,6 +64,28 @@ def test_a_searched_embedding_rank_reaches_the_space_and_names_the_route(tmp_pat
     assert isinstance(distribution(j.outer_loop.params["embedding_rank"]), optuna.distributions.CategoricalDistribution)
 
 
+def test_each_variant_is_a_student_of_its_own_beside_its_parent(tmp_path):
+    from orchestrator.pipeline import _candidate, _lineage
+    from orchestrator.retrain_stage import screen_config, transformer_specs, variant_specs
+    from search_space.config import TransformerConfig
+
+    j = job(tmp_path).model_copy(update={"variants": ["onnx", "onnx-int8"], "small_transformers": [
+        TransformerConfig(layers=1, hidden=32, heads=2, ffn=64)]})
+    (member,) = transformer_specs(j, cache_key="c")
+    fp32, int8 = variant_specs(j, [member])
+    assert int8.key == f"{member.key}-onnx-int8" and int8.out_dir == member.out_dir.parent / int8.key
+    assert int8.route == f"{member.route}, onnx-int8" and fp32.route == f"{member.route}, onnx"
+    assert int8.arch_json == member.arch_json and int8.parent is member
+    metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_ms": 1.0,
+               "latency_b1_p95_ms": 1.2, "runtime": "onnxruntime"}
+    tags = _lineage(j, _candidate(int8, metrics, batch=1), spec=int8, teacher_dir=tmp_path, cache_key="c",
+                    fingerprint="f")
+    assert (tags["variant"], tags["parent_student"], tags["runtime"]) == ("onnx-int8", member.key, "onnxruntime")
+    assert variant_specs(j.model_copy(update={"variants": []}), [member]) == []
+    # A screened student is ranked by its dev score and never served: no early-exit sweep.
+    assert screen_config(j).exit_max_drop is None and j.retrain.exit_max_drop is not None
+
+
 def test_trial_configs_place_params_and_vary_seeds(tmp_path):
     j = job(tmp_path)
     dicts = trial_configs(j, number=5, round_index=1, params={"beta": 2.5, "k_max": 4}, refs=REFS)
