@@ -69,11 +69,10 @@ class StudentPredictor:
         if is_onnx_student(folder):
             from workers.onnx_export import OnnxStudent  # onnxruntime, only for a student that needs it
 
-            config = json.loads((folder / CONFIG_FILE).read_text())
-            model = OnnxStudent(folder / ONNX_FILE, pad_id=config["pad_id"])
+            model = OnnxStudent(folder / ONNX_FILE, pad_id=json.loads((folder / CONFIG_FILE).read_text())["pad_id"])
         else:
-            model = load_student(folder)
-            config = json.loads((folder / CONFIG_FILE).read_text())
+            model = load_student(folder)  # checks the folder holds a student
+        config = json.loads((folder / CONFIG_FILE).read_text())
         missing = [k for k in ("label_names", "pair", "max_length") if k not in config]
         if missing:
             raise ValueError(f"{folder / CONFIG_FILE} lacks {missing}: not saved by adaray's retrain")
@@ -104,8 +103,8 @@ class StudentPredictor:
         if not 0 <= threshold <= 1:
             raise ValueError(f"exit_threshold must lie in [0, 1] (a normalised entropy), got {threshold}")
         if threshold > 0 and not isinstance(self.model, ProbedStack):
-            raise ValueError("this student is an ONNX graph, which runs every cell: early exit needs the torch "
-                             "student it was exported from (or exit_threshold 0)")
+            raise ValueError("this student is an ONNX graph, which runs the whole model: early exit needs the "
+                             "torch student it was exported from (or exit_threshold 0)")
         results = []
         for start in range(0, len(texts), batch_size):
             chunk_b = None if text_pairs is None else text_pairs[start:start + batch_size]
