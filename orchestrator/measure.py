@@ -2,8 +2,9 @@
 
 Measuring here, after training, keeps every timing free of other work on the same CPU. Every
 model is timed at the task's max_length with the same plan and thread count: by
-`workers.latency.latency_metrics` under torch, by `onnx_latency_metrics` for an exported variant. Results are cached next to what they measure (keyed by the hardware, threads,
-length and plan), so a resumed job reuses them.
+`workers.latency.latency_metrics` under torch, by `onnx_latency_metrics` for an exported variant.
+Results are cached next to what they measure (keyed by the hardware, threads, length and plan),
+so a resumed job reuses them.
 """
 
 from __future__ import annotations
