@@ -157,6 +157,10 @@ class PairEmbedding(nn.Module):
         x = self.dropout(x if self.up is None else self.up(x))  # (B, T, D)
         return x * mask.to(dtype=x.dtype).unsqueeze(-1)
 
+    def mask_of(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The real-token mask (B, T) as bool: the one given, or every id that is not the pad id."""
+        return (ids != self.pad_id) if mask is None else mask.to(torch.bool)
+
     def forward(
         self,
         ids_a: torch.Tensor,
@@ -165,13 +169,11 @@ class PairEmbedding(nn.Module):
         mask_b: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (s0, s1, mask): the first cell's two inputs (B, T, D) and the real-token mask (B, T)."""
-        if mask_a is None:
-            mask_a = ids_a != self.pad_id
-        mask_a = mask_a.to(torch.bool)
+        mask_a = self.mask_of(ids_a, mask_a)
         if ids_b is None:
             x = self.embed_tokens(ids_a, mask_a)
             return x, x, mask_a
-        mask_b = (ids_b != self.pad_id) if mask_b is None else mask_b.to(torch.bool)
+        mask_b = self.mask_of(ids_b, mask_b)
         # Sentences padded to different lengths: right-pad the shorter with masked pads.
         length = max(ids_a.shape[1], ids_b.shape[1])
         ids_a, mask_a = _right_pad(ids_a, mask_a, length, self.pad_id)

@@ -77,12 +77,12 @@ class SmallTransformer(ProbedStack):
 
     def embed(self, ids_a: torch.Tensor, mask_a: torch.Tensor | None, ids_b: torch.Tensor | None,
               mask_b: torch.Tensor | None) -> tuple[State, torch.Tensor]:
-        mask_a = (ids_a != self.pad_id) if mask_a is None else mask_a.to(torch.bool)  # (B, Ta)
+        mask_a = self.embedding.mask_of(ids_a, mask_a)  # (B, Ta)
         x = self.embedding.embed_tokens(ids_a, mask_a)  # (B, Ta, D)
         segment = torch.zeros_like(ids_a[0])  # (Ta,)
         mask = mask_a
         if ids_b is not None:
-            mask_b = (ids_b != self.pad_id) if mask_b is None else mask_b.to(torch.bool)  # (B, Tb)
+            mask_b = self.embedding.mask_of(ids_b, mask_b)  # (B, Tb)
             x = torch.cat([x, self.embedding.embed_tokens(ids_b, mask_b)], dim=1)  # (B, T, D)
             segment = torch.cat([segment, torch.ones_like(ids_b[0])])  # (T,)
             mask = torch.cat([mask_a, mask_b], dim=1)  # (B, T)
