@@ -42,7 +42,7 @@ from bench_job import job_and_data  # noqa: E402
 from bench_job import quick_job as quick_data_job  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import JobConfig  # noqa: E402
-from orchestrator.measure import student_latency, teacher_latency  # noqa: E402
+from orchestrator.measure import student_timeable, teacher_latency, time_models  # noqa: E402
 from orchestrator.outer_loop import DataRefs, open_study  # noqa: E402
 from orchestrator.pipeline import run_pipeline  # noqa: E402
 from orchestrator.retrain_stage import StudentSpec, retrain_students, student_key  # noqa: E402
@@ -72,6 +72,11 @@ def quick_job(job: JobConfig) -> JobConfig:
             "screen": job.outer_loop.screen.model_copy(update={"top": 1, "max_train_examples": 128, "finalists": 1}),
         }),
     })
+
+
+def searched_only(job: JobConfig) -> JobConfig:
+    """The job without its other routes (small transformers, serving variants): row 3 is the searched cell."""
+    return job.model_copy(update={"small_transformers": [], "variants": []})
 
 
 def seed_job(job: JobConfig, seed: int) -> JobConfig:
@@ -116,9 +121,9 @@ def retrain_all(job: JobConfig, genotypes: list[Genotype], *, refs: DataRefs, ca
             key = student_key(genotype=g.to_json(), space=space, cache_key=cache_key, retrain=cfg)
             specs.append(StudentSpec(key, g.to_json(), space, cfg, job.run_dir / folder / key))
     metrics = retrain_students(job, specs, refs=refs)
-    return [figures(metrics[s.key], student_latency(s.out_dir, seq_len=job.task.max_length,
-                                                    repeats=job.retrain.latency_repeats))
-            for s in specs]
+    timed = time_models({s.key: student_timeable(s.out_dir, seq_len=job.task.max_length) for s in specs},
+                        seq_len=job.task.max_length, repeats=job.retrain.latency_repeats)
+    return [figures(metrics[s.key], timed[s.key]) for s in specs]
 
 
 def random_search(job: JobConfig, *, budget: float, refs: DataRefs, cache_key: str, seed: int) -> dict:
@@ -209,7 +214,7 @@ def main() -> None:
     searched, randoms, hands, sweep, ablated = [], [], [], [], {}
     for s in range(seeds):
         console.print(f"[bold]3[/] searched champion, seed {s}: the whole outer loop")
-        sj = seed_job(job, s)
+        sj = seed_job(searched_only(job), s)
         result = run_pipeline(sj, progress=False, console=Console(stderr=True, quiet=True))
         c = result.champion
         searched.append({**figures(c.metrics, c.metrics), "cpu_s": spent(sj)})

@@ -1,8 +1,10 @@
-"""Latency of the retrained students and of the teacher, measured on the driver one model at a time.
+"""Latency of the retrained students and of the teacher, measured on the driver side by side.
 
 Measuring here, after training, keeps every timing free of other work on the same CPU. Every
-model is timed at the task's max_length with the same plan and thread count: by
-`workers.latency.latency_metrics` under torch, by `onnx_latency_metrics` for an exported variant.
+model is timed at the task's max_length with the same plan and thread count, torch students and
+the teacher under torch, exported variants under onnxruntime, and all of them in turns
+(`workers.latency.side_by_side_timings`): on a shared machine a burst of noise then lands on every
+model alike, so the budget's pick and the speed-ups do not hang on which model it hit.
 Results are cached next to what they measure (keyed by the hardware, threads, length and plan),
 so a resumed job reuses them.
 """
@@ -11,64 +13,97 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from workers.latency import hardware_name, latency_metrics
+from workers.latency import CallAt, hardware_name, pinned_threads, side_by_side_timings, torch_call_at
 from workers.local_files import write_json_atomic
 from workers.student_files import CONFIG_FILE, LATENCY_FILE, METRICS_FILE, ONNX_FILE, is_onnx_student
 
 
-def _timed(path: Path, measure: Callable[[], dict], *, seq_len: int, repeats: int, threads: int | None) -> dict:
-    """`measure()`'s figures, or those stored at `path` when they were taken in the same setting."""
+@dataclass(frozen=True)
+class Timeable:
+    """A model to time: where its figures are cached, and how to load it on `threads` threads as
+    calls by batch size plus the figures that are not timings (params, runtime)."""
+
+    cache: Path
+    load: Callable[[int], tuple[CallAt, dict]]
+
+
+def time_models(models: dict[str, Timeable], *, seq_len: int, repeats: int,
+                threads: int | None = None) -> dict[str, dict]:
+    """latency_b{1,128}_ms (+ _p95_ms), hardware, threads, seq_len, runtime and params of each model:
+    the cached figures of those timed before in the same setting, the others timed side by side now
+    (`timed_beside`: how many models shared the turns)."""
     setting = {"hardware": hardware_name("cpu"), "seq_len": seq_len, "repeats": repeats, "threads_asked": threads}
-    if path.is_file():
-        found = json.loads(path.read_text())
+    figures, todo = {}, {}
+    for name, model in models.items():
+        found = json.loads(model.cache.read_text()) if model.cache.is_file() else {}
         if found.get("setting") == setting:
-            return found
-    result = {**measure(), "setting": setting}
-    write_json_atomic(path, result)
-    return result
+            figures[name] = found
+        else:
+            todo[name] = model
+    if not todo:
+        return figures
+    with pinned_threads(threads) as pinned:
+        loaded = {name: model.load(pinned) for name, model in todo.items()}
+        timings = side_by_side_timings({name: call_at for name, (call_at, _) in loaded.items()}, repeats=repeats)
+        hardware = hardware_name("cpu")
+    for name, model in todo.items():
+        figures[name] = {**timings[name], **loaded[name][1], "hardware": hardware, "threads": pinned,
+                         "seq_len": seq_len, "timed_beside": len(todo), "setting": setting}
+        write_json_atomic(model.cache, figures[name])
+    return figures
 
 
-def _torch_figures(model: nn.Module, *, seq_len: int, repeats: int, threads: int | None) -> dict:
-    return {**latency_metrics(model, seq_len=seq_len, repeats=repeats, threads=threads),
-            "params": sum(p.numel() for p in model.parameters())}
+def _torch_model(model: nn.Module, *, seq_len: int) -> tuple[CallAt, dict]:
+    return torch_call_at(model, seq_len=seq_len), {"params": sum(p.numel() for p in model.parameters()),
+                                                    "runtime": "torch"}
 
 
-def student_latency(student_dir: Path, *, seq_len: int, repeats: int, threads: int | None = None) -> dict:
-    """latency_b{1,128}_ms (+ _p95_ms), hardware, threads, runtime and params of a saved student:
-    torch's timing, or onnxruntime's for an exported one (the same plan, length and threads)."""
+def student_timeable(student_dir: Path, *, seq_len: int) -> Timeable:
+    """A saved student: under torch, or under onnxruntime for an exported one."""
     student_dir = Path(student_dir)
 
-    def measure() -> dict:
+    def load(threads: int) -> tuple[CallAt, dict]:
         if not is_onnx_student(student_dir):
             from workers.student import load_student
 
-            return _torch_figures(load_student(student_dir), seq_len=seq_len, repeats=repeats, threads=threads)
-        from workers.onnx_export import onnx_latency_metrics
+            return _torch_model(load_student(student_dir), seq_len=seq_len)
+        from workers.onnx_export import onnx_call_at
 
         config = json.loads((student_dir / CONFIG_FILE).read_text())
         metrics = json.loads((student_dir / METRICS_FILE).read_text())  # params: the parent's, as exported
-        return {**onnx_latency_metrics(student_dir / ONNX_FILE, vocab_size=config["vocab_size"], seq_len=seq_len,
-                                       pair=bool(config.get("pair")), repeats=repeats, threads=threads),
-                "params": metrics["params"]}
+        call_at = onnx_call_at(student_dir / ONNX_FILE, vocab_size=config["vocab_size"], seq_len=seq_len,
+                               pair=bool(config.get("pair")), threads=threads)
+        return call_at, {"params": metrics["params"], "runtime": "onnxruntime"}
 
-    return _timed(student_dir / LATENCY_FILE, measure, seq_len=seq_len, repeats=repeats, threads=threads)
+    return Timeable(student_dir / LATENCY_FILE, load)
 
 
-def teacher_latency(teacher_dir: Path, *, seq_len: int, cache_dir: Path, repeats: int,
-                    threads: int | None = None) -> dict:
-    """The same figures for the teacher as deployed (its sequence-classification model)."""
+def teacher_timeable(teacher_dir: Path, *, seq_len: int, cache_dir: Path) -> Timeable:
+    """The teacher as deployed (its sequence-classification model), under torch."""
 
-    def load() -> nn.Module:
+    def load(threads: int) -> tuple[CallAt, dict]:
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        return AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+        return _torch_model(AutoModelForSequenceClassification.from_pretrained(teacher_dir), seq_len=seq_len)
 
-    return _timed(Path(cache_dir) / f"teacher-latency-{Path(teacher_dir).name}.json",
-                  lambda: _torch_figures(load(), seq_len=seq_len, repeats=repeats, threads=threads), seq_len=seq_len,
-                  repeats=repeats, threads=threads)
+    return Timeable(Path(cache_dir) / f"teacher-latency-{Path(teacher_dir).name}.json", load)
+
+
+def student_latency(student_dir: Path, *, seq_len: int, repeats: int, threads: int | None = None) -> dict:
+    """`time_models` of one saved student."""
+    return time_models({"student": student_timeable(student_dir, seq_len=seq_len)}, seq_len=seq_len,
+                       repeats=repeats, threads=threads)["student"]
+
+
+def teacher_latency(teacher_dir: Path, *, seq_len: int, cache_dir: Path, repeats: int,
+                    threads: int | None = None) -> dict:
+    """`time_models` of the teacher alone."""
+    return time_models({"teacher": teacher_timeable(teacher_dir, seq_len=seq_len, cache_dir=cache_dir)},
+                       seq_len=seq_len, repeats=repeats, threads=threads)["teacher"]

@@ -22,7 +22,7 @@ from orchestrator.config import JobConfig, dump_job
 from orchestrator.data import PreparedData
 from orchestrator.errors import AdarayError, deferred_interrupt, worker_errors
 from orchestrator.job_lock import job_lock
-from orchestrator.measure import student_latency, teacher_latency
+from orchestrator.measure import student_timeable, teacher_timeable, time_models
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
 from orchestrator.plots import cell_plot, pareto_plot
 from orchestrator.retrain_stage import (
@@ -198,12 +198,12 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     # -- latency, select ---------------------------------------------------------------------
     status.update(stage="select")
     seq_len = prepared.meta.max_length
-    teacher_lat = teacher_latency(teacher.dir, seq_len=seq_len, cache_dir=job.run_dir,
-                                  repeats=job.retrain.latency_repeats)
-    candidates = []
-    for spec in specs:
-        lat = student_latency(spec.out_dir, seq_len=seq_len, repeats=job.retrain.latency_repeats)
-        candidates.append(_candidate(spec, {**metrics[spec.key], **lat}, batch=job.budget.latency_batch))
+    console.print(f"[bold]latency[/]: the teacher and {len(specs)} students, timed side by side")
+    timed = time_models({"teacher": teacher_timeable(teacher.dir, seq_len=seq_len, cache_dir=job.run_dir)}
+                        | {s.key: student_timeable(s.out_dir, seq_len=seq_len) for s in specs},
+                        seq_len=seq_len, repeats=job.retrain.latency_repeats)
+    teacher_lat = timed["teacher"]
+    candidates = [_candidate(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch) for s in specs]
     front = pareto_front(candidates)
     t_score = teacher.score_in(prepared.meta.metric)  # the one metric: students are scored in it too
     choice = pick_champion(front, budget=job.budget, teacher_score=t_score, metric_name=metric_name)

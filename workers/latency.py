@@ -52,24 +52,32 @@ def timing_plan(repeats: int) -> dict[int, tuple[int, int]]:
     return {1: (5, repeats), 128: (2, max(5, repeats // 3))}
 
 
+def _call_times(fn: Callable[[], Any], *, device: torch.device, calls: int, warmup: int) -> list[float]:
+    """Milliseconds of each of `calls` calls of `fn()` after `warmup` untimed ones."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        _synchronize(device)
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            times.append(1000.0 * (time.perf_counter() - start))
+    return times
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
+
+
 def time_callable(
     fn: Callable[[], Any], *, device: torch.device | str = "cpu", repeats: int = 30, warmup: int = 5
 ) -> dict[str, float]:
     """Median and p95 milliseconds of `fn()` over `repeats` calls after `warmup` untimed ones."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    device = torch.device(device)
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        _synchronize(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            _synchronize(device)
-            times.append(1000.0 * (time.perf_counter() - start))
-    return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
+    return _summary(_call_times(fn, device=torch.device(device), calls=repeats, warmup=warmup))
 
 
 def example_inputs(model: nn.Module, *, batch_size: int, seq_len: int, device: torch.device | str) -> dict:
@@ -137,16 +145,55 @@ def read_latency_table(path: str | Path, *, primitives: tuple[str, ...], embed_d
     return {p: float(doc["latency_ms"][p]) for p in primitives}
 
 
-def planned_timings(call_at: Callable[[int], Callable[[], Any]], *, repeats: int,
-                    device: torch.device | str = "cpu", prefix: str = "") -> dict[str, float]:
-    """`{prefix}latency_b{1,128}_ms` and `_p95_ms` of `call_at(batch)()` under `timing_plan(repeats)`:
-    what every runtime (torch, onnxruntime) is timed by."""
-    metrics = {}
+# batch size -> a call of the model on full-length inputs; what the call holds (inputs, a session) is
+# made by each call_at(batch) and freed with the call
+CallAt = Callable[[int], Callable[[], Any]]
+
+
+def side_by_side_timings(call_ats: dict[str, CallAt], *, repeats: int, blocks: int = 5,
+                         device: torch.device | str = "cpu", prefix: str = "") -> dict[str, dict[str, float]]:
+    """`{prefix}latency_b{1,128}_ms` and `_p95_ms` of every model, under `timing_plan(repeats)`, timed
+    in turns: each batch size's calls are cut into `blocks` blocks, and the models take turns a block
+    at a time, each turn starting one model later. A burst of noise on a shared machine thus lands on
+    all models alike instead of on whichever was being timed, and their ratios hold.
+
+    Each block starts with the plan's warm-up calls, untimed, so a model does not pay for waking
+    the threads the previous one left asleep or spinning."""
+    device = torch.device(device)
+    names = list(call_ats)
+    metrics: dict[str, dict[str, float]] = {name: {} for name in names}
     for batch_size, (warmup, n) in timing_plan(repeats).items():
-        timing = time_callable(call_at(batch_size), device=device, repeats=n, warmup=warmup)
-        metrics[f"{prefix}latency_b{batch_size}_ms"] = timing["median_ms"]
-        metrics[f"{prefix}latency_b{batch_size}_p95_ms"] = timing["p95_ms"]
+        times: dict[str, list[float]] = {name: [] for name in names}
+        per_block = -(-n // blocks)  # ceil: every model gets at least the plan's calls
+        for block in range(blocks):
+            for name in names[block % len(names):] + names[: block % len(names)]:
+                # Made anew each block and dropped after it: an onnxruntime session left alive keeps
+                # its threads spinning beside the next model (p95s of 5-8 ms for 1 ms models here).
+                times[name] += _call_times(call_ats[name](batch_size), device=device, calls=per_block,
+                                           warmup=warmup)
+        for name in names:
+            summary = _summary(times[name])
+            metrics[name][f"{prefix}latency_b{batch_size}_ms"] = summary["median_ms"]
+            metrics[name][f"{prefix}latency_b{batch_size}_p95_ms"] = summary["p95_ms"]
     return metrics
+
+
+def planned_timings(call_at: CallAt, *, repeats: int, device: torch.device | str = "cpu",
+                    prefix: str = "") -> dict[str, float]:
+    """`side_by_side_timings` of one model: what every runtime (torch, onnxruntime) is timed by."""
+    return side_by_side_timings({"model": call_at}, repeats=repeats, blocks=1, device=device,
+                                prefix=prefix)["model"]
+
+
+def torch_call_at(model: nn.Module, *, seq_len: int, device: torch.device | str = "cpu") -> CallAt:
+    """Calls of `model` (in eval mode) on `example_inputs` of each batch size."""
+    model.eval()
+
+    def call_at(batch_size: int) -> Callable[[], Any]:
+        inputs = example_inputs(model, batch_size=batch_size, seq_len=seq_len, device=device)
+        return lambda: model(**inputs)
+
+    return call_at
 
 
 def latency_metrics(model: nn.Module, *, seq_len: int, repeats: int = 30, threads: int | None = None,
@@ -169,12 +216,8 @@ def latency_metrics(model: nn.Module, *, seq_len: int, repeats: int = 30, thread
         try:
             for prefix, device in targets:
                 model.to(device)
-
-                def call_at(batch_size: int, device=device) -> Callable[[], Any]:
-                    inputs = example_inputs(model, batch_size=batch_size, seq_len=seq_len, device=device)
-                    return lambda: model(**inputs)
-
-                metrics.update(planned_timings(call_at, repeats=repeats, device=device, prefix=prefix))
+                metrics.update(planned_timings(torch_call_at(model, seq_len=seq_len, device=device),
+                                               repeats=repeats, device=device, prefix=prefix))
                 metrics[f"{prefix}hardware"] = hardware_name(device)
         finally:
             model.to(original)

@@ -26,7 +26,7 @@ from torch import nn
 
 from search_space.layers import ProbedStack, StudentOutput
 from workers.dataset import TargetSplit
-from workers.latency import hardware_name, pinned_threads, planned_timings
+from workers.latency import CallAt, hardware_name, pinned_threads, planned_timings
 from workers.local_files import MANIFEST, check_destination, deliver_files
 from workers.student import load_student
 from workers.student_files import (
@@ -267,19 +267,27 @@ def onnx_predictions(path: str | Path, split: TargetSplit, *, batch_size: int = 
                       for batch in split.batches(batch_size=batch_size)])
 
 
+def onnx_call_at(path: str | Path, *, vocab_size: int, seq_len: int, pair: bool, threads: int) -> CallAt:
+    """Calls of the graph at `path` under onnxruntime (`threads` intra-op threads) on full-length
+    random inputs of each batch size: what `torch_call_at` gives for a torch model. Each call_at(batch)
+    opens its own session, closed when its call is dropped, so no idle session's threads stay behind."""
+
+    def call_at(batch: int):
+        sess = session(path, threads=threads)
+        feed = example_feed(vocab_size, batch=batch, length=seq_len, pair=pair)
+        feed = {k: np.ones_like(v) if k.startswith("mask") else v for k, v in feed.items()}  # full length
+        return lambda: sess.run(["logits"], feed)
+
+    return call_at
+
+
 def onnx_latency_metrics(path: str | Path, *, vocab_size: int, seq_len: int, pair: bool = False, repeats: int = 30,
                          threads: int | None = None) -> dict[str, float]:
     """What `workers.latency.latency_metrics` gives for torch (the same keys, plan and full-length
     inputs), for the graph at `path` run by onnxruntime with `threads` intra-op threads (None:
     torch's count, so both runtimes are timed on as many threads)."""
     with pinned_threads(threads) as pinned:
-        sess = session(path, threads=pinned)
-
-        def call_at(batch: int):
-            feed = example_feed(vocab_size, batch=batch, length=seq_len, pair=pair)
-            feed = {k: np.ones_like(v) if k.startswith("mask") else v for k, v in feed.items()}  # full length
-            return lambda: sess.run(["logits"], feed)
-
+        call_at = onnx_call_at(path, vocab_size=vocab_size, seq_len=seq_len, pair=pair, threads=pinned)
         metrics = planned_timings(call_at, repeats=repeats)
         hardware = hardware_name("cpu")
     return {**metrics, "hardware": hardware, "threads": pinned, "seq_len": seq_len, "runtime": "onnxruntime"}
