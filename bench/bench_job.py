@@ -19,6 +19,22 @@ def quick_job(job: JobConfig) -> JobConfig:
     })
 
 
+def quick_pipeline_job(job: JobConfig) -> JobConfig:
+    """The shared quick data slice and one tiny round of the whole job: the path in a couple of minutes."""
+    job = quick_job(job)
+    return job.model_copy(update={
+        "search": job.search.model_copy(update={"epochs": 1, "max_train_examples": 128, "candidates": 4}),
+        "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256, "latency_repeats": 5}),
+        "small_transformers": [],  # minutes each on a CPU even on the slice: the quick path is the searched one
+        # the slice's students may stay at the majority class; the quick path makes no accuracy claim
+        "budget": job.budget.model_copy(update={"min_over_majority": -1}),
+        "outer_loop": job.outer_loop.model_copy(update={
+            "rounds": 1, "configs_per_round": 1, "seeds": 1,
+            "screen": job.outer_loop.screen.model_copy(update={"top": 1, "max_train_examples": 128, "finalists": 1}),
+        }),
+    })
+
+
 def job_and_data(path: str, *, quick: bool, slice_job: Callable[[JobConfig], JobConfig] = quick_job) -> tuple:
     """(job, prepared, teacher, cache): the job at `path` (its `slice_job` with `quick`) with its data
     stages run, or found done."""

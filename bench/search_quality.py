@@ -38,8 +38,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench_job import job_and_data  # noqa: E402
-from bench_job import quick_job as quick_data_job  # noqa: E402
+from bench_job import job_and_data, quick_pipeline_job  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import JobConfig  # noqa: E402
 from orchestrator.measure import student_timeable, teacher_latency, time_models  # noqa: E402
@@ -59,19 +58,6 @@ HAND_CELL = Genotype(depth=3, nodes=(
     (("dil_conv_3", 2), ("dil_conv_3", 3)),
 ))
 BETAS = (0.02, 0.1, 0.3)  # the job's range: 0.5 and up derive parameter-free cells (issue 11 notes)
-
-
-def quick_job(job: JobConfig) -> JobConfig:
-    """The shared quick data slice, one tiny round: the whole path in a couple of minutes."""
-    job = quick_data_job(job)
-    return job.model_copy(update={
-        "search": job.search.model_copy(update={"epochs": 1, "max_train_examples": 128, "candidates": 4}),
-        "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256, "latency_repeats": 5}),
-        "outer_loop": job.outer_loop.model_copy(update={
-            "rounds": 1, "configs_per_round": 1, "seeds": 1,
-            "screen": job.outer_loop.screen.model_copy(update={"top": 1, "max_train_examples": 128, "finalists": 1}),
-        }),
-    })
 
 
 def searched_only(job: JobConfig) -> JobConfig:
@@ -199,7 +185,7 @@ def main() -> None:
     console = Console(stderr=True)
     started = time.perf_counter()
 
-    job, prepared, teacher, cache = job_and_data(args.job, quick=args.quick, slice_job=quick_job)
+    job, prepared, teacher, cache = job_and_data(args.job, quick=args.quick, slice_job=quick_pipeline_job)
     meta = prepared.meta
     refs = DataRefs(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir))
     repeats = job.retrain.latency_repeats

@@ -1,15 +1,18 @@
-"""Teacher vs searched student vs BERT-base, measured side by side in one run.
+"""The job's champion against its teacher and BERT-base, timed side by side in one run.
 
     python bench/student.py [--job examples/rotten_tomatoes.yaml] [--quick]
 
-Runs the data stages of the job (prepare → teacher → cache; cache hits when done), one search
-at the job's beta with seed 0, retrains the derived student, then measures on this CPU at the
-task's max_length: dev accuracy (teacher, student), parameters, and median latency at batch 1
-and 128 of the teacher, the student and a BERT-base-shaped model (BertConfig() defaults, random
-weights: latency only), and the student exported to ONNX under onnxruntime (same inputs, plan and
-threads). Ends with one JSON line of flat keys. `--quick` runs a tiny slice with
-one epoch everywhere to exercise the whole path in a few minutes; its accuracies are printed as
-null (not comparable). Figures, not tests: nothing here asserts a speed.
+Runs the job (after `make demo` every stage is a cache hit and this takes about a minute; like any
+rerun of a job, it registers its pick again) and takes its champion: a searched cell, a small
+transformer or an int8 graph, whichever the job's budget picked. Then it times, in turns at the
+task's max_length (`orchestrator.measure.time_models`): the teacher, the champion, the champion's
+other runtime (the torch parent of a graph, or the fp32 ONNX export of a torch student), the
+teacher as a user would first speed it up (exported to onnxruntime, int8 by the students'
+quantiser; latency only) and a BERT-base-shaped model (BertConfig() defaults, random weights:
+latency only). Ends with one JSON
+line of flat keys; `student_*` is the champion as registered, `student_ort_*` its onnxruntime graph.
+`--quick` runs one tiny round on a slice to exercise the whole path in a few minutes; its accuracies
+are printed as null (not comparable). Figures, not tests: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,36 +32,54 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification  # noqa: E402
 
-from bench_job import job_and_data  # noqa: E402
-from bench_job import quick_job as quick_data_job  # noqa: E402
-from orchestrator.config import JobConfig  # noqa: E402
-from workers.latency import hardware_name, latency_metrics  # noqa: E402
+from bench_job import job_and_data, quick_pipeline_job  # noqa: E402
+from orchestrator.measure import Timeable, student_timeable, teacher_timeable, time_models  # noqa: E402
+from orchestrator.pipeline import run_pipeline  # noqa: E402
+from workers.latency import hardware_name, torch_call_at  # noqa: E402
 from workers.metrics import METRIC_NAMES  # noqa: E402
-from workers.onnx_export import ONNX_FILE, export_onnx, onnx_latency_metrics  # noqa: E402
-from workers.retrain import retrain_from_paths  # noqa: E402
-from workers.search import run_search  # noqa: E402
-from workers.search_data import load_search_data  # noqa: E402
-from workers.student import load_student  # noqa: E402
+from workers.onnx_export import export_module, export_onnx, onnx_call_at, quantize_int8  # noqa: E402
+from workers.student_files import is_onnx_student  # noqa: E402
 
 # Timed calls at batch 1 (batch 128 gets a third, at least 5: workers.latency.timing_plan); a BERT-base
 # batch of 128 takes seconds on a laptop CPU.
 REPEATS = {"full": 30, "quick": 5}
 
 
-def quick_job(job: JobConfig) -> JobConfig:
-    """The shared data slice, plus one search and one retrain epoch: the whole path in a few minutes."""
-    job = quick_data_job(job)
-    return job.model_copy(update={
-        "search": job.search.model_copy(update={"epochs": 1, "max_train_examples": 128}),
-        "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256}),
-    })
+class _TeacherLogits(torch.nn.Module):
+    """The teacher's logits from the students' graph inputs (ids, a bool mask)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=mask.long()).logits
 
 
-def latencies(model: torch.nn.Module, *, seq_len: int, repeats: int) -> dict[int, float]:
-    """Median ms at batch 1 and 128: the project's one timing function, the same plan for every model."""
-    model.eval()
-    timed = latency_metrics(model, seq_len=seq_len, repeats=repeats, gpu=False)
-    return {batch: timed[f"latency_b{batch}_ms"] for batch in (1, 128)}
+def teacher_graph(teacher_dir: Path, folder: Path, *, seq_len: int) -> Timeable:
+    """The teacher exported to onnxruntime and put through the students' int8 quantiser: a user's
+    first try for speed, timed like the champion."""
+    model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval()
+    vocab, params = model.config.vocab_size, sum(p.numel() for p in model.parameters())
+    folder.mkdir(parents=True, exist_ok=True)
+    args = (torch.randint(1, vocab, (2, 7)), torch.ones(2, 7, dtype=torch.bool))  # ids, mask
+    export_module(_TeacherLogits(model), args, folder / "fp32.onnx", names=["ids", "mask"])
+    quantize_int8(folder / "fp32.onnx", folder / "int8.onnx")
+
+    def load(threads: int):
+        call_at = onnx_call_at(folder / "int8.onnx", vocab_size=vocab, seq_len=seq_len, pair=False, threads=threads)
+        return call_at, {"params": params, "runtime": "onnxruntime"}
+
+    return Timeable(folder / "latency.json", load)
+
+
+def bert_base(num_labels: int, cache: Path, *, seq_len: int) -> Timeable:
+    def load(threads: int):
+        model = BertForSequenceClassification(BertConfig(num_labels=num_labels))
+        return torch_call_at(model, seq_len=seq_len), {"params": sum(p.numel() for p in model.parameters()),
+                                                       "runtime": "torch"}
+
+    return Timeable(cache, load)
 
 
 def main() -> None:
@@ -68,48 +90,46 @@ def main() -> None:
     console = Console(stderr=True)
     started = time.perf_counter()
 
-    job, prepared, teacher, cache = job_and_data(args.job, quick=args.quick, slice_job=quick_job)
+    job, prepared, teacher, _ = job_and_data(args.job, quick=args.quick, slice_job=quick_pipeline_job)
     meta = prepared.meta
-    cfg = job.search.model_copy(update={"seed": 0})
-    data = load_search_data(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir),
-                            max_train_examples=cfg.max_train_examples)
-    searched = run_search(space=job.space, cfg=cfg, data=data, progress=True)
-    console.print(f"search: {searched.genotype.to_json()} (search-valid {searched.metrics['search_valid_score']:.4f})")
-    retrained = retrain_from_paths(
-        arch=searched.genotype, space=job.space, cfg=job.retrain, cache_uri=cache.uri, prepared_dir=prepared.folder,
-        teacher_dir=teacher.dir, out_dir=job.run_dir / f"bench-beta{cfg.beta:g}-seed0" / "student", progress=True,
-    )
+    champion = run_pipeline(job, progress=False, console=Console(stderr=True, quiet=True)).champion
+    console.print(f"champion: {champion.key} ({champion.route}), dev {champion.score:.4f}")
+    champion_dir = Path(champion.student_dir)
+    with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:  # exports and fresh timings
+        scratch = Path(tmp)
+        if is_onnx_student(champion_dir):  # the other runtime: the graph's torch parent, `<parent key>-<variant>`'s
+            parent = champion.key.removesuffix(f"-{champion.metrics['variant']}")
+            torch_dir, ort_dir = champion_dir.with_name(parent), champion_dir
+        else:
+            torch_dir, ort_dir = champion_dir, export_onnx(champion_dir, scratch / "onnx")
 
-    # One model at a time on the same CPU, same length, same repeats.
-    repeats = REPEATS["quick" if args.quick else "full"]
-    models = {
-        "teacher": AutoModelForSequenceClassification.from_pretrained(str(teacher.dir)),
-        "student": load_student(retrained.student_dir),
-        "bert_base": BertForSequenceClassification(BertConfig(num_labels=meta.num_labels)),
-    }
-    figures = {}
-    for name, model in models.items():
-        console.print(f"measuring {name} ...")
-        figures[name] = {"params": sum(p.numel() for p in model.parameters()),
-                         **latencies(model, seq_len=meta.max_length, repeats=repeats)}
+        # All in turns on the same CPU, same length, plan and threads; fresh figures (scratch caches).
+        repeats = REPEATS["quick" if args.quick else "full"]
+        seq = meta.max_length
+        models = {"teacher": teacher_timeable(teacher.dir, seq_len=seq, cache_dir=scratch),
+                  "student_torch": Timeable(scratch / "torch.json", student_timeable(torch_dir, seq_len=seq).load),
+                  "student_onnxruntime": Timeable(scratch / "ort.json", student_timeable(ort_dir, seq_len=seq).load),
+                  "teacher_int8": teacher_graph(teacher.dir, scratch / "teacher", seq_len=seq),
+                  "bert_base": bert_base(meta.num_labels, scratch / "bert.json", seq_len=seq)}
+        console.print(f"timing {', '.join(models)} side by side ...")
+        timed = time_models(models, seq_len=seq, repeats=repeats)
+    figures = {name: {"params": f["params"], 1: f["latency_b1_ms"], 128: f["latency_b128_ms"]}
+               for name, f in timed.items()}
+    figures["student"] = figures["student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch"]
+    ort, torch_s = figures["student_onnxruntime"], figures["student_torch"]
 
-    console.print("measuring the student under onnxruntime ...")
-    onnx_dir = export_onnx(retrained.student_dir, retrained.student_dir.with_name("onnx"), force=True)
-    ort = onnx_latency_metrics(onnx_dir / ONNX_FILE, vocab_size=models["student"].vocab_size,
-                               seq_len=meta.max_length, pair=meta.pair, repeats=repeats)
-    figures["student_onnxruntime"] = {"params": figures["student"]["params"],
-                                      1: ort["latency_b1_ms"], 128: ort["latency_b128_ms"]}
-
-    t, s, b = figures["teacher"], figures["student"], figures["bert_base"]
+    t, ti, s, b = figures["teacher"], figures["teacher_int8"], figures["student"], figures["bert_base"]
     # The *_acc keys hold the task's metric (named in "metric"): accuracy on the default task.
     teacher_acc = None if args.quick else teacher.score_in(meta.metric)
-    student_acc = None if args.quick else retrained.metrics["dev_metric"]
+    student_acc = None if args.quick else champion.score
     result = {
         "quick": args.quick, "metric": meta.metric,
         "accuracy_note": "quick slice: accuracies not comparable" if args.quick else f"dev split of {meta.task}",
         "teacher_acc": teacher_acc,
         "student_acc": student_acc,
         "acc_retention": None if args.quick else student_acc / teacher_acc,
+        "student_key": champion.key, "student_route": champion.route,
+        "student_runtime": timed["student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch"]["runtime"],
         "teacher_params": t["params"],
         "student_params": s["params"],
         "params_ratio": s["params"] / t["params"],
@@ -117,11 +137,14 @@ def main() -> None:
         "teacher_b128_ms": t[128], "student_b128_ms": s[128], "bert_base_b128_ms": b[128],
         "speedup_vs_teacher_b1": t[1] / s[1], "speedup_vs_teacher_b128": t[128] / s[128],
         "speedup_vs_bert_base_b1": b[1] / s[1], "speedup_vs_bert_base_b128": b[128] / s[128],
-        # the same student under onnxruntime; its ratio is to itself under torch, one runtime per ratio
-        "student_ort_b1_ms": ort["latency_b1_ms"], "student_ort_b128_ms": ort["latency_b128_ms"],
-        "ort_speedup_vs_torch_b1": s[1] / ort["latency_b1_ms"],
-        "ort_speedup_vs_torch_b128": s[128] / ort["latency_b128_ms"],
-        "genotype": searched.genotype.to_json(),
+        # the teacher as a user would first speed it up: onnxruntime int8 (latency only)
+        "teacher_int8_b1_ms": ti[1], "teacher_int8_b128_ms": ti[128],
+        "speedup_vs_teacher_int8_b1": ti[1] / s[1], "speedup_vs_teacher_int8_b128": ti[128] / s[128],
+        # the champion's graph under onnxruntime against its torch form; one runtime per ratio
+        "student_ort_b1_ms": ort[1], "student_ort_b128_ms": ort[128],
+        "ort_speedup_vs_torch_b1": torch_s[1] / ort[1],
+        "ort_speedup_vs_torch_b128": torch_s[128] / ort[128],
+        "genotype": champion.genotype,
         "seq_len": meta.max_length,
         "hardware": hardware_name("cpu"),
         "wall_s": time.perf_counter() - started,
@@ -130,11 +153,13 @@ def main() -> None:
     table = Table(title=f"{meta.task}, max_length {meta.max_length}, {result['hardware']}")
     for column in ("model", f"dev {METRIC_NAMES[meta.metric]}", "params", "b1 ms", "b128 ms", "student speed-up b1 / b128"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    accs = {"teacher": teacher_acc, "student": student_acc, "bert_base": None, "student_onnxruntime": student_acc}
-    for name, f in figures.items():
-        acc = "-" if accs[name] is None else f"{accs[name]:.4f}"
-        speedup = "1.0x / 1.0x" if name == "student" else f"{f[1] / s[1]:.1f}x / {f[128] / s[128]:.1f}x"
-        table.add_row(name, acc, f"{f['params'] / 1e6:.2f}M", f"{f[1]:.2f}", f"{f[128]:.1f}", speedup)
+    accs = {"teacher": teacher_acc, "teacher_int8": None, "student_torch": None, "student_onnxruntime": None,
+            "bert_base": None}
+    accs["student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch"] = student_acc
+    for name in accs:
+        f, acc = figures[name], accs[name]
+        table.add_row(name, "-" if acc is None else f"{acc:.4f}", f"{f['params'] / 1e6:.2f}M", f"{f[1]:.2f}",
+                      f"{f[128]:.1f}", f"{f[1] / s[1]:.1f}x / {f[128] / s[128]:.1f}x")
     console.print(table)
     print(json.dumps(result), flush=True)
 

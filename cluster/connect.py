@@ -24,8 +24,10 @@ def ensure_ray(cfg: ClusterConfig, *, runtime_env: dict | None = None) -> dict:
     No address in `cfg` and no RAY_ADDRESS (which a submitted job has): a local Ray with
     cfg.num_cpus/num_gpus (None: all). Otherwise connect to cfg.address or RAY_ADDRESS.
     `runtime_env` applies to the Ray this call starts or connects, not to one already running.
+    Returns cpus, gpus, nodes, address, and whether this call started the local Ray.
     """
     global _started_here
+    started = not ray.is_initialized() and not (cfg.address or os.environ.get("RAY_ADDRESS"))
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS") or None
         if address is None:
@@ -47,6 +49,7 @@ def ensure_ray(cfg: ClusterConfig, *, runtime_env: dict | None = None) -> dict:
         "gpus": resources.get("GPU", 0.0),
         "nodes": sum(node["Alive"] for node in ray.nodes()),
         "address": ray.get_runtime_context().gcs_address,
+        "started": started,  # this call started the local Ray (shutdown_if_owned stops it)
     }
 
 

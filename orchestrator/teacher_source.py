@@ -77,7 +77,10 @@ def check_transformer_inits(members: list, *, source: str) -> None:
             "ffn": config.get("intermediate_size")}
     depth = config.get("num_hidden_layers")
     for m in (m for m in members if m.init == "teacher"):
-        if any(v is not None and getattr(m, k) != v for k, v in have.items()) or (depth and m.layers > depth):
-            sizes = ", ".join(f"{k} {v}" for k, v in have.items())
+        same = {k: v for k, v in have.items() if k != "ffn"}
+        if (any(v is not None and getattr(m, k) != v for k, v in same.items()) or (depth and m.layers > depth)
+                or (have["ffn"] and m.ffn > have["ffn"])):
+            sizes = ", ".join(f"{k} {v}" for k, v in same.items())
             raise AdarayError(f"small_transformers: {m.name} starts from the teacher's layers, so it needs the "
-                              f"teacher's {sizes} and at most {depth} layers; set those, or use init: projected")
+                              f"teacher's {sizes}, an ffn of at most {have['ffn']} (narrower keeps its strongest "
+                              f"neurons) and at most {depth} layers; set those, or use init: projected")

@@ -144,7 +144,9 @@ class TransformerConfig:
     def name(self) -> str:
         """Short and stable: the route's name on the Pareto plot and in the registry."""
         rank = "" if self.embedding_rank is None else f"-r{self.embedding_rank}"
-        return f"L{self.layers}-H{self.hidden}{rank}-{self.init}{'-frozen-table' if self.freeze_table else ''}"
+        ffn = "" if self.ffn == 4 * self.hidden else f"-F{self.ffn}"  # BERT's 4x is the unnamed default
+        return (f"L{self.layers}-H{self.hidden}{ffn}{rank}-{self.init}"
+                f"{'-frozen-table' if self.freeze_table else ''}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -120,10 +120,21 @@ _LAYER_NAMES = {  # ours -> BERT's, inside one layer
 }
 
 
+def _keep_strongest_neurons(state: dict[str, torch.Tensor], *, layer: int, ffn: int) -> None:
+    """Cut layer `layer`'s feed-forward block to its `ffn` neurons of largest weight-norm product
+    ||w_in|| * ||w_out|| (data-free magnitude pruning), in their original order, in place."""
+    w_in, w_out = state[f"layers.{layer}.intermediate.weight"], state[f"layers.{layer}.output.weight"]  # (F, H), (H, F)
+    keep = (w_in.norm(dim=1) * w_out.norm(dim=0)).topk(ffn).indices.sort().values  # (ffn,)
+    state[f"layers.{layer}.intermediate.weight"] = w_in[keep]
+    state[f"layers.{layer}.intermediate.bias"] = state[f"layers.{layer}.intermediate.bias"][keep]
+    state[f"layers.{layer}.output.weight"] = w_out[:, keep]
+
+
 def teacher_layer_state(model: SmallTransformer, teacher: dict[str, torch.Tensor], *,
                         teacher_heads: int) -> dict[str, torch.Tensor]:
     """The entries of `model`'s state dict that a BERT teacher's weights fill: its positions, segments,
-    embedding norm and bottom `layers` layers. `teacher`: the teacher's state dict, any prefix
+    embedding norm and bottom `layers` layers, each feed-forward block cut to the model's `ffn` strongest
+    neurons when that is narrower than the teacher's. `teacher`: the teacher's state dict, any prefix
     ("bert." or none). The token table comes separately, as `embedding_init`."""
     if teacher_heads != model.arch.heads:  # the weights' shapes cannot tell
         raise ValueError(f"init 'teacher' needs the teacher's {teacher_heads} attention heads, transformer "
@@ -140,10 +151,13 @@ def teacher_layer_state(model: SmallTransformer, teacher: dict[str, torch.Tensor
         for ours, theirs in _LAYER_NAMES.items():
             for leaf in ("weight", "bias"):
                 state[f"layers.{i}.{ours}.{leaf}"] = teacher[f"{prefix}encoder.layer.{i}.{theirs}.{leaf}"]
+        if model.arch.ffn < state[f"layers.{i}.intermediate.bias"].shape[0]:
+            _keep_strongest_neurons(state, layer=i, ffn=model.arch.ffn)
     own = model.state_dict()
     wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if wrong:
         raise ValueError(f"the teacher's layers do not fit transformer {model.arch.name} ({wrong[0]}: teacher "
                          f"{tuple(state[wrong[0]].shape)}, student {tuple(own[wrong[0]].shape)}); init 'teacher' "
-                         "needs the teacher's hidden, heads and ffn sizes, or use init 'projected'")
+                         "needs the teacher's hidden and heads sizes and an ffn no wider than its own, or use "
+                         "init 'projected'")
     return state

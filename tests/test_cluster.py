@@ -95,7 +95,9 @@ def test_ensure_ray_starts_one_local_ray_and_stops_only_its_own(monkeypatch):
     someone_elses = ray.is_initialized()  # a Ray another test module left running is not ours to stop
     try:
         summary = ensure_ray(ClusterConfig(num_cpus=2))
-        assert ensure_ray(ClusterConfig(num_cpus=2)) == summary  # one Ray per process: reused
+        again = ensure_ray(ClusterConfig(num_cpus=2))
+        assert again == {**summary, "started": False}  # one Ray per process: reused
+        assert summary["started"] is not someone_elses  # the pipeline stops only a Ray it started
         if not someone_elses:
             assert summary["cpus"] == 2 and summary["gpus"] == 0 and summary["nodes"] == 1
             assert summary["address"].startswith(f"{LOCAL_NODE_IP}:")  # bound to loopback

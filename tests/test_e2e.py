@@ -95,7 +95,7 @@ def test_mlflow_holds_parent_child_and_trial_runs(finished_job):
 def test_the_small_transformers_stand_beside_the_searched_students(finished_job):
     job, result, _ = finished_job
     members = {c.route: c for c in result.candidates if c.config_number is None}
-    assert sorted(members) == ["small transformer L1-H32-projected", "small transformer L1-H384-r16-teacher"]
+    assert sorted(members) == ["small transformer L1-H32-F64-projected", "small transformer L1-H384-r16-teacher"]
     for c in members.values():
         assert 0 < c.score <= 1 and c.latency_ms > 0 and c.params > 0
     assert sum(c.config_number is not None for c in result.candidates) >= 1  # the searched finalists too

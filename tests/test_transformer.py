@@ -92,12 +92,33 @@ def test_teacher_init_reproduces_the_teachers_own_bottom_layers():
             torch.testing.assert_close(h[real], want[k + 1][real], rtol=1e-4, atol=1e-5)
 
 
+def test_a_narrower_ffn_keeps_the_teachers_strongest_neurons():
+    bert = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0)).eval()
+    with torch.no_grad():  # neurons 3, 7 and 20 of the teacher's layer carry by far the largest weights
+        for j in (3, 7, 20):
+            bert.encoder.layer[0].intermediate.dense.weight[j] *= 50
+    state = {f"bert.{k}": v for k, v in bert.state_dict().items()}
+    model = _model(TransformerConfig(layers=1, hidden=16, heads=2, ffn=3, init="teacher", dropout=0.0),
+                   embedding_init=state["bert.embeddings.word_embeddings.weight"])
+    model.load_state_dict(teacher_layer_state(model, state, teacher_heads=2), strict=False)
+    w_in = bert.encoder.layer[0].intermediate.dense
+    torch.testing.assert_close(model.layers[0].intermediate.weight, w_in.weight[[3, 7, 20]])
+    torch.testing.assert_close(model.layers[0].intermediate.bias, w_in.bias[[3, 7, 20]])
+    torch.testing.assert_close(model.layers[0].output.weight,
+                               bert.encoder.layer[0].output.dense.weight[:, [3, 7, 20]])
+    torch.testing.assert_close(model.layers[0].output.bias, bert.encoder.layer[0].output.dense.bias)
+
+
 def test_teacher_init_refuses_a_shape_or_head_count_the_teacher_lacks():
     teacher = {f"bert.{k}": v for k, v in BertModel(BertConfig(
         vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
         max_position_embeddings=40)).state_dict().items()}
-    with pytest.raises(ValueError, match="ffn sizes"):
+    with pytest.raises(ValueError, match="an ffn no wider than its own"):
         teacher_layer_state(_model(TransformerConfig(hidden=16, heads=2, ffn=64)), teacher, teacher_heads=2)
+    with pytest.raises(ValueError, match="an ffn no wider than its own"):
+        teacher_layer_state(_model(TransformerConfig(hidden=12, heads=2, ffn=32)), teacher, teacher_heads=2)
     with pytest.raises(ValueError, match="2 attention heads"):
         teacher_layer_state(_model(TransformerConfig(hidden=16, heads=4, ffn=32)), teacher, teacher_heads=2)
 
@@ -142,3 +163,10 @@ def test_retrain_learns_saves_and_loads_a_transformer(tmp_path):
         m["dev_acc"])
     out = StudentPredictor.from_pretrained(result.student_dir).predict(["a warm, funny film", ""])
     assert [set(r["probabilities"]) for r in out] == [{"rotten", "fresh"}] * 2
+
+
+def test_a_members_name_tells_its_sizes_apart():
+    teacher_sized = TransformerConfig(layers=2, hidden=384, heads=12, ffn=1536, init="teacher")
+    assert teacher_sized.name == "L2-H384-teacher"  # BERT's ffn of 4x hidden goes unnamed
+    assert TransformerConfig(layers=2, hidden=384, heads=12, ffn=768, init="teacher").name == "L2-H384-F768-teacher"
+    assert TransformerConfig(layers=1, hidden=32, heads=2, ffn=64, embedding_rank=8).name == "L1-H32-F64-r8-projected"

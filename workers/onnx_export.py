@@ -129,7 +129,11 @@ def _deliver_exported(folder: Path, out_dir: str | Path, *, force: bool, int8: b
 def _export_graph(student: ProbedStack, path: Path, *, pair: bool) -> None:
     names = input_names(pair=pair)
     feed = example_feed(student.vocab_size, batch=2, length=7, pair=pair)
-    args = tuple(torch.from_numpy(feed[n]) for n in names)
+    export_module(_Logits(student.eval()), tuple(torch.from_numpy(feed[n]) for n in names), path, names=names)
+
+
+def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, *, names: list[str]) -> None:
+    """`module(*args)` -> logits as one ONNX file at `path`, batch and length dynamic on every input."""
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
     dynamic = {name: {0: batch, 1: length} for name in names}
     # The exporter prints its steps and warns about axis names; the user asked for a file, not those.
@@ -139,9 +143,9 @@ def _export_graph(student: ProbedStack, path: Path, *, pair: bool) -> None:
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Logits(student.eval()), args, str(path), dynamo=True, dynamic_shapes=dynamic,
+            torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=dynamic,
                               input_names=names, output_names=["logits"], opset_version=OPSET, verbose=False,
-                              external_data=False)  # one file: a student is far below ONNX's 2 GB limit
+                              external_data=False)  # one file: these models are far below ONNX's 2 GB limit
     finally:
         exporter_log.setLevel(level)
 
