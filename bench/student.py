@@ -33,9 +33,15 @@ from rich.table import Table  # noqa: E402
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification  # noqa: E402
 
 from bench_job import job_and_data, quick_pipeline_job  # noqa: E402
-from orchestrator.measure import Timeable, student_timeable, teacher_timeable, time_models  # noqa: E402
+from orchestrator.measure import (  # noqa: E402
+    Timeable,
+    student_timeable,
+    teacher_timeable,
+    time_models,
+    torch_timeable,
+)
 from orchestrator.pipeline import run_pipeline  # noqa: E402
-from workers.latency import hardware_name, torch_call_at  # noqa: E402
+from workers.latency import hardware_name  # noqa: E402
 from workers.metrics import METRIC_NAMES  # noqa: E402
 from workers.onnx_export import export_module, export_onnx, onnx_call_at, quantize_int8  # noqa: E402
 from workers.student_files import is_onnx_student  # noqa: E402
@@ -73,15 +79,6 @@ def teacher_graph(teacher_dir: Path, folder: Path, *, seq_len: int) -> Timeable:
     return Timeable(folder / "latency.json", load)
 
 
-def bert_base(num_labels: int, cache: Path, *, seq_len: int) -> Timeable:
-    def load(threads: int):
-        model = BertForSequenceClassification(BertConfig(num_labels=num_labels))
-        return torch_call_at(model, seq_len=seq_len), {"params": sum(p.numel() for p in model.parameters()),
-                                                       "runtime": "torch"}
-
-    return Timeable(cache, load)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--job", default=str(ROOT / "examples" / "rotten_tomatoes.yaml"))
@@ -105,12 +102,13 @@ def main() -> None:
 
         # All in turns on the same CPU, same length, plan and threads; fresh figures (scratch caches).
         repeats = REPEATS["quick" if args.quick else "full"]
-        seq = meta.max_length
+        seq, labels = meta.max_length, meta.num_labels
         models = {"teacher": teacher_timeable(teacher.dir, seq_len=seq, cache_dir=scratch),
                   "student_torch": Timeable(scratch / "torch.json", student_timeable(torch_dir, seq_len=seq).load),
                   "student_onnxruntime": Timeable(scratch / "ort.json", student_timeable(ort_dir, seq_len=seq).load),
                   "teacher_int8": teacher_graph(teacher.dir, scratch / "teacher", seq_len=seq),
-                  "bert_base": bert_base(meta.num_labels, scratch / "bert.json", seq_len=seq)}
+                  "bert_base": torch_timeable(lambda: BertForSequenceClassification(BertConfig(num_labels=labels)),
+                                          scratch / "bert.json", seq_len=seq)}
         console.print(f"timing {', '.join(models)} side by side ...")
         timed = time_models(models, seq_len=seq, repeats=repeats)
     figures = {name: {"params": f["params"], 1: f["latency_b1_ms"], 128: f["latency_b128_ms"]}

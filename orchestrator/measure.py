@@ -1,6 +1,7 @@
 """Latency of the retrained students and of the teacher, measured on the driver side by side.
 
-Measuring here, after training, keeps every timing free of other work on the same CPU. Every
+Measuring here, after training (and with the job's local Ray stopped), keeps every timing free of
+other work on the same CPU. Every
 model is timed at the task's max_length with the same plan and thread count, torch students and
 the teacher under torch, exported variants under onnxruntime, and all of them in turns
 (`workers.latency.side_by_side_timings`): on a shared machine a burst of noise then lands on every
@@ -83,17 +84,22 @@ def student_timeable(student_dir: Path, *, seq_len: int) -> Timeable:
     return Timeable(student_dir / LATENCY_FILE, load)
 
 
+def torch_timeable(load_model: Callable[[], nn.Module], cache: Path, *, seq_len: int) -> Timeable:
+    """A torch model, loaded by `load_model()` when it is timed."""
+    return Timeable(cache, lambda threads: _torch_model(load_model(), seq_len=seq_len))
+
+
 def teacher_timeable(teacher_dir: Path, *, seq_len: int, cache_dir: Path) -> Timeable:
     """The teacher as deployed (its sequence-classification model), under torch."""
 
-    def load(threads: int) -> tuple[CallAt, dict]:
+    def load() -> nn.Module:
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        return _torch_model(AutoModelForSequenceClassification.from_pretrained(teacher_dir), seq_len=seq_len)
+        return AutoModelForSequenceClassification.from_pretrained(teacher_dir)
 
-    return Timeable(Path(cache_dir) / f"teacher-latency-{Path(teacher_dir).name}.json", load)
+    return torch_timeable(load, Path(cache_dir) / f"teacher-latency-{Path(teacher_dir).name}.json", seq_len=seq_len)
 
 
 def student_latency(student_dir: Path, *, seq_len: int, repeats: int, threads: int | None = None) -> dict:
