@@ -49,7 +49,7 @@ def test_a_searched_embedding_rank_reaches_the_space_and_names_the_route(tmp_pat
     family = j.model_copy(update={"small_transformers": [TransformerConfig(layers=2, hidden=64, heads=2, ffn=128,
                                                                             embedding_rank=16)]})
     (member,) = transformer_specs(family, cache_key="c")
-    assert member.route == "small transformer L2-H64-r16-projected" and member.outcome is None
+    assert member.route == "small transformer L2-H64-F128-r16-projected" and member.outcome is None
     # Its registry tags: what it is and where it came from, with no search fields to fill.
     from orchestrator.pipeline import _candidate, _lineage
 
