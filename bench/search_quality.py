@@ -39,6 +39,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench_job import job_and_data, quick_pipeline_job  # noqa: E402
+from cluster.connect import ensure_ray, shutdown_if_owned  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import JobConfig  # noqa: E402
 from orchestrator.measure import student_timeable, teacher_latency, time_models  # noqa: E402
@@ -107,6 +108,7 @@ def retrain_all(job: JobConfig, genotypes: list[Genotype], *, refs: DataRefs, ca
             key = student_key(genotype=g.to_json(), space=space, cache_key=cache_key, retrain=cfg)
             specs.append(StudentSpec(key, g.to_json(), space, cfg, job.run_dir / folder / key))
     metrics = retrain_students(job, specs, refs=refs)
+    shutdown_if_owned()  # timed as the pipeline times its students: without Ray's daemons beside them
     timed = time_models({s.key: student_timeable(s.out_dir, seq_len=job.task.max_length) for s in specs},
                         seq_len=job.task.max_length, repeats=job.retrain.latency_repeats)
     return [figures(metrics[s.key], timed[s.key]) for s in specs]
@@ -163,6 +165,7 @@ def _beta_search(args: dict) -> dict:
 def beta_sweep(job: JobConfig, *, refs: DataRefs, seeds: int) -> list[dict]:
     import ray
 
+    ensure_ray(job.cluster)
     task = ray.remote(_beta_search).options(num_cpus=job.cluster.cpus_per_trial)
     calls = [task.remote({"search": job.search.model_copy(update={"beta": beta, "seed": 100 * s}).model_dump(),
                           "space": job.space.to_dict(), "cache_uri": refs.cache_uri,

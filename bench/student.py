@@ -92,9 +92,10 @@ def main() -> None:
     champion = run_pipeline(job, progress=False, console=Console(stderr=True, quiet=True)).champion
     console.print(f"champion: {champion.key} ({champion.route}), dev {champion.score:.4f}")
     champion_dir = Path(champion.student_dir)
+    as_registered = "student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch"
     with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:  # exports and fresh timings
         scratch = Path(tmp)
-        if is_onnx_student(champion_dir):  # the other runtime: the graph's torch parent, `<parent key>-<variant>`'s
+        if as_registered == "student_onnxruntime":  # the other runtime: the graph's torch parent, `<parent key>-<variant>`'s
             parent = champion.key.removesuffix(f"-{champion.metrics['variant']}")
             torch_dir, ort_dir = champion_dir.with_name(parent), champion_dir
         else:
@@ -113,7 +114,7 @@ def main() -> None:
         timed = time_models(models, seq_len=seq, repeats=repeats)
     figures = {name: {"params": f["params"], 1: f["latency_b1_ms"], 128: f["latency_b128_ms"]}
                for name, f in timed.items()}
-    figures["student"] = figures["student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch"]
+    figures["student"] = figures[as_registered]
     ort, torch_s = figures["student_onnxruntime"], figures["student_torch"]
 
     t, ti, s, b = figures["teacher"], figures["teacher_int8"], figures["student"], figures["bert_base"]
@@ -127,7 +128,7 @@ def main() -> None:
         "student_acc": student_acc,
         "acc_retention": None if args.quick else student_acc / teacher_acc,
         "student_key": champion.key, "student_route": champion.route,
-        "student_runtime": timed["student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch"]["runtime"],
+        "student_runtime": timed[as_registered]["runtime"],
         "teacher_params": t["params"],
         "student_params": s["params"],
         "params_ratio": s["params"] / t["params"],
@@ -153,7 +154,7 @@ def main() -> None:
         table.add_column(column, justify="left" if column == "model" else "right")
     accs = {"teacher": teacher_acc, "teacher_int8": None, "student_torch": None, "student_onnxruntime": None,
             "bert_base": None}
-    accs["student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch"] = student_acc
+    accs[as_registered] = student_acc
     for name in accs:
         f, acc = figures[name], accs[name]
         table.add_row(name, "-" if acc is None else f"{acc:.4f}", f"{f['params'] / 1e6:.2f}M", f"{f[1]:.2f}",

@@ -1,7 +1,7 @@
 """Retrain students as Ray tasks: short retrains that screen candidates, full ones for the finalists.
 
-Students train in parallel; their latency is measured afterwards on the driver, one at a time, so
-no measurement shares the CPU with another student's training. Each student's folder is keyed by
+Students train in parallel; their latency is measured afterwards on the driver, side by side
+(orchestrator/measure.py), so no measurement shares the CPU with another student's training. Each student's folder is keyed by
 (genotype, space, cache key, retrain config): a re-run finds it and skips the training. The job's
 serving variants (ONNX exports) are made after, on the driver, in folders beside their parents'.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import ray
 
+from cluster.connect import ensure_ray
 from orchestrator.config import JobConfig
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, candidate_id
 from search_space.config import TransformerConfig
@@ -163,6 +164,8 @@ def retrain_students(
                 on_done(spec, results[spec.key], True)
         elif spec.key not in {s.key for s in todo}:
             todo.append(spec)
+    if todo:  # the job's own Ray (a bench may call this after a pipeline stopped it), never ray's default
+        ensure_ray(job.cluster)
     task = ray.remote(_retrain_remote).options(
         num_cpus=job.cluster.cpus_per_trial, num_gpus=job.cluster.gpus_per_trial, max_retries=job.cluster.max_failures,
     )

@@ -69,10 +69,11 @@ class StudentPredictor:
         if is_onnx_student(folder):
             from workers.onnx_export import OnnxStudent  # onnxruntime, only for a student that needs it
 
-            model = OnnxStudent(folder / ONNX_FILE, pad_id=json.loads((folder / CONFIG_FILE).read_text())["pad_id"])
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            model = OnnxStudent(folder / ONNX_FILE, pad_id=config["pad_id"])
         else:
-            model = load_student(folder)  # checks the folder holds a student
-        config = json.loads((folder / CONFIG_FILE).read_text())
+            model = load_student(folder)  # checks the folder holds a student, before its config is read
+            config = json.loads((folder / CONFIG_FILE).read_text())
         missing = [k for k in ("label_names", "pair", "max_length") if k not in config]
         if missing:
             raise ValueError(f"{folder / CONFIG_FILE} lacks {missing}: not saved by adaray's retrain")
