@@ -146,6 +146,9 @@ class BudgetConfig(_Config):
     max_latency_ms: float | None = Field(None, gt=0, description="best score (the task's metric) under this p95 latency")
     latency_batch: Literal[1, 128] = 1
     max_params: int | None = Field(None, ge=1)
+    min_speedup: float | None = Field(
+        None, gt=0, description="only students at least this many times faster than the teacher at batch 1 and at "
+        "batch 128 (medians, timed side by side in the job); with max_latency_ms, both apply")
     within_teacher_points: float | None = Field(
         None, ge=0, description="smallest student within this many points of the teacher's score (the task's metric)"
     )

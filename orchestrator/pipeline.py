@@ -34,7 +34,7 @@ from orchestrator.retrain_stage import (
     transformer_specs,
     variant_specs,
 )
-from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion
+from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion, speedup
 from orchestrator.stages import cache_stage, prepare_stage, teacher_stage
 from orchestrator.teacher_source import check_transformer_inits, resolve_teacher_source
 from orchestrator.tracking import (
@@ -205,7 +205,8 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                         | {s.key: student_timeable(s.out_dir, seq_len=seq_len) for s in specs},
                         seq_len=seq_len, repeats=job.retrain.latency_repeats)
     teacher_lat = timed["teacher"]
-    candidates = [_candidate(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch) for s in specs]
+    candidates = [_candidate(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch, teacher=teacher_lat)
+                  for s in specs]
     front = pareto_front(candidates)
     t_score = teacher.score_in(prepared.meta.metric)  # the one metric: students are scored in it too
     choice = pick_champion(front, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
@@ -367,13 +368,14 @@ def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: Student
     return run_id
 
 
-def _candidate(spec: StudentSpec, metrics: dict, *, batch: int) -> Candidate:
+def _candidate(spec: StudentSpec, metrics: dict, *, batch: int, teacher: dict) -> Candidate:
     return Candidate(
         key=spec.key, config_number=spec.outcome.number if spec.outcome else None, genotype=spec.arch_json,
         score=metrics["dev_metric"],
         latency_ms=metrics[f"latency_b{batch}_ms"], latency_p95_ms=metrics[f"latency_b{batch}_p95_ms"],
         params=int(metrics["params"]), metrics=metrics, student_dir=str(spec.out_dir),
         params_of_config=spec.outcome.params if spec.outcome else {}, route=spec.route,
+        speedup=speedup(metrics, teacher),
     )
 
 
@@ -401,6 +403,7 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
         "metric": c.metrics["metric"], "dev_score": c.score, "test_score": c.metrics["test_metric"], "params": c.params,
         "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,
         f"latency_b{job.budget.latency_batch}_p95_ms": c.latency_p95_ms,  # what the budget reads
+        "speedup": c.speedup,  # over the teacher timed beside it, the lesser of batch 1 and 128: min_speedup reads it
         "latency_hardware": c.metrics.get("hardware") or hardware_name("cpu"), "job": job.name,
     }
 
@@ -408,13 +411,15 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
 def selection_table(candidates: list[Candidate], front: list[Candidate], champion: Candidate, *,
                     latency_batch: int, metric_name: str) -> Table:
     table = Table(title="Retrained students")
-    for col in ("student", "route", "config", f"dev {metric_name}", f"b{latency_batch} ms (p50/p95)", "params", "front"):
+    for col in ("student", "route", "config", f"dev {metric_name}", f"b{latency_batch} ms (p50/p95)",
+                "x teacher (b1, b128: the lesser)", "params", "front"):
         table.add_column(col, justify="right" if col not in ("student", "route", "front") else "left")
     on_front = {c.key for c in front}
     for c in sorted(candidates, key=lambda c: -c.score):
         mark = "★ champion" if c.key == champion.key else ("✓" if c.key in on_front else "")
         table.add_row(c.key, c.route, "-" if c.config_number is None else str(c.config_number), f"{100 * c.score:.2f}",
-                      f"{c.latency_ms:.2f}/{c.latency_p95_ms:.2f}", f"{c.params:,}", mark)
+                      f"{c.latency_ms:.2f}/{c.latency_p95_ms:.2f}", "-" if c.speedup is None else f"{c.speedup:.1f}",
+                      f"{c.params:,}", mark)
     return table
 
 

@@ -25,6 +25,13 @@ class Candidate:
     student_dir: str = ""
     params_of_config: dict = field(default_factory=dict, compare=False)
     route: str = "cells"  # how it was compressed: "cells", "cells, rank-r table", "small transformer L2-H128-..."
+    speedup: float | None = None  # the teacher's median latency over this one's, the lesser of batch 1 and 128
+
+
+def speedup(student: dict, teacher: dict) -> float:
+    """How many times faster than the teacher, at its worse of batch 1 and batch 128: both dicts hold
+    latency_b{1,128}_ms, timed side by side."""
+    return min(teacher[f"latency_b{b}_ms"] / student[f"latency_b{b}_ms"] for b in (1, 128))
 
 
 def dominates(a: Candidate, b: Candidate) -> bool:
@@ -60,6 +67,11 @@ def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_score
     if budget.max_params is not None:
         ok = [c for c in ok if c.params <= budget.max_params]
         rules.append(f"params <= {budget.max_params:,}")
+    if budget.min_speedup is not None:
+        if any(c.speedup is None for c in front):
+            raise ValueError("budget.min_speedup needs every candidate's speed-up over the teacher")
+        ok = [c for c in ok if c.speedup >= budget.min_speedup]
+        rules.append(f"{budget.min_speedup:g}x faster than the teacher at batch 1 and 128")
     smallest = budget.within_teacher_points is not None and teacher_score is not None
     if smallest:
         floor = teacher_score - budget.within_teacher_points / 100
@@ -73,5 +85,8 @@ def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_score
     if budget.max_latency_ms is not None:
         pick = min(front, key=lambda c: c.latency_p95_ms)
         return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest", False)
+    if budget.min_speedup is not None:
+        pick = max(front, key=lambda c: c.speedup)
+        return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest against the teacher", False)
     pick = max(front, key=lambda c: c.score)
     return Choice(pick, f"no student meets {' and '.join(rules)}; picked the best {metric_name}", False)

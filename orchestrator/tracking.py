@@ -321,9 +321,10 @@ class Tracker:
         as met: versions from before the tag compare by score alone)."""
         budget = self.job.budget
         p95 = tags.get(f"latency_b{budget.latency_batch}_p95_ms")
-        params = tags.get("params")
+        params, speedup = tags.get("params"), tags.get("speedup")
         return ((budget.max_latency_ms is None or p95 is None or float(p95) <= budget.max_latency_ms)
-                and (budget.max_params is None or params is None or int(float(params)) <= budget.max_params))
+                and (budget.max_params is None or params is None or int(float(params)) <= budget.max_params)
+                and (budget.min_speedup is None or speedup is None or float(speedup) >= budget.min_speedup))
 
 
 def pull_student(ref: str, *, dst: Path, tracking_uri: str, force: bool = False) -> Path:

@@ -221,21 +221,25 @@ def test_the_champion_never_moves_to_a_worse_version_on_the_same_data(tmp_path):
     assert client.get_model_version_by_alias(tracker.model_name, "champion").version == other_data
 
 
-def test_the_champion_is_decided_by_the_jobs_budget_first(tmp_path):
+@pytest.mark.parametrize(("rule", "tag", "figures"), [
+    ({"max_latency_ms": 5.0}, "latency_b1_p95_ms", (9.0, 4.0, 3.0)),  # p95 ms: the first is over
+    ({"min_speedup": 10.0}, "speedup", (6.0, 12.0, 15.0)),  # times faster than the teacher: the first is under
+])
+def test_the_champion_is_decided_by_the_jobs_budget_first(tmp_path, rule, tag, figures):
     from orchestrator.config import load_job
     from orchestrator.tracking import Tracker
 
     job = load_job(_job_file(tmp_path))
-    job = job.model_copy(update={"budget": job.budget.model_copy(update={"max_latency_ms": 5.0})})
+    job = job.model_copy(update={"budget": job.budget.model_copy(update=rule)})
     tracker = Tracker(_own_store(job, tmp_path), task_name="t")
     client = tracker.client
     client.create_registered_model(tracker.model_name)
 
-    def version(score, p95):
+    def version(score, figure):
         return client.create_model_version(tracker.model_name, source=str(tmp_path), tags={
-            "dev_score": str(score), "data_fingerprint": "f1", "job": "a", "latency_b1_p95_ms": str(p95)}).version
+            "dev_score": str(score), "data_fingerprint": "f1", "job": "a", tag: str(figure)}).version
 
-    slow_best, fast, faster_worse = version(0.80, 9.0), version(0.77, 4.0), version(0.75, 3.0)
+    slow_best, fast, faster_worse = (version(s, f) for s, f in zip((0.80, 0.77, 0.75), figures))
     assert tracker.promote("champion", slow_best, score=0.80) is None
     assert tracker.promote("champion", fast, score=0.77) is None  # over budget loses to within it
     kept = tracker.promote("champion", slow_best, score=0.80)

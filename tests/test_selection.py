@@ -47,6 +47,24 @@ def test_pick_champion_follows_the_budget(budget, teacher, expected, met):
     assert choice.reason
 
 
+def test_min_speedup_takes_the_best_student_fast_enough_at_both_batch_sizes():
+    from dataclasses import replace
+
+    from orchestrator.selection import speedup
+
+    teacher = {"latency_b1_ms": 20.0, "latency_b128_ms": 1200.0}
+    figures = {"big": (2.0, 200.0), "mid": (1.5, 110.0), "small": (0.5, 40.0)}  # big: 10x at b1, 6x at b128
+    front = [replace(c, speedup=speedup({"latency_b1_ms": figures[c.key][0], "latency_b128_ms": figures[c.key][1]},
+                                        teacher)) for c in pareto_front(CANDS)]
+    assert [round(c.speedup, 2) for c in front] == [6.0, 10.91, 30.0]
+    choice = pick_champion(front, budget=BudgetConfig(min_speedup=10), teacher_score=None)
+    assert (choice.champion.key, choice.met_budget) == ("mid", True) and "10x faster" in choice.reason
+    choice = pick_champion(front, budget=BudgetConfig(min_speedup=50), teacher_score=None)
+    assert (choice.champion.key, choice.met_budget) == ("small", False)  # none fits: the fastest against the teacher
+    with pytest.raises(ValueError, match="speed-up"):
+        pick_champion(pareto_front(CANDS), budget=BudgetConfig(min_speedup=10), teacher_score=None)
+
+
 def test_pick_champion_needs_candidates():
     with pytest.raises(ValueError, match="no retrained students"):
         pick_champion([], budget=BudgetConfig(), teacher_score=None)

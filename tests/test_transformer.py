@@ -126,6 +126,7 @@ def test_teacher_init_refuses_a_shape_or_head_count_the_teacher_lacks():
 @pytest.mark.parametrize(("bad", "match"), [
     ({"hidden": 15, "heads": 2}, "multiple of heads"), ({"layers": 0}, "positive int"),
     ({"init": "random"}, "init must be one of"), ({"embedding_rank": 128}, "embedding_rank"),
+    ({"epochs": 0}, "epochs must be null or a positive int"), ({"epochs": 1.5}, "epochs"),
 ])
 def test_config_refuses_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -163,6 +164,18 @@ def test_retrain_learns_saves_and_loads_a_transformer(tmp_path):
         m["dev_acc"])
     out = StudentPredictor.from_pretrained(result.student_dir).predict(["a warm, funny film", ""])
     assert [set(r["probabilities"]) for r in out] == [{"rotten", "fresh"}] * 2
+
+
+def test_a_members_own_epochs_replace_the_retrains(tmp_path):
+    arch = TransformerConfig(layers=1, hidden=16, heads=2, ffn=32, epochs=2)
+    cfg = RetrainConfig(epochs=5, min_steps=0, batch_size=32, exit_max_drop=None, task_vocab=False)
+    result = retrain(
+        arch=arch, space=SPACE, cfg=cfg, train=tiny_split(64, seed=0), dev=tiny_split(32, seed=1, teacher=False),
+        test=tiny_split(32, seed=2, teacher=False), meta=META, num_teacher_layers=LAYERS,
+        embedding_init=torch.randn(META.vocab_size, 24), tokenizer_dir=MINILM, out_dir=tmp_path / "student",
+    )
+    assert len(result.metrics["dev_by_epoch"]) == 2
+    assert TransformerConfig(epochs=None).train_epochs(5) == 5
 
 
 def test_a_members_name_tells_its_sizes_apart():

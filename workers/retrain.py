@@ -121,9 +121,10 @@ def retrain(
 
     train = sample_rows(train, cfg.max_train_examples, seed=cfg.seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    cell = isinstance(arch, Genotype)
+    epochs = max(cfg.epochs if cell else arch.train_epochs(cfg.epochs), math.ceil(cfg.min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
-    lr = cfg.lr if isinstance(arch, Genotype) else arch.learning_rate(cfg.lr)
+    lr = cfg.lr if cell else arch.learning_rate(cfg.lr)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
