@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,11 +73,16 @@ def teacher_graph(teacher_dir: Path, folder: Path, *, seq_len: int) -> Timeable:
     export_module(_TeacherLogits(model), args, folder / "fp32.onnx", names=["ids", "mask"])
     quantize_int8(folder / "fp32.onnx", folder / "int8.onnx")
 
-    def load(threads: int):
-        call_at = onnx_call_at(folder / "int8.onnx", vocab_size=vocab, seq_len=seq_len, pair=False, threads=threads)
-        return call_at, {"params": params, "runtime": "onnxruntime"}
+    return Timeable(folder / "latency.json", partial(_load_graph, folder / "int8.onnx", vocab, params, seq_len))
 
-    return Timeable(folder / "latency.json", load)
+
+def _load_graph(path: Path, vocab: int, params: int, seq_len: int, threads: int):
+    call_at = onnx_call_at(path, vocab_size=vocab, seq_len=seq_len, pair=False, threads=threads)
+    return call_at, {"params": params, "runtime": "onnxruntime"}
+
+
+def _bert_base(num_labels: int) -> BertForSequenceClassification:
+    return BertForSequenceClassification(BertConfig(num_labels=num_labels))
 
 
 def main() -> None:
@@ -108,7 +114,7 @@ def main() -> None:
                   "student_torch": Timeable(scratch / "torch.json", student_timeable(torch_dir, seq_len=seq).load),
                   "student_onnxruntime": Timeable(scratch / "ort.json", student_timeable(ort_dir, seq_len=seq).load),
                   "teacher_int8": teacher_graph(teacher.dir, scratch / "teacher", seq_len=seq),
-                  "bert_base": torch_timeable(lambda: BertForSequenceClassification(BertConfig(num_labels=labels)),
+                  "bert_base": torch_timeable(partial(_bert_base, labels),
                                           scratch / "bert.json", seq_len=seq)}
         console.print(f"timing {', '.join(models)} side by side ...")
         timed = time_models(models, seq_len=seq, repeats=repeats)

@@ -1,7 +1,10 @@
 """Latency of the retrained students and of the teacher, measured on the driver side by side.
 
 Measuring here, after training (and with the job's local Ray stopped), keeps every timing free of
-other work on the same CPU. Every
+other work on the same CPU; and in a fresh process, so nothing the driver holds after a job (threads,
+pools, memory) runs beside them. (One fresh-clone demo's driver timed its int8 member at 2.07 ms and
+the teacher at 20.5 ms at batch 1; a fresh process right after, 1.04 and 14.8 ms. A quick job's
+driver showed no such gap, so the cause is not settled.) Every
 model is timed at the task's max_length with the same plan and thread count, torch students and
 the teacher under torch, exported variants under onnxruntime, and all of them in turns
 (`workers.latency.side_by_side_timings`): on a shared machine a burst of noise then lands on every
@@ -13,10 +16,14 @@ so a resumed job reuses them.
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from workers.latency import CallAt, hardware_name, pinned_threads, side_by_side_timings, torch_call_at
@@ -27,7 +34,8 @@ from workers.student_files import CONFIG_FILE, LATENCY_FILE, METRICS_FILE, ONNX_
 @dataclass(frozen=True)
 class Timeable:
     """A model to time: where its figures are cached, and how to load it on `threads` threads as
-    calls by batch size plus the figures that are not timings (params, runtime)."""
+    calls by batch size plus the figures that are not timings (params, runtime). `load` runs in the
+    timing process, so it must pickle: a module-level function or a partial of one."""
 
     cache: Path
     load: Callable[[int], tuple[CallAt, dict]]
@@ -48,15 +56,25 @@ def time_models(models: dict[str, Timeable], *, seq_len: int, repeats: int,
             todo[name] = model
     if not todo:
         return figures
-    with pinned_threads(threads) as pinned:
-        loaded = {name: model.load(pinned) for name, model in todo.items()}
-        timings = side_by_side_timings({name: call_at for name, (call_at, _) in loaded.items()}, repeats=repeats)
-        hardware = hardware_name("cpu")
+    # A spawned process: none of the driver's threads, pools or memory; `load`s are picklable partials.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        timed = pool.submit(_time_side_by_side, {name: model.load for name, model in todo.items()},
+                            repeats=repeats, threads=threads if threads is not None else torch.get_num_threads()
+                            ).result()
     for name, model in todo.items():
-        figures[name] = {**timings[name], **loaded[name][1], "hardware": hardware, "threads": pinned,
-                         "seq_len": seq_len, "timed_beside": len(todo), "setting": setting}
+        figures[name] = {**timed[name], "seq_len": seq_len, "timed_beside": len(todo), "setting": setting}
         write_json_atomic(model.cache, figures[name])
     return figures
+
+
+def _time_side_by_side(loads: dict[str, Callable[[int], tuple[CallAt, dict]]], *, repeats: int,
+                       threads: int) -> dict[str, dict]:
+    """In the timing process: load every model on `threads` threads and time them in turns."""
+    with pinned_threads(threads) as pinned:
+        loaded = {name: load(pinned) for name, load in loads.items()}
+        timings = side_by_side_timings({name: call_at for name, (call_at, _) in loaded.items()}, repeats=repeats)
+        hardware = hardware_name("cpu")
+    return {name: {**timings[name], **loaded[name][1], "hardware": hardware, "threads": pinned} for name in loads}
 
 
 def _torch_model(model: nn.Module, *, seq_len: int) -> tuple[CallAt, dict]:
@@ -64,42 +82,48 @@ def _torch_model(model: nn.Module, *, seq_len: int) -> tuple[CallAt, dict]:
                                                     "runtime": "torch"}
 
 
+def _load_student(student_dir: Path, seq_len: int, threads: int) -> tuple[CallAt, dict]:
+    if not is_onnx_student(student_dir):
+        from workers.student import load_student
+
+        return _torch_model(load_student(student_dir), seq_len=seq_len)
+    from workers.onnx_export import onnx_call_at
+
+    config = json.loads((student_dir / CONFIG_FILE).read_text())
+    metrics = json.loads((student_dir / METRICS_FILE).read_text())  # params: the parent's, as exported
+    call_at = onnx_call_at(student_dir / ONNX_FILE, vocab_size=config["vocab_size"], seq_len=seq_len,
+                           pair=bool(config.get("pair")), threads=threads)
+    return call_at, {"params": metrics["params"], "runtime": "onnxruntime"}
+
+
 def student_timeable(student_dir: Path, *, seq_len: int) -> Timeable:
     """A saved student: under torch, or under onnxruntime for an exported one."""
     student_dir = Path(student_dir)
+    return Timeable(student_dir / LATENCY_FILE, partial(_load_student, student_dir, seq_len))
 
-    def load(threads: int) -> tuple[CallAt, dict]:
-        if not is_onnx_student(student_dir):
-            from workers.student import load_student
 
-            return _torch_model(load_student(student_dir), seq_len=seq_len)
-        from workers.onnx_export import onnx_call_at
-
-        config = json.loads((student_dir / CONFIG_FILE).read_text())
-        metrics = json.loads((student_dir / METRICS_FILE).read_text())  # params: the parent's, as exported
-        call_at = onnx_call_at(student_dir / ONNX_FILE, vocab_size=config["vocab_size"], seq_len=seq_len,
-                               pair=bool(config.get("pair")), threads=threads)
-        return call_at, {"params": metrics["params"], "runtime": "onnxruntime"}
-
-    return Timeable(student_dir / LATENCY_FILE, load)
+def _load_torch(load_model: Callable[[], nn.Module], seq_len: int, threads: int) -> tuple[CallAt, dict]:
+    return _torch_model(load_model(), seq_len=seq_len)
 
 
 def torch_timeable(load_model: Callable[[], nn.Module], cache: Path, *, seq_len: int) -> Timeable:
-    """A torch model, loaded by `load_model()` when it is timed."""
-    return Timeable(cache, lambda threads: _torch_model(load_model(), seq_len=seq_len))
+    """A torch model, loaded by `load_model()` (picklable: a module-level function or a partial of
+    one) in the timing process."""
+    return Timeable(cache, partial(_load_torch, load_model, seq_len))
+
+
+def _load_teacher(teacher_dir: Path) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return AutoModelForSequenceClassification.from_pretrained(teacher_dir)
 
 
 def teacher_timeable(teacher_dir: Path, *, seq_len: int, cache_dir: Path) -> Timeable:
     """The teacher as deployed (its sequence-classification model), under torch."""
-
-    def load() -> nn.Module:
-        from transformers import AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        return AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-
-    return torch_timeable(load, Path(cache_dir) / f"teacher-latency-{Path(teacher_dir).name}.json", seq_len=seq_len)
+    return torch_timeable(partial(_load_teacher, teacher_dir),
+                          Path(cache_dir) / f"teacher-latency-{Path(teacher_dir).name}.json", seq_len=seq_len)
 
 
 def student_latency(student_dir: Path, *, seq_len: int, repeats: int, threads: int | None = None) -> dict:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from functools import partial
+from pathlib import Path
 
 from orchestrator.measure import Timeable, time_models
 from workers.latency import side_by_side_timings, timing_plan
@@ -47,24 +50,31 @@ def test_a_slow_model_stays_slow_beside_a_fast_one():
     assert figures["slow"]["latency_b1_ms"] > 3 * figures["fast"]["latency_b1_ms"]
 
 
-def test_time_models_times_the_missing_together_and_reuses_what_was_timed(tmp_path):
-    loads: list = []
+def _logged_load(name: str, log: Path, threads: int):
+    """A model's load, run in the timing process: it writes who was loaded, on how many threads, where."""
+    with log.open("a") as f:
+        f.write(f"{name} {threads} {os.getpid()}\n")
+    return _recording(name, []), {"params": 7, "runtime": "torch"}
+
+
+def test_time_models_times_the_missing_together_in_a_fresh_process_and_reuses_what_was_timed(tmp_path):
+    log = tmp_path / "loads.txt"
 
     def timeable(name: str) -> Timeable:
-        def load(threads: int):
-            loads.append((name, threads))
-            return _recording(name, []), {"params": 7, "runtime": "torch"}
+        return Timeable(tmp_path / f"{name}.json", partial(_logged_load, name, log))
 
-        return Timeable(tmp_path / f"{name}.json", load)
+    def loads() -> list[tuple[str, int]]:
+        rows = [line.split() for line in log.read_text().splitlines()] if log.is_file() else []
+        log.unlink(missing_ok=True)
+        assert all(int(pid) != os.getpid() for *_, pid in rows)  # never in the caller's process
+        return sorted((name, int(threads)) for name, threads, _ in rows)
 
     first = time_models({"a": timeable("a"), "b": timeable("b")}, seq_len=8, repeats=2, threads=1)
-    assert sorted(loads) == [("a", 1), ("b", 1)]
+    assert loads() == [("a", 1), ("b", 1)]
     assert first["a"]["timed_beside"] == 2 and first["b"]["params"] == 7 and first["a"]["threads"] == 1
     assert json.loads((tmp_path / "a.json").read_text())["latency_b1_ms"] == first["a"]["latency_b1_ms"]
 
-    loads.clear()
     again = time_models({"a": timeable("a"), "c": timeable("c")}, seq_len=8, repeats=2, threads=1)
-    assert loads == [("c", 1)] and again["a"] == first["a"] and again["c"]["timed_beside"] == 1
-    loads.clear()
+    assert loads() == [("c", 1)] and again["a"] == first["a"] and again["c"]["timed_beside"] == 1
     time_models({"a": timeable("a")}, seq_len=16, repeats=2, threads=1)  # another setting: timed anew
-    assert loads == [("a", 1)]
+    assert loads() == [("a", 1)]
