@@ -412,9 +412,9 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
 
 def selection_table(candidates: list[Candidate], front: list[Candidate], champion: Candidate, *,
                     latency_batch: int, metric_name: str) -> Table:
-    table = Table(title="Retrained students")
+    table = Table(title="Retrained students (x teacher: times faster than the teacher, the lesser of batch 1 and 128)")
     for col in ("student", "route", "config", f"dev {metric_name}", f"b{latency_batch} ms (p50/p95)",
-                "x teacher (b1, b128: the lesser)", "params", "front"):
+                "x teacher", "params", "front"):
         table.add_column(col, justify="right" if col not in ("student", "route", "front") else "left")
     on_front = {c.key for c in front}
     for c in sorted(candidates, key=lambda c: -c.score):
