@@ -180,10 +180,11 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     status.update(stage="retrain")
     finalists = finalist_specs(job, outcomes, cache_key=cache.key)
     family = transformer_specs(job, cache_key=cache.key)
+    own_epochs = "".join(f" ({t.name}: {t.epochs})" for t in job.small_transformers  # a member's own, when set
+                         if t.train_epochs(job.retrain.epochs) != job.retrain.epochs)
     console.print(f"[bold]retrain[/]: the {len(finalists)} best of the screened students"
                   f"{f' and {len(family)} small transformers' if family else ''}, {job.retrain.epochs} epochs"
-                  + "".join(f" ({t.name}: {t.train_epochs(job.retrain.epochs)})" for t in job.small_transformers
-                            if t.train_epochs(job.retrain.epochs) != job.retrain.epochs))
+                  f"{own_epochs}")
     specs = family + finalists  # the longest retrains first: the cells' fill the CPUs beside them
 
     def done(s: StudentSpec, m: dict, hit: bool) -> None:
