@@ -14,7 +14,10 @@ On the job's data (prepare → teacher → cache: cache hits when done), on the 
   6. AdaBERT's ablation at the job's beta, on the searched champion's genotype: KD on logits only
      (no augmented copies), then + probe hints, then + augmentation (the pipeline's own retrain);
   7. a beta sweep: searches at three betas over the seeds: the derived (argmax) students' params and
-     FLOPs, and how often the seeds agree on the genotype.
+     FLOPs, and how often the seeds agree on the genotype;
+  8. the screen's own noise: seed 0's best and worst screened candidates short-retrained again at
+     three more seeds, against the spread of every candidate's short score. A search can only rank
+     what the screen tells apart.
 
 Rows 3-5 print mean ± std over the seeds. Compute is CPU-seconds of the processes that trained
 (time.process_time in each search trial and retrain), so the machine's other load does not bend
@@ -46,10 +49,11 @@ from orchestrator.config import JobConfig  # noqa: E402
 from orchestrator.measure import student_timeable, teacher_latency, time_models  # noqa: E402
 from orchestrator.outer_loop import DataRefs, open_study  # noqa: E402
 from orchestrator.pipeline import run_pipeline  # noqa: E402
-from orchestrator.retrain_stage import StudentSpec, retrain_students, student_key  # noqa: E402
+from orchestrator.retrain_stage import StudentSpec, retrain_students, screen_config, student_key  # noqa: E402
 from orchestrator.selection import Candidate, pareto_front, pick_champion, speedup  # noqa: E402
 from search_space.genotype import Genotype, random_genotype  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
+from workers.config import RetrainConfig  # noqa: E402
 from workers.dataset import NO_LABEL  # noqa: E402
 from workers.latency import hardware_name  # noqa: E402
 from workers.retrain import retrain_from_paths  # noqa: E402
@@ -61,6 +65,7 @@ HAND_CELL = Genotype(depth=3, nodes=(
     (("dil_conv_3", 2), ("dil_conv_3", 3)),
 ))
 BETAS = (0.02, 0.1, 0.3)  # the job's range: 0.5 and up derive parameter-free cells (issue 11 notes)
+RESEEDS = 3  # the screen's noise: short retrains at retrain.seed + 1..RESEEDS beside the screen's own (1 in --quick)
 
 
 def searched_only(job: JobConfig) -> JobConfig:
@@ -115,17 +120,24 @@ def budget_pick(job: JobConfig, rows: list[dict], *, teacher: dict) -> dict:
     return {**rows[int(choice.champion.key)], "met_budget": choice.met_budget}
 
 
-def retrain_all(job: JobConfig, genotypes: list[Genotype], *, refs: DataRefs, cache_key: str, seeds: list[int],
-                folder: str) -> list[dict]:
-    """Full retrains of each genotype at each seed (the pipeline's Ray tasks, side by side, cached by
-    key) and their latency, one record each, genotype-major."""
+def student_specs(job: JobConfig, genotypes: list[Genotype], *, cfg: RetrainConfig, cache_key: str, seeds: list[int],
+                  folder: str) -> list[StudentSpec]:
+    """A retrain of each genotype at each seed under `cfg`, in job.run_dir / folder, genotype-major."""
     space = job.space.to_dict()
     specs = []
     for g in genotypes:
         for seed in seeds:
-            cfg = job.retrain.model_copy(update={"seed": seed})
-            key = student_key(genotype=g.to_json(), space=space, cache_key=cache_key, retrain=cfg)
-            specs.append(StudentSpec(key, g.to_json(), space, cfg, job.run_dir / folder / key))
+            seeded = cfg.model_copy(update={"seed": seed})
+            key = student_key(genotype=g.to_json(), space=space, cache_key=cache_key, retrain=seeded)
+            specs.append(StudentSpec(key, g.to_json(), space, seeded, job.run_dir / folder / key))
+    return specs
+
+
+def retrain_all(job: JobConfig, genotypes: list[Genotype], *, refs: DataRefs, cache_key: str, seeds: list[int],
+                folder: str) -> list[dict]:
+    """Full retrains of each genotype at each seed (the pipeline's Ray tasks, side by side, cached by
+    key) and their latency, one record each, genotype-major."""
+    specs = student_specs(job, genotypes, cfg=job.retrain, cache_key=cache_key, seeds=seeds, folder=folder)
     metrics = retrain_students(job, specs, refs=refs)
     shutdown_if_owned()  # timed as the pipeline times its students: without Ray's daemons beside them
     timed = time_models({s.key: student_timeable(s.out_dir, seq_len=job.task.max_length) for s in specs},
@@ -195,6 +207,36 @@ def beta_sweep(job: JobConfig, *, refs: DataRefs, seeds: int) -> list[dict]:
     return ray.get(calls)
 
 
+def screen_noise(job: JobConfig, *, refs: DataRefs, cache_key: str, reseeds: int = RESEEDS) -> dict:
+    """The screen's best and worst candidates of `job`'s run (its screen folder: one short retrain each
+    at the job's retrain seed) short-retrained again at the `reseeds` seeds after it, as the pipeline screens them.
+
+    Returns the candidates' count and the spread (std) of their short scores; for the best and the
+    worst, the score the screen saw and the mean and std over all their seeds; and `within_std`: the
+    pooled std of one genotype's short score across seeds, the screen's noise."""
+    scores = {}
+    for path in (job.run_dir / "screen").glob("*/metrics.json"):
+        m = json.loads(path.read_text())
+        scores[m["genotype"]] = m["dev_metric"]
+    if len(scores) < 2:
+        raise RuntimeError(f"{job.run_dir / 'screen'} holds {len(scores)} screened students; the noise needs 2")
+    ranked = sorted(scores, key=scores.get)
+    ends = {"best": ranked[-1], "worst": ranked[0]}
+    specs = student_specs(job, [Genotype.from_json(g) for g in ends.values()], cfg=screen_config(job),
+                          cache_key=cache_key, seeds=[job.retrain.seed + k for k in range(1, reseeds + 1)],
+                          folder="screen-noise")
+    metrics = retrain_students(job, specs, refs=refs)
+    out = {"count": len(scores), "spread_std": statistics.stdev(scores.values())}
+    variances = []
+    for name, genotype in ends.items():
+        values = [scores[genotype]] + [metrics[s.key]["dev_metric"] for s in specs if s.genotype == genotype]
+        out |= {f"{name}_screened": scores[genotype], f"{name}_mean": statistics.fmean(values),
+                f"{name}_std": statistics.stdev(values)}
+        variances.append(statistics.variance(values))
+    out["within_std"] = statistics.fmean(variances) ** 0.5
+    return out
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -244,6 +286,10 @@ def main() -> None:
         ablated["augmentation"] = searched[0]["dev"]
         console.print(f"[bold]7[/] beta sweep {BETAS} x {seeds} seeds")
         sweep = beta_sweep(job, refs=refs, seeds=seeds)
+    reseeds = 1 if args.quick else RESEEDS
+    console.print(f"[bold]8[/] the screen's noise: seed 0's best and worst candidates, retrained at {reseeds} "
+                  f"more seed(s)")
+    noise = screen_noise(searched_only(job), refs=refs, cache_key=cache.key, reseeds=reseeds)
 
     arms = {"searched": searched, "random": randoms, "hand": hands}
     table = Table(title=f"{meta.task}: dev/test {meta.metric}, {hardware_name('cpu')}, max_length {meta.max_length}")
@@ -291,6 +337,13 @@ def main() -> None:
         console.print(f"beta {beta:g}: derived params {out[f'{key}_derived_params']:,.0f}, FLOPs "
                       f"{out[f'{key}_derived_flops']:,.0f}, pool-best params {out[f'{key}_best_params']:,.0f}, "
                       f"agreement {out[f'{key}_agreement']:.2f}")
+    for name, value in noise.items():
+        out[f"screen_{name}"] = value
+    console.print(f"screen noise: best candidate {noise['best_screened']:.4f} as screened, "
+                  f"{noise['best_mean']:.4f} ± {noise['best_std']:.4f} over {reseeds + 1} seeds; worst "
+                  f"{noise['worst_screened']:.4f}, {noise['worst_mean']:.4f} ± {noise['worst_std']:.4f}; one genotype's "
+                  f"std across seeds {noise['within_std']:.4f} against {noise['spread_std']:.4f} across the "
+                  f"{noise['count']} candidates")
     if sweep:
         params = [out[f"beta{b:g}_derived_params"] for b in BETAS]
         # Falling: never up as beta rises, and down at least once (equal sizes at every beta show no effect).
