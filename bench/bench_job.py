@@ -23,6 +23,8 @@ def quick_pipeline_job(job: JobConfig) -> JobConfig:
     """The shared quick data slice and one tiny round of the whole job: the path in a couple of minutes."""
     job = quick_job(job)
     return job.model_copy(update={
+        # its own registered model: a quick run in a user's workspace never adds versions to theirs
+        "tracking": job.tracking.model_copy(update={"model_name": f"{job.name}-student"}),
         "search": job.search.model_copy(update={"epochs": 1, "max_train_examples": 128, "candidates": 4}),
         "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256, "latency_repeats": 5}),
         "small_transformers": [],  # minutes each on a CPU even on the slice: the quick path is the searched one

@@ -55,7 +55,8 @@ from workers.retrain import predict_classes, retrain_from_paths, task_vocabulary
 from workers.student import load_student, save_student  # noqa: E402
 
 # The demo job's member: the teacher's bottom two layers and its whole table.
-DEFAULT_TRANSFORMER = {"layers": 2, "hidden": 384, "heads": 12, "ffn": 384, "init": "teacher", "epochs": 4}
+DEFAULT_TRANSFORMER = {"layers": 2, "hidden": 384, "heads": 8, "head_dim": 32, "ffn": 128, "init": "teacher",
+                       "epochs": 4}
 HAND_CELL = Genotype(depth=3, nodes=((("dil_conv_3", 0), ("dil_conv_3", 1)), (("dil_conv_3", 0), ("dil_conv_3", 2)),
                                      (("dil_conv_3", 1), ("dil_conv_3", 3))))
 REPEATS = {"full": 30, "quick": 5}

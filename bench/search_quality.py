@@ -57,6 +57,7 @@ from workers.config import RetrainConfig  # noqa: E402
 from workers.dataset import NO_LABEL  # noqa: E402
 from workers.latency import hardware_name  # noqa: E402
 from workers.retrain import retrain_from_paths  # noqa: E402
+from workers.student_files import METRICS_FILE  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
 
 HAND_CELL = Genotype(depth=3, nodes=(
@@ -93,7 +94,7 @@ def spent(job: JobConfig) -> float:
     for trial in open_study(job).trials:
         total += sum(s.get("cpu_seconds", 0.0) for s in trial.user_attrs.get("seeds", []))
     for folder in ("screen", "students"):
-        for metrics in (job.run_dir / folder).glob("*/metrics.json"):
+        for metrics in (job.run_dir / folder).glob(f"*/{METRICS_FILE}"):
             m = json.loads(metrics.read_text())
             total += m.get("cpu_seconds", 0.0) if "genotype" in m else 0.0
     return total
@@ -215,7 +216,7 @@ def screen_noise(job: JobConfig, *, refs: DataRefs, cache_key: str, reseeds: int
     worst, the score the screen saw and the mean and std over all their seeds; and `within_std`: the
     pooled std of one genotype's short score across seeds, the screen's noise."""
     scores = {}
-    for path in (job.run_dir / "screen").glob("*/metrics.json"):
+    for path in (job.run_dir / "screen").glob(f"*/{METRICS_FILE}"):
         m = json.loads(path.read_text())
         scores[m["genotype"]] = m["dev_metric"]
     if len(scores) < 2:

@@ -73,14 +73,13 @@ def check_transformer_inits(members: list, *, source: str) -> None:
         config = json.loads((Path(source) / "config.json").read_text())
     except (OSError, ValueError):
         return
-    have = {"hidden": config.get("hidden_size"), "heads": config.get("num_attention_heads"),
-            "ffn": config.get("intermediate_size")}
+    hidden, heads, ffn = (config.get(k) for k in ("hidden_size", "num_attention_heads", "intermediate_size"))
     depth = config.get("num_hidden_layers")
+    width = hidden // heads if hidden and heads else None
     for m in (m for m in members if m.init == "teacher"):
-        same = {k: v for k, v in have.items() if k != "ffn"}
-        if (any(v is not None and getattr(m, k) != v for k, v in same.items()) or (depth and m.layers > depth)
-                or (have["ffn"] and m.ffn > have["ffn"])):
-            sizes = ", ".join(f"{k} {v}" for k, v in same.items())
+        if ((hidden and m.hidden != hidden) or (heads and m.heads > heads) or (width and m.head_width != width)
+                or (depth and m.layers > depth) or (ffn and m.ffn > ffn)):
             raise AdarayError(f"small_transformers: {m.name} starts from the teacher's layers, so it needs the "
-                              f"teacher's {sizes}, an ffn of at most {have['ffn']} (narrower keeps its strongest "
-                              f"neurons) and at most {depth} layers; set those, or use init: projected")
+                              f"teacher's hidden {hidden}, at most its {heads} heads of width {width} (fewer keep "
+                              f"the strongest; set head_dim: {width}), an ffn of at most {ffn} (narrower keeps its "
+                              f"strongest neurons) and at most {depth} layers; set those, or use init: projected")

@@ -98,13 +98,17 @@ TEACHER_LR = 1e-4
 class TransformerConfig:
     """One member of the family. init "projected": the teacher's table projected to `hidden` (PCA),
     layers random; "teacher": the teacher's table, positions and bottom `layers` layers, which needs
-    the teacher's own hidden, heads and ffn sizes."""
+    the teacher's own hidden size and head width, at most its heads and at most its ffn (a narrower
+    member keeps the strongest)."""
 
     __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
     layers: int = 2
     hidden: int = 128
     heads: int = 2
+    # None: hidden // heads. Set it to keep fewer heads than a teacher at the teacher's own width (init
+    # "teacher" keeps its `heads` strongest): the attention's projections are then heads x head_dim wide.
+    head_dim: int | None = None
     ffn: int = 512
     dropout: float = 0.1
     init: str = "projected"
@@ -126,7 +130,9 @@ class TransformerConfig:
         for name in ("layers", "hidden", "heads", "ffn"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"transformer {name} must be a positive int, got {getattr(self, name)!r}")
-        if self.hidden % self.heads:
+        if self.head_dim is not None and (not _is_int(self.head_dim) or self.head_dim < 1):
+            raise ValueError(f"transformer head_dim must be null or a positive int, got {self.head_dim!r}")
+        if self.head_dim is None and self.hidden % self.heads:
             raise ValueError(f"transformer hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.init not in INITS:
             raise ValueError(f"transformer init must be one of {list(INITS)}, got {self.init!r}")
@@ -149,15 +155,23 @@ class TransformerConfig:
         return retrain_epochs if self.epochs is None else self.epochs
 
     @property
+    def head_width(self) -> int:
+        return self.hidden // self.heads if self.head_dim is None else self.head_dim
+
+    @property
     def name(self) -> str:
         """Short and stable: the route's name on the Pareto plot and in the registry."""
         rank = "" if self.embedding_rank is None else f"-r{self.embedding_rank}"
         ffn = "" if self.ffn == 4 * self.hidden else f"-F{self.ffn}"  # BERT's 4x is the unnamed default
-        return (f"L{self.layers}-H{self.hidden}{ffn}{rank}-{self.init}"
+        heads = "" if self.head_dim is None else f"-A{self.heads}x{self.head_dim}"
+        return (f"L{self.layers}-H{self.hidden}{heads}{ffn}{rank}-{self.init}"
                 f"{'-frozen-table' if self.freeze_table else ''}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["head_dim"] is None:  # the dict keys students' folders: members from before head_dim keep theirs
+            del d["head_dim"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:

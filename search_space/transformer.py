@@ -23,25 +23,27 @@ MASKED = -1e4  # additive attention bias at pads: finite, so a text with no toke
 class EncoderLayer(nn.Module):
     """BERT's post-norm encoder layer: self-attention, add and norm, GELU feed-forward, add and norm."""
 
-    def __init__(self, dim: int, *, heads: int, ffn: int, dropout: float) -> None:
+    def __init__(self, dim: int, *, heads: int, head_dim: int, ffn: int, dropout: float) -> None:
         super().__init__()
-        self.heads, self.attn_dropout = heads, dropout
-        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.attn_out, self.attn_norm = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=BERT_EPS)
+        self.heads, self.head_dim, self.attn_dropout = heads, head_dim, dropout
+        width = heads * head_dim  # the attention's width: `dim` unless heads were cut from a teacher's
+        self.query, self.key, self.value = nn.Linear(dim, width), nn.Linear(dim, width), nn.Linear(dim, width)
+        self.attn_out, self.attn_norm = nn.Linear(width, dim), nn.LayerNorm(dim, eps=BERT_EPS)
         self.intermediate, self.output = nn.Linear(dim, ffn), nn.Linear(ffn, dim)
         self.out_norm = nn.LayerNorm(dim, eps=BERT_EPS)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x (B, T, D), bias (B, 1, 1, T) added to the attention scores -> (B, T, D)."""
-        b, t, d = x.shape
+        b, t, _ = x.shape
 
         def split(y: torch.Tensor) -> torch.Tensor:
-            return y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, H, T, D/H)
+            return y.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, A, T, head_dim)
 
         a = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
                                            attn_mask=bias, dropout_p=self.attn_dropout if self.training else 0.0)
-        x = self.attn_norm(x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(b, t, d))))
+        merged = a.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)  # (B, T, A * head_dim)
+        x = self.attn_norm(x + self.dropout(self.attn_out(merged)))
         return self.out_norm(x + self.dropout(self.output(F.gelu(self.intermediate(x)))))
 
 
@@ -71,7 +73,8 @@ class SmallTransformer(ProbedStack):
                                        rank=arch.embedding_rank)
         self.positions, self.segments = nn.Embedding(max_positions, d), nn.Embedding(2, d)
         self.norm, self.dropout = nn.LayerNorm(d, eps=BERT_EPS), nn.Dropout(arch.dropout)
-        self.layers = nn.ModuleList(EncoderLayer(d, heads=arch.heads, ffn=arch.ffn, dropout=arch.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(d, heads=arch.heads, head_dim=arch.head_width, ffn=arch.ffn,
+                                                 dropout=arch.dropout)
                                     for _ in range(arch.layers))
         self.add_readout(dim=d, depth=arch.layers, dropout=arch.dropout)
 
@@ -130,34 +133,58 @@ def _keep_strongest_neurons(state: dict[str, torch.Tensor], *, layer: int, ffn: 
     state[f"layers.{layer}.output.weight"] = w_out[:, keep]
 
 
+def _keep_strongest_heads(state: dict[str, torch.Tensor], *, layer: int, heads: int, head_dim: int) -> None:
+    """Cut layer `layer`'s attention to its `heads` heads of largest weight-norm product
+    ||W_v[h]|| * ||W_o[:, h]|| (the magnitude of what a head adds to the residual, the ffn rule's
+    analogue), in their original order, in place."""
+    p = f"layers.{layer}"
+    w_v, w_o = state[f"{p}.value.weight"], state[f"{p}.attn_out.weight"]  # (A*Dh, H), (H, A*Dh)
+    n = w_v.shape[0] // head_dim
+    per_head_v = w_v.reshape(n, -1)  # (A, Dh*H)
+    per_head_o = w_o.reshape(-1, n, head_dim).transpose(0, 1).reshape(n, -1)  # (A, H*Dh)
+    score = per_head_v.norm(dim=1) * per_head_o.norm(dim=1)  # (A,)
+    keep = score.topk(heads).indices.sort().values  # (heads,)
+    rows = (keep[:, None] * head_dim + torch.arange(head_dim)).flatten()  # (heads * head_dim,)
+    for name in ("query", "key", "value"):
+        state[f"{p}.{name}.weight"] = state[f"{p}.{name}.weight"][rows]
+        state[f"{p}.{name}.bias"] = state[f"{p}.{name}.bias"][rows]
+    state[f"{p}.attn_out.weight"] = w_o[:, rows]
+
+
 def teacher_layer_state(model: SmallTransformer, teacher: dict[str, torch.Tensor], *,
                         teacher_heads: int) -> dict[str, torch.Tensor]:
     """The entries of `model`'s state dict that a BERT teacher's weights fill: its positions, segments,
     embedding norm and bottom `layers` layers, each feed-forward block cut to the model's `ffn` strongest
-    neurons when that is narrower than the teacher's. `teacher`: the teacher's state dict, any prefix
-    ("bert." or none). The token table comes separately, as `embedding_init`."""
-    if teacher_heads != model.arch.heads:  # the weights' shapes cannot tell
-        raise ValueError(f"init 'teacher' needs the teacher's {teacher_heads} attention heads, transformer "
-                         f"{model.arch.name} has {model.arch.heads}")
+    neurons and each attention to its `heads` strongest heads when those are fewer than the teacher's.
+    `teacher`: the teacher's state dict, any prefix ("bert." or none). The token table comes separately,
+    as `embedding_init`."""
+    arch = model.arch
     found = [k for k in teacher if k.endswith("embeddings.word_embeddings.weight")]
     if len(found) != 1:
         raise ValueError(f"not a BERT state dict: expected one embeddings.word_embeddings.weight, found {found}")
     prefix = found[0][: -len("embeddings.word_embeddings.weight")]
+    width = teacher[found[0]].shape[1] // teacher_heads  # the weights' shapes cannot tell the heads apart
+    if arch.head_width != width or arch.heads > teacher_heads:
+        raise ValueError(f"init 'teacher' needs at most the teacher's {teacher_heads} attention heads, each "
+                         f"{width} wide; transformer {arch.name} has {arch.heads} of {arch.head_width} (set "
+                         f"head_dim: {width} to keep fewer heads)")
     state = {"positions.weight": teacher[f"{prefix}embeddings.position_embeddings.weight"][: model.max_positions],
              "segments.weight": teacher[f"{prefix}embeddings.token_type_embeddings.weight"][:2],
              "norm.weight": teacher[f"{prefix}embeddings.LayerNorm.weight"],
              "norm.bias": teacher[f"{prefix}embeddings.LayerNorm.bias"]}
-    for i in range(model.arch.layers):
+    for i in range(arch.layers):
         for ours, theirs in _LAYER_NAMES.items():
             for leaf in ("weight", "bias"):
                 state[f"layers.{i}.{ours}.{leaf}"] = teacher[f"{prefix}encoder.layer.{i}.{theirs}.{leaf}"]
-        if model.arch.ffn < state[f"layers.{i}.intermediate.bias"].shape[0]:
-            _keep_strongest_neurons(state, layer=i, ffn=model.arch.ffn)
+        if arch.ffn < state[f"layers.{i}.intermediate.bias"].shape[0]:
+            _keep_strongest_neurons(state, layer=i, ffn=arch.ffn)
+        if arch.heads < teacher_heads:
+            _keep_strongest_heads(state, layer=i, heads=arch.heads, head_dim=width)
     own = model.state_dict()
     wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if wrong:
-        raise ValueError(f"the teacher's layers do not fit transformer {model.arch.name} ({wrong[0]}: teacher "
+        raise ValueError(f"the teacher's layers do not fit transformer {arch.name} ({wrong[0]}: teacher "
                          f"{tuple(state[wrong[0]].shape)}, student {tuple(own[wrong[0]].shape)}); init 'teacher' "
-                         "needs the teacher's hidden and heads sizes and an ffn no wider than its own, or use "
+                         "needs the teacher's hidden size and an ffn no wider than its own, or use "
                          "init 'projected'")
     return state

@@ -31,13 +31,15 @@ def _model(arch: TransformerConfig = TINY, **kw) -> SmallTransformer:
     return SmallTransformer(arch, vocab_size=100, num_labels=3, max_positions=32, pad_id=0, **kw).eval()
 
 
+@pytest.mark.parametrize("head_dim", [None, 4], ids=["all-heads", "heads-4-wide"])
 @pytest.mark.parametrize("rank", [None, 4], ids=["full-table", "rank-4"])
 @pytest.mark.parametrize("layers", [1, 3])
-def test_parameter_count_is_bert_shaped(layers, rank):
-    arch = TransformerConfig(layers=layers, hidden=16, heads=2, ffn=32, embedding_rank=rank)
+def test_parameter_count_is_bert_shaped(layers, rank, head_dim):
+    arch = TransformerConfig(layers=layers, hidden=16, heads=2, head_dim=head_dim, ffn=32, embedding_rank=rank)
     d, f, c = 16, 32, 3
+    a = d if head_dim is None else 2 * head_dim  # the attention's width
     table = 100 * d if rank is None else 100 * rank + rank * d
-    layer = 4 * (d * d + d) + 2 * 2 * d + (d * f + f) + (f * d + d)  # q, k, v, out; two norms; feed-forward
+    layer = 3 * (d * a + a) + (a * d + d) + 2 * 2 * d + (d * f + f) + (f * d + d)  # q, k, v, out; norms; ffn
     readout = layers * (d * c + c) + (d + 1) + (d * d + d) + (d * c + c)  # probes; head: score, dense, classifier
     want = table + 32 * d + 2 * d + 2 * d + layers * layer + readout  # positions, segments, embedding norm
     model = _model(arch)
@@ -118,15 +120,55 @@ def test_teacher_init_refuses_a_shape_or_head_count_the_teacher_lacks():
     with pytest.raises(ValueError, match="an ffn no wider than its own"):
         teacher_layer_state(_model(TransformerConfig(hidden=16, heads=2, ffn=64)), teacher, teacher_heads=2)
     with pytest.raises(ValueError, match="an ffn no wider than its own"):
-        teacher_layer_state(_model(TransformerConfig(hidden=12, heads=2, ffn=32)), teacher, teacher_heads=2)
-    with pytest.raises(ValueError, match="2 attention heads"):
+        teacher_layer_state(_model(TransformerConfig(hidden=12, heads=2, head_dim=8, ffn=32)), teacher,
+                            teacher_heads=2)
+    with pytest.raises(ValueError, match="2 attention heads, each 8 wide.*set head_dim: 8"):
         teacher_layer_state(_model(TransformerConfig(hidden=16, heads=4, ffn=32)), teacher, teacher_heads=2)
+    with pytest.raises(ValueError, match="at most the teacher's 2 attention heads"):
+        teacher_layer_state(_model(TransformerConfig(hidden=16, heads=3, head_dim=8, ffn=32)), teacher,
+                            teacher_heads=2)
+
+
+def test_fewer_heads_keep_the_teachers_strongest_and_compute_what_those_heads_computed():
+    bert = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=32, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0)).eval()
+    attn = bert.encoder.layer[0].attention
+    with torch.no_grad():  # heads 1 and 3 (4 wide) carry by far the largest value and output weights
+        for h in (1, 3):
+            attn.self.value.weight[4 * h: 4 * h + 4] *= 20
+            attn.output.dense.weight[:, 4 * h: 4 * h + 4] *= 20
+    state = {f"bert.{k}": v for k, v in bert.state_dict().items()}
+    arch = TransformerConfig(layers=1, hidden=16, heads=2, head_dim=4, ffn=32, init="teacher", dropout=0.0)
+    model = _model(arch, embedding_init=state["bert.embeddings.word_embeddings.weight"])
+    model.load_state_dict(teacher_layer_state(model, state, teacher_heads=4), strict=False)
+    rows = [4, 5, 6, 7, 12, 13, 14, 15]
+    layer = model.layers[0]
+    for ours, theirs in (("query", attn.self.query), ("key", attn.self.key), ("value", attn.self.value)):
+        torch.testing.assert_close(getattr(layer, ours).weight, theirs.weight[rows])
+        torch.testing.assert_close(getattr(layer, ours).bias, theirs.bias[rows])
+    torch.testing.assert_close(layer.attn_out.weight, attn.output.dense.weight[:, rows])
+    # the cut layer's attention output is the teacher's with the other heads' contributions removed
+    x = torch.randn(3, 5, 16)
+    bias = torch.zeros(3, 1, 1, 5)
+    with torch.inference_mode():
+        ctx = attn.self(x)[0]  # (B, T, 16): every head's context
+        kept = ctx.clone()
+        kept[..., [0, 1, 2, 3, 8, 9, 10, 11]] = 0.0
+        want = attn.output.LayerNorm(x + attn.output.dense(kept))
+        b, t, _ = x.shape
+        split = lambda y: y.view(b, t, 2, 4).transpose(1, 2)  # noqa: E731
+        a = torch.nn.functional.scaled_dot_product_attention(split(layer.query(x)), split(layer.key(x)),
+                                                             split(layer.value(x)), attn_mask=bias)
+        got = layer.attn_norm(x + layer.attn_out(a.transpose(1, 2).reshape(b, t, 8)))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("bad", "match"), [
     ({"hidden": 15, "heads": 2}, "multiple of heads"), ({"layers": 0}, "positive int"),
     ({"init": "random"}, "init must be one of"), ({"embedding_rank": 128}, "embedding_rank"),
     ({"epochs": 0}, "epochs must be null or a positive int"), ({"epochs": 1.5}, "epochs"),
+    ({"head_dim": 0}, "head_dim must be null or a positive int"),
 ])
 def test_config_refuses_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -183,3 +225,10 @@ def test_a_members_name_tells_its_sizes_apart():
     assert teacher_sized.name == "L2-H384-teacher"  # BERT's ffn of 4x hidden goes unnamed
     assert TransformerConfig(layers=2, hidden=384, heads=12, ffn=768, init="teacher").name == "L2-H384-F768-teacher"
     assert TransformerConfig(layers=1, hidden=32, heads=2, ffn=64, embedding_rank=8).name == "L1-H32-F64-r8-projected"
+
+
+def test_head_dim_names_the_cut_member_and_stays_out_of_older_members_keys():
+    cut = TransformerConfig(layers=2, hidden=384, heads=6, head_dim=32, ffn=128, init="teacher")
+    assert cut.name == "L2-H384-A6x32-F128-teacher" and cut.head_width == 32
+    assert TransformerConfig.from_dict(json.loads(json.dumps(cut.to_dict()))) == cut
+    assert "head_dim" not in TransformerConfig(hidden=384, heads=12).to_dict()  # students saved before it keep keys

@@ -140,15 +140,18 @@ def test_unknown_key_in_job_file_suggests_the_right_one(tmp_path):
      r"task.max_length 100000 is over the teacher's limit of 512 tokens \(minilm\)"),
     ("small_transformers: [{layers: 2, hidden: 128, heads: 2, ffn: 512, init: teacher}]",
      r"small_transformers: L2-H128-teacher starts from the teacher's layers, so it needs the teacher's hidden 384, "
-     r"heads 12, an ffn of at most 1536 \(narrower keeps its strongest neurons\) and at most 6 layers; set those, "
-     r"or use init: projected$"),
+     r"at most its 12 heads of width 32 \(fewer keep the strongest; set head_dim: 32\), an ffn of at most 1536 "
+     r"\(narrower keeps its strongest neurons\) and at most 6 layers; set those, or use init: projected$"),
+    ("small_transformers: [{layers: 2, hidden: 384, heads: 6, ffn: 384, init: teacher}]", r"set head_dim: 32"),
+    ("small_transformers: [{layers: 2, hidden: 384, heads: 16, head_dim: 32, init: teacher}]", r"at most its 12 heads"),
     ("small_transformers: [{layers: 2, hidden: 384, heads: 12, ffn: 2048, init: teacher}]", r"an ffn of at most 1536"),
     ("small_transformers: [{layers: 8, hidden: 384, heads: 12, ffn: 1536, init: teacher}]", r"at most 6 layers"),
     ("small_transformers: [{layers: 2, hidden: 100, heads: 3}]",
      r"small_transformers.0: transformer hidden \(100\) must be a multiple of heads \(3\)"),
     ("small_transformers: [{layers: 2, width: 128}]", r"unknown key 'small_transformers.0.width'"),
 ], ids=["bool-int", "bool-nested", "range-key", "range-end", "choice-range", "choice-type", "rank-choice",
-        "max-length", "transformer-not-the-teachers-size", "transformer-wider-ffn", "transformer-deeper-than-the-teacher",
+        "max-length", "transformer-not-the-teachers-size", "transformer-head-width", "transformer-more-heads",
+        "transformer-wider-ffn", "transformer-deeper-than-the-teacher",
         "transformer-heads", "transformer-unknown-key"])
 def test_validate_refuses_values_the_job_would_fail_on_later(tmp_path, capsys, yaml_text, message):
     job = tmp_path / "job.yaml"
