@@ -54,7 +54,7 @@ from workers.onnx_export import ONNX_FILE, export_onnx, onnx_latency_metrics, on
 from workers.retrain import predict_classes, retrain_from_paths, task_vocabulary_student  # noqa: E402
 from workers.student import load_student, save_student  # noqa: E402
 
-# The demo job's member: the teacher's bottom two layers and its whole table.
+# The demo job's member: the teacher's bottom two layers cut to 8 heads and 128 ffn neurons, its whole table.
 DEFAULT_TRANSFORMER = {"layers": 2, "hidden": 384, "heads": 8, "head_dim": 32, "ffn": 128, "init": "teacher",
                        "epochs": 4}
 HAND_CELL = Genotype(depth=3, nodes=((("dil_conv_3", 0), ("dil_conv_3", 1)), (("dil_conv_3", 0), ("dil_conv_3", 2)),
