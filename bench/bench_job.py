@@ -26,7 +26,9 @@ def quick_pipeline_job(job: JobConfig) -> JobConfig:
         # its own registered model: a quick run in a user's workspace never adds versions to theirs
         "tracking": job.tracking.model_copy(update={"model_name": f"{job.name}-student"}),
         "search": job.search.model_copy(update={"epochs": 1, "max_train_examples": 128, "candidates": 4}),
-        "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256, "latency_repeats": 5}),
+        # min_steps 20, not 300: on 256 rows (4 steps an epoch) 300 steps made every retrain and screen 75 epochs
+        "retrain": job.retrain.model_copy(update={"epochs": 1, "max_train_examples": 256, "min_steps": 20,
+                                                  "latency_repeats": 5}),
         "small_transformers": [],  # minutes each on a CPU even on the slice: the quick path is the searched one
         # the slice's students may stay at the majority class; the quick path makes no accuracy claim
         "budget": job.budget.model_copy(update={"min_over_majority": -1}),
