@@ -74,7 +74,7 @@ def cells_only(job: JobConfig) -> JobConfig:
     """The job without its other routes (small transformers, serving variants): every arm is a torch cell.
     Its budget keeps the latency cap but not `min_speedup`, a floor set for the member's int8 graph: torch
     cells rarely clear it, and where none does the rule takes the fastest whatever its score, so the
-    arms would be compared on speed (rows 3-5 of the 3d31fa4 run: seed 1's pick scored 74.56 beside 76.23)."""
+    arms would be compared on speed (the bench at 3d31fa4: seed 1's pick scored 74.56 beside 76.23)."""
     return job.model_copy(update={"small_transformers": [], "variants": [],
                                   "budget": job.budget.model_copy(update={"min_speedup": None})})
 
