@@ -16,9 +16,9 @@ torch cells under the job's latency cap (`cells_only`):
      (no augmented copies), then + probe hints, then + augmentation (the pipeline's own retrain);
   7. a beta sweep: searches at three betas over the seeds: the derived (argmax) students' params and
      FLOPs, and how often the seeds agree on the genotype;
-  8. the screen's own noise: seed 0's best and worst screened candidates short-retrained again at
-     three more seeds, against the spread of every candidate's short score. A search can only rank
-     what the screen tells apart.
+  8. the screen's own noise: seed 0's best and worst screened candidates retrained again at the
+     screen's fidelity (short, or full) at three more seeds, against the spread of every candidate's
+     screened score. A search can only rank what the screen tells apart.
 
 Rows 3-5 print mean ± std over the seeds. Compute is CPU-seconds of the processes that trained
 (time.process_time in each search trial and retrain), so the machine's other load does not bend
@@ -50,7 +50,13 @@ from orchestrator.config import JobConfig  # noqa: E402
 from orchestrator.measure import student_timeable, teacher_latency, time_models  # noqa: E402
 from orchestrator.outer_loop import DataRefs, open_study  # noqa: E402
 from orchestrator.pipeline import run_pipeline  # noqa: E402
-from orchestrator.retrain_stage import StudentSpec, retrain_students, screen_config, student_key  # noqa: E402
+from orchestrator.retrain_stage import (  # noqa: E402
+    StudentSpec,
+    retrain_students,
+    screen_config,
+    screen_dir,
+    student_key,
+)
 from orchestrator.selection import Candidate, pareto_front, pick_champion, speedup  # noqa: E402
 from search_space.genotype import Genotype, random_genotype  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
@@ -67,7 +73,7 @@ HAND_CELL = Genotype(depth=3, nodes=(
     (("dil_conv_3", 2), ("dil_conv_3", 3)),
 ))
 BETAS = (0.02, 0.1, 0.3)  # the job's range: 0.5 and up derive parameter-free cells (issue 11 notes)
-RESEEDS = 3  # the screen's noise: short retrains at retrain.seed + 1..RESEEDS beside the screen's own (1 in --quick)
+RESEEDS = 3  # the screen's noise: retrains at retrain.seed + 1..RESEEDS beside the screen's own (1 in --quick)
 
 
 def cells_only(job: JobConfig) -> JobConfig:
@@ -98,8 +104,8 @@ def spent(job: JobConfig) -> float:
     total = 0.0
     for trial in open_study(job).trials:
         total += sum(s.get("cpu_seconds", 0.0) for s in trial.user_attrs.get("seeds", []))
-    for folder in ("screen", "students"):
-        for metrics in (job.run_dir / folder).glob(f"*/{METRICS_FILE}"):
+    for folder in {screen_dir(job), job.run_dir / "students"}:  # one folder at full fidelity
+        for metrics in folder.glob(f"*/{METRICS_FILE}"):
             m = json.loads(metrics.read_text())
             total += m.get("cpu_seconds", 0.0) if "genotype" in m else 0.0
     return total
@@ -214,18 +220,19 @@ def beta_sweep(job: JobConfig, *, refs: DataRefs, seeds: int) -> list[dict]:
 
 
 def screen_noise(job: JobConfig, *, refs: DataRefs, cache_key: str, reseeds: int = RESEEDS) -> dict:
-    """The screen's best and worst candidates of `job`'s run (its screen folder: one short retrain each
-    at the job's retrain seed) short-retrained again at the `reseeds` seeds after it, as the pipeline screens them.
+    """The screen's best and worst candidates of `job`'s run (its screen folder: one retrain each at the
+    job's retrain seed) retrained again at the `reseeds` seeds after it, as the pipeline screens them.
 
-    Returns the candidates' count and the spread (std) of their short scores; for the best and the
+    Returns the candidates' count and the spread (std) of their screened scores; for the best and the
     worst, the score the screen saw and the mean and std over all their seeds; and `within_std`: the
-    pooled std of one genotype's short score across seeds, the screen's noise."""
+    pooled std of one genotype's screened score across seeds, the screen's noise."""
     scores = {}
-    for path in (job.run_dir / "screen").glob(f"*/{METRICS_FILE}"):
+    for path in screen_dir(job).glob(f"*/{METRICS_FILE}"):
         m = json.loads(path.read_text())
-        scores[m["genotype"]] = m["dev_metric"]
+        if "genotype" in m:  # cells: at full fidelity the folder also holds a run's small transformers and variants
+            scores[m["genotype"]] = m["dev_metric"]
     if len(scores) < 2:
-        raise RuntimeError(f"{job.run_dir / 'screen'} holds {len(scores)} screened students; the noise needs 2")
+        raise RuntimeError(f"{screen_dir(job)} holds {len(scores)} screened students; the noise needs 2")
     ranked = sorted(scores, key=scores.get)
     ends = {"best": ranked[-1], "worst": ranked[0]}
     specs = student_specs(job, [Genotype.from_json(g) for g in ends.values()], cfg=screen_config(job),

@@ -75,19 +75,22 @@ def _default_params() -> dict[str, ParamRange]:
 
 
 class ScreenConfig(_Config):
-    """The second fidelity: a short KD retrain of each configuration's best candidates.
+    """The second fidelity: a KD retrain of each configuration's best candidates.
 
     The supernet's inherited-weight score picks `top` candidates per configuration; each is
-    retrained this briefly and scored on dev, and that score (with the student's cost) is what
-    Optuna is told and what picks the finalists.
+    retrained and scored on dev, and that score (with the student's cost) is what Optuna is told
+    and what picks the finalists. `fidelity: short` retrains them briefly (`epochs`,
+    `max_train_examples`) and the finalists again in full; `full` retrains each once, as the
+    finalists are, so the finalists are the best of them by the score they are served with.
     """
 
-    top: int = Field(2, ge=1, description="candidates per configuration to short-retrain")
+    fidelity: Literal["short", "full"] = "short"
+    top: int = Field(2, ge=1, description="candidates per configuration to retrain")
     # One epoch over the whole transfer set: measured on rotten_tomatoes, a full retrain's epoch-1 dev
     # score ranks students as its final one does, while 1 epoch on 4,000 rows left 3 of 8 at the majority class.
-    epochs: int = Field(1, ge=1)
-    max_train_examples: int | None = Field(None, ge=1, description="default: the whole transfer set")
-    finalists: int = Field(3, ge=1, description="best short-retrained students that get the full retrain")
+    epochs: int = Field(1, ge=1, description="the short screen's epochs (fidelity: short)")
+    max_train_examples: int | None = Field(None, ge=1, description="the short screen's; default: the whole transfer set")
+    finalists: int = Field(3, ge=1, description="best screened students that get the full retrain (at full fidelity: already have it)")
 
 
 class OuterLoopConfig(_Config):

@@ -31,6 +31,7 @@ from orchestrator.retrain_stage import (
     make_variants,
     retrain_students,
     screen_candidates,
+    start_retrains,
     transformer_specs,
     variant_specs,
 )
@@ -155,6 +156,12 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     _log_parent(tracker, parent, job=job, prepared=prepared, teacher=teacher, cache=cache)
     tracker.log_metrics(parent, {f"tfidf_dev_{baseline.metric}": baseline.dev, f"tfidf_test_{baseline.metric}": baseline.test})
     refs = DataRefs(cache_uri=cache.uri, prepared_dir=str(prepared.folder), teacher_dir=str(teacher.dir))
+    # The small transformers need no search: they train beside it, on the CPUs its trials and screens leave
+    # free (the demo's member took 8 minutes of one CPU after the search, the other CPU idle once the cells were done).
+    family = transformer_specs(job, cache_key=cache.key)
+    family_retrains = start_retrains(job, family, refs=refs)
+    if family:
+        console.print(f"[bold]small transformers[/]: {len(family)} retraining beside the search")
 
     # -- outer loop -----------------------------------------------------------------------
     status.update(stage="outer_loop")
@@ -179,19 +186,18 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     # -- retrain ----------------------------------------------------------------------------
     status.update(stage="retrain")
     finalists = finalist_specs(job, outcomes, cache_key=cache.key)
-    family = transformer_specs(job, cache_key=cache.key)
     own_epochs = "".join(f" ({t.name}: {t.epochs})" for t in job.small_transformers  # a member's own, when set
                          if t.train_epochs(job.retrain.epochs) != job.retrain.epochs)
     console.print(f"[bold]retrain[/]: the {len(finalists)} best of the screened students"
                   f"{f' and {len(family)} small transformers' if family else ''}, {job.retrain.epochs} epochs"
                   f"{own_epochs}")
-    specs = family + finalists  # the longest retrains first: the cells' fill the CPUs beside them
+    specs = family + finalists
 
     def done(s: StudentSpec, m: dict, hit: bool) -> None:
         console.print(f"  [green]✓[/] student {s.key} ({s.describe()}): dev {metric_name} {m['dev_metric']:.4f}"
                       f"{'  (cache hit)' if hit else ''}")
 
-    metrics = retrain_students(job, specs, refs=refs, on_done=done)
+    metrics = retrain_students(job, finalists, refs=refs, on_done=done) | family_retrains.wait(done)
     if variants := variant_specs(job, specs):
         console.print(f"[bold]variants[/]: {' and '.join(job.variants)} of each student, scored and timed under "
                       "onnxruntime")
@@ -271,11 +277,14 @@ def _register(job: JobConfig, tracker: Tracker, parent: str, *, choice: Choice, 
 
 def _screen(job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key: str, console: Console,
             metric: str) -> dict[str, float]:
-    console.print(f"  screening {len(candidates)} candidates: {job.outer_loop.screen.epochs}-epoch KD retrains")
+    screen = job.outer_loop.screen
+    how = f"full KD retrains ({job.retrain.epochs} epochs)" if screen.fidelity == "full" else \
+        f"{screen.epochs}-epoch KD retrains"
+    console.print(f"  screening {len(candidates)} candidates: {how}")
     return screen_candidates(
         job, candidates, refs=refs, cache_key=cache_key,
         on_done=lambda s, m, hit: console.print(
-            f"    candidate {s.key} ({origin(s.figures)}): inherited {s.figures['score']:.4f} → short retrain dev "
+            f"    candidate {s.key} ({origin(s.figures)}): inherited {s.figures['score']:.4f} → screened dev "
             f"{METRIC_NAMES[metric]} {m['dev_metric']:.4f}{'  (cache hit)' if hit else ''}"),
     )
 
@@ -314,7 +323,7 @@ def _log_round(tracker: Tracker, parent: str, *, job: JobConfig, results, outcom
     by_config = {o.number: o for o in outcomes}
     for number, outcome in by_config.items():
         _config_run(tracker, parent, job=job, outcome=outcome)
-        console.print(f"  config {number}: short-retrain dev {outcome.score:.4f}, agreement {outcome.agreement:.2f}"
+        console.print(f"  config {number}: screened dev {outcome.score:.4f}, agreement {outcome.agreement:.2f}"
                       f"{', collapse' if outcome.collapse else ''}  {outcome.params}")
     for trial, metrics, history in results:
         number = trial["config_number"]

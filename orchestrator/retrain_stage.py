@@ -1,4 +1,4 @@
-"""Retrain students as Ray tasks: short retrains that screen candidates, full ones for the finalists.
+"""Retrain students as Ray tasks: the retrains that screen candidates (short or full), full ones for the finalists.
 
 Students train in parallel; their latency is measured afterwards on the driver, side by side
 (orchestrator/measure.py), so no measurement shares the CPU with another student's training. Each student's folder is keyed by
@@ -68,12 +68,20 @@ def student_key(*, genotype: str, space: dict, cache_key: str, retrain: RetrainC
 
 
 def screen_config(job: JobConfig) -> RetrainConfig:
-    """The job's retrain at the screen's fidelity (fewer epochs, fewer examples). No early-exit sweep:
-    a screened student is only ranked by its dev score, never served, and the sweep cost 4-11 s of
-    one CPU per student on the demo's task, about a minute of its 16 screens."""
+    """The retrain that screens candidates. At full fidelity, the job's retrain itself. Short: fewer
+    epochs and examples, and no early-exit sweep: a screened student is only ranked by its dev score,
+    never served, and the sweep cost 4-11 s of one CPU per student on the demo's task, about a minute of
+    its 16 screens."""
     screen = job.outer_loop.screen
+    if screen.fidelity == "full":
+        return job.retrain
     return job.retrain.model_copy(update={"epochs": screen.epochs, "max_train_examples": screen.max_train_examples,
                                           "exit_max_drop": None})
+
+
+def screen_dir(job: JobConfig) -> Path:
+    """Where screened students live: at full fidelity with the finalists (same keys: they are trained once)."""
+    return job.run_dir / ("students" if job.outer_loop.screen.fidelity == "full" else "screen")
 
 
 def screen_specs(job: JobConfig, candidates: list[dict], *, cache_key: str) -> list[StudentSpec]:
@@ -81,7 +89,7 @@ def screen_specs(job: JobConfig, candidates: list[dict], *, cache_key: str) -> l
     specs = []
     for c in candidates:
         key = student_key(genotype=c["genotype"], space=c["space"], cache_key=cache_key, retrain=cfg)
-        specs.append(StudentSpec(key, c["genotype"], c["space"], cfg, job.run_dir / "screen" / key, figures=c))
+        specs.append(StudentSpec(key, c["genotype"], c["space"], cfg, screen_dir(job) / key, figures=c))
     return specs
 
 
@@ -149,19 +157,37 @@ def _retrain_remote(spec: dict) -> dict:
     return {"student_dir": str(result.student_dir), "metrics": result.metrics}
 
 
-def retrain_students(
-    job: JobConfig, specs: list[StudentSpec], *, refs: DataRefs,
-    on_done: Callable[[StudentSpec, dict, bool], None] | None = None,
-) -> dict[str, dict]:
-    """Train the students that are not on disk yet; returns {key: metrics}."""
-    results: dict[str, dict] = {}
-    todo = []
+@dataclass
+class Retrains:
+    """Retrains under way: those found on disk, and the Ray tasks training the others."""
+
+    found: list[tuple[StudentSpec, dict]]
+    running: dict  # ray.ObjectRef -> StudentSpec
+
+    def wait(self, on_done: Callable[[StudentSpec, dict, bool], None] | None = None) -> dict[str, dict]:
+        """Block until every task is done (each reported as it finishes); returns {key: metrics}."""
+        results: dict[str, dict] = {}
+        for spec, metrics in self.found:
+            results[spec.key] = metrics
+            if on_done:
+                on_done(spec, metrics, True)
+        pending = list(self.running)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            spec = self.running[done[0]]
+            results[spec.key] = ray.get(done[0])["metrics"]
+            if on_done:
+                on_done(spec, results[spec.key], False)
+        return results
+
+
+def start_retrains(job: JobConfig, specs: list[StudentSpec], *, refs: DataRefs) -> Retrains:
+    """Start a Ray task for each student not on disk yet (one per key) and return at once."""
+    found, todo = [], []
     for spec in specs:
         metrics_file = spec.out_dir / METRICS_FILE
         if metrics_file.is_file():
-            results[spec.key] = json.loads(metrics_file.read_text())
-            if on_done:
-                on_done(spec, results[spec.key], True)
+            found.append((spec, json.loads(metrics_file.read_text())))
         elif spec.key not in {s.key for s in todo}:
             todo.append(spec)
     if todo:  # the job's own Ray (a bench may call this after a pipeline stopped it), never ray's default
@@ -169,7 +195,7 @@ def retrain_students(
     task = ray.remote(_retrain_remote).options(
         num_cpus=job.cluster.cpus_per_trial, num_gpus=job.cluster.gpus_per_trial, max_retries=job.cluster.max_failures,
     )
-    refs_by_obj = {
+    running = {
         task.remote({
             "genotype": s.genotype, "space": s.space, "transformer": s.transformer,
             "retrain": s.retrain.model_dump(mode="json"),
@@ -178,22 +204,23 @@ def retrain_students(
         }): s
         for s in todo
     }
-    pending = list(refs_by_obj)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        spec = refs_by_obj[done[0]]
-        out = ray.get(done[0])
-        results[spec.key] = out["metrics"]
-        if on_done:
-            on_done(spec, out["metrics"], False)
-    return results
+    return Retrains(found, running)
+
+
+def retrain_students(
+    job: JobConfig, specs: list[StudentSpec], *, refs: DataRefs,
+    on_done: Callable[[StudentSpec, dict, bool], None] | None = None,
+) -> dict[str, dict]:
+    """Train the students that are not on disk yet; returns {key: metrics}."""
+    return start_retrains(job, specs, refs=refs).wait(on_done)
 
 
 def screen_candidates(
     job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key: str,
     on_done: Callable[[StudentSpec, dict, bool], None] | None = None,
 ) -> dict[str, float]:
-    """Short-retrain each candidate (Ray tasks, cached on disk); {candidate_id: dev score in the task's metric}."""
+    """Retrain each candidate at the screen's fidelity (Ray tasks, cached on disk); {candidate_id: dev score in the
+    task's metric}."""
     specs = screen_specs(job, candidates, cache_key=cache_key)
     metrics = retrain_students(job, specs, refs=refs, on_done=on_done)
     return {candidate_id(s.figures): metrics[s.key]["dev_metric"] for s in specs}

@@ -153,6 +153,28 @@ def test_the_outcome_is_the_candidate_with_the_best_short_retrain(tmp_path):
                      short_scores={}) is None
 
 
+@pytest.mark.parametrize("fidelity", ["short", "full"])
+def test_at_full_fidelity_the_screened_students_are_the_finalists(tmp_path, fidelity):
+    from orchestrator.retrain_stage import finalist_specs, screen_config, screen_dir, screen_specs
+
+    j = job(tmp_path, screen={"top": 2, "finalists": 1, "fidelity": fidelity})
+    dicts = trial_configs(j, number=0, round_index=0, params={}, refs=REFS)
+    short = {candidate_id({"genotype": G1, "space": {"k": 1}}): 0.71,
+             candidate_id({"genotype": G3, "space": {"k": 1}}): 0.78}
+    out = aggregate(j, trial_dicts=dicts, seeds=SEEDS, number=0, round_index=0, params={}, short_scores=short)
+    screened = screen_specs(j, candidates_to_screen(j, SEEDS), cache_key="c")
+    (final,) = finalist_specs(j, [out], cache_key="c")
+    assert final.genotype == G3 and final.retrain == j.retrain
+    by_key = {s.key: s for s in screened}
+    if fidelity == "full":  # trained once: the finalist's key and folder are its screen's
+        assert screen_config(j) == j.retrain and by_key[final.key].out_dir == final.out_dir
+        assert screen_dir(j) == final.out_dir.parent
+    else:  # a short screen, then the full retrain of the finalist in a folder of its own
+        assert screen_config(j).epochs == 1 and final.key not in by_key
+        assert screen_dir(j) != final.out_dir.parent
+        assert {s.out_dir.parent for s in screened} == {screen_dir(j)}
+
+
 def test_optuna_is_told_the_short_retrained_figures(tmp_path, monkeypatch):
     """The outer loop with Tune replaced by canned trial results: the study holds what the screen measured."""
     import orchestrator.outer_loop as loop
