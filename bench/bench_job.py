@@ -34,7 +34,7 @@ def quick_pipeline_job(job: JobConfig) -> JobConfig:
         "budget": job.budget.model_copy(update={"min_over_majority": -1}),
         "outer_loop": job.outer_loop.model_copy(update={
             "rounds": 1, "configs_per_round": 1, "seeds": 1,
-            "screen": job.outer_loop.screen.model_copy(update={"top": 1, "max_train_examples": 128, "finalists": 1}),
+            "screen": job.outer_loop.screen.model_copy(update={"top": 1, "finalists": 1}),
         }),
     })
 

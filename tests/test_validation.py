@@ -149,10 +149,13 @@ def test_unknown_key_in_job_file_suggests_the_right_one(tmp_path):
     ("small_transformers: [{layers: 2, hidden: 100, heads: 3}]",
      r"small_transformers.0: transformer hidden \(100\) must be a multiple of heads \(3\)"),
     ("small_transformers: [{layers: 2, width: 128}]", r"unknown key 'small_transformers.0.width'"),
+    ("outer_loop: {screen: {fidelity: full, epochs: 1}}",
+     r"outer_loop.screen: epochs size the short screen, but fidelity: full retrains each candidate as the job's "
+     r"retrain \(retrain.epochs\); drop them, or use fidelity: short$"),
 ], ids=["bool-int", "bool-nested", "range-key", "range-end", "choice-range", "choice-type", "rank-choice",
         "max-length", "transformer-not-the-teachers-size", "transformer-head-width", "transformer-more-heads",
         "transformer-wider-ffn", "transformer-deeper-than-the-teacher",
-        "transformer-heads", "transformer-unknown-key"])
+        "transformer-heads", "transformer-unknown-key", "full-screen-sized"])
 def test_validate_refuses_values_the_job_would_fail_on_later(tmp_path, capsys, yaml_text, message):
     job = tmp_path / "job.yaml"
     body = yaml_text if yaml_text.startswith("task:") else f"task: {{builtin: rotten_tomatoes}}\n{yaml_text}"
