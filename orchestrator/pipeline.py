@@ -192,10 +192,12 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                   f"{f' and {len(family)} small transformers' if family else ''}, {job.retrain.epochs} epochs"
                   f"{own_epochs}")
     specs = family + finalists
+    # At full fidelity the screen trained the finalists already, under these keys: say so, not "cache hit".
+    screened = {s.key for s in finalists} if job.outer_loop.screen.fidelity == "full" else set()
 
     def done(s: StudentSpec, m: dict, hit: bool) -> None:
-        console.print(f"  [green]✓[/] student {s.key} ({s.describe()}): dev {metric_name} {m['dev_metric']:.4f}"
-                      f"{'  (cache hit)' if hit else ''}")
+        note = ("  (trained in the screen)" if s.key in screened else "  (cache hit)") if hit else ""
+        console.print(f"  [green]✓[/] student {s.key} ({s.describe()}): dev {metric_name} {m['dev_metric']:.4f}{note}")
 
     metrics = retrain_students(job, finalists, refs=refs, on_done=done) | family_retrains.wait(done)
     if variants := variant_specs(job, specs):
