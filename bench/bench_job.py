@@ -1,4 +1,4 @@
-"""What both benchmarks share: the job they run on, its --quick slice, and its data stages."""
+"""What the benchmarks share: the job they run on, its --quick slice, its data stages, and the hand cell."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ from collections.abc import Callable
 
 from orchestrator.config import JobConfig, load_job
 from orchestrator.stages import data_stages
+from search_space.genotype import Genotype
+
+# The fixed baseline cell of every bench: depth 3, dil_conv_3 on every edge, each node fed by the two before it.
+HAND_CELL = Genotype(depth=3, nodes=(
+    (("dil_conv_3", 0), ("dil_conv_3", 1)),
+    (("dil_conv_3", 1), ("dil_conv_3", 2)),
+    (("dil_conv_3", 2), ("dil_conv_3", 3)),
+))
 
 
 def quick_job(job: JobConfig) -> JobConfig:

@@ -3,8 +3,8 @@ int8 (onnxruntime) and early exit, against the teacher.
 
     python bench/routes.py [--job examples/rotten_tomatoes.yaml] [--genotype JSON] [--quick]
 
-Runs the job's data stages (cache hits when done), retrains one genotype (default: the hand cell of
-the README, depth 3 with dil_conv_3 on every edge) with the whole embedding table, then derives
+Runs the job's data stages (cache hits when done), retrains one genotype (default: the benches' hand
+cell, bench_job.HAND_CELL) with the whole embedding table, then derives
 each route from that one trained student, so a route's change is the route's alone:
 - taskvocab: the rows of the ids its train split uses (`retrain.task_vocab`'s remap);
 - onnx: the task-vocabulary student exported (fp32) and run by onnxruntime;
@@ -42,7 +42,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
-from bench_job import job_and_data  # noqa: E402
+from bench_job import HAND_CELL, job_and_data  # noqa: E402
 from search_space import Genotype  # noqa: E402
 from search_space.config import TransformerConfig  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
@@ -57,8 +57,6 @@ from workers.student import load_student, save_student  # noqa: E402
 # The demo job's member: the teacher's bottom two layers cut to 8 heads and 128 ffn neurons, its whole table.
 DEFAULT_TRANSFORMER = {"layers": 2, "hidden": 384, "heads": 8, "head_dim": 32, "ffn": 128, "init": "teacher",
                        "epochs": 4}
-HAND_CELL = Genotype(depth=3, nodes=((("dil_conv_3", 0), ("dil_conv_3", 1)), (("dil_conv_3", 0), ("dil_conv_3", 2)),
-                                     (("dil_conv_3", 1), ("dil_conv_3", 3))))
 REPEATS = {"full": 30, "quick": 5}
 EXIT_EXAMPLES = {"full": 300, "quick": 40}  # real dev texts timed one at a time per threshold
 EXIT_ROUNDS = 3  # the median of three rounds' means: one busy moment on a shared machine is not a figure
@@ -68,7 +66,7 @@ MAX_DROP = 0.01  # "at no more than 1 point lost"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--job", default=str(ROOT / "examples" / "rotten_tomatoes.yaml"))
-    parser.add_argument("--genotype", default=None, help="a genotype's JSON (default: the README's hand cell)")
+    parser.add_argument("--genotype", default=None, help="a genotype's JSON (default: the benches' hand cell)")
     parser.add_argument("--quick", action="store_true", help="tiny slice, one epoch: no score claim")
     parser.add_argument("--rank", type=int, default=32, help="the low-rank route's embedding rank")
     parser.add_argument("--kronecker", type=int, default=32, help="the Kronecker route's number of terms")

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench_job import job_and_data, quick_pipeline_job  # noqa: E402
+from bench_job import HAND_CELL, job_and_data, quick_pipeline_job  # noqa: E402
 from cluster.connect import ensure_ray, shutdown_if_owned  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import JobConfig  # noqa: E402
@@ -67,11 +67,6 @@ from workers.retrain import retrain_from_paths  # noqa: E402
 from workers.student_files import METRICS_FILE  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
 
-HAND_CELL = Genotype(depth=3, nodes=(
-    (("dil_conv_3", 0), ("dil_conv_3", 1)),
-    (("dil_conv_3", 1), ("dil_conv_3", 2)),
-    (("dil_conv_3", 2), ("dil_conv_3", 3)),
-))
 BETAS = (0.02, 0.1, 0.3)  # the job's range: 0.5 and up derive parameter-free cells (issue 11 notes)
 RESEEDS = 3  # the screen's noise: retrains at retrain.seed + 1..RESEEDS beside the screen's own (1 in --quick)
 

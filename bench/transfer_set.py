@@ -5,7 +5,7 @@
 For each number of augmented copies per train example, on the job's data and splits:
   1. the teacher cache with that many copies: its build time (wall seconds, the job's cache actors;
      null when it was already built) and its train rows;
-  2. the fixed hand cell (bench/search_quality.py's HAND_CELL) retrained as the pipeline retrains,
+  2. the fixed hand cell (bench/bench_job.py's HAND_CELL) retrained as the pipeline retrains,
      once per seed, the seeds side by side: dev/test score in the task's metric, CPU-seconds.
 Beside them: the teacher and TF-IDF + LR on the same splits. Ends with one JSON line of flat keys:
 teacher_dev, tfidf_dev, and per copies N: copiesN_dev (mean), copiesN_dev_std, copiesN_test,
@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from search_quality import HAND_CELL, mean_std, retrain_all  # noqa: E402
+from search_quality import mean_std, retrain_all  # noqa: E402
 
-from bench_job import quick_job  # noqa: E402
+from bench_job import HAND_CELL, quick_job  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import JobConfig, load_job  # noqa: E402
 from orchestrator.outer_loop import DataRefs  # noqa: E402
