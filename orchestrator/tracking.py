@@ -9,6 +9,7 @@ run or a registry version.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -283,10 +284,20 @@ class Tracker:
                     input_example=(input_example, params),
                 )
 
+        def register():
+            # MLflow prints "Successfully registered model" and "Created version" per version; the job's
+            # summary names the version that matters. What it printed comes back if it fails.
+            printed = io.StringIO()
+            try:
+                with redirect_stderr(printed):
+                    return mlflow.register_model(info.model_uri, self.model_name,
+                                                 tags={KEY_TAG: key, **{k: _short(v) for k, v in tags.items()}})
+            except BaseException:
+                sys.stderr.write(printed.getvalue())
+                raise
+
         info = self.guard(log_model)
-        mv = self.guard(mlflow.register_model, info.model_uri, self.model_name,
-                        tags={KEY_TAG: key, **{k: _short(v) for k, v in tags.items()}})
-        return mv.version
+        return self.guard(register).version
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)
