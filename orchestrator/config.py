@@ -92,9 +92,14 @@ class ScreenConfig(_Config):
     max_train_examples: int | None = Field(None, ge=1, description="the short screen's; default: the whole transfer set")
     finalists: int = Field(3, ge=1, description="best screened students that get the full retrain (at full fidelity: already have it)")
 
+    @property
+    def is_full_retrain(self) -> bool:
+        """Each screen is the job's own retrain: a finalist is trained once, in the screen, under its key."""
+        return self.fidelity == "full"
+
     @model_validator(mode="after")
     def _full_is_the_retrain(self) -> ScreenConfig:
-        if self.fidelity == "full" and (given := sorted({"epochs", "max_train_examples"} & self.model_fields_set)):
+        if self.is_full_retrain and (given := sorted({"epochs", "max_train_examples"} & self.model_fields_set)):
             raise ValueError(f"{' and '.join(given)} size the short screen, but fidelity: full retrains each candidate "
                              "as the job's retrain (retrain.epochs); drop them, or use fidelity: short")
         return self

@@ -193,7 +193,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                   f"{own_epochs}")
     specs = family + finalists
     # At full fidelity the screen trained the finalists already, under these keys: say so, not "cache hit".
-    screened = {s.key for s in finalists} if job.outer_loop.screen.fidelity == "full" else set()
+    screened = {s.key for s in finalists} if job.outer_loop.screen.is_full_retrain else set()
 
     def done(s: StudentSpec, m: dict, hit: bool) -> None:
         note = ("  (trained in the screen)" if s.key in screened else "  (cache hit)") if hit else ""
@@ -280,7 +280,7 @@ def _register(job: JobConfig, tracker: Tracker, parent: str, *, choice: Choice, 
 def _screen(job: JobConfig, candidates: list[dict], *, refs: DataRefs, cache_key: str, console: Console,
             metric: str) -> dict[str, float]:
     screen = job.outer_loop.screen
-    how = f"full KD retrains ({job.retrain.epochs} epochs)" if screen.fidelity == "full" else \
+    how = f"full KD retrains ({job.retrain.epochs} epochs)" if screen.is_full_retrain else \
         f"{screen.epochs}-epoch KD retrains"
     console.print(f"  screening {len(candidates)} candidates: {how}")
     return screen_candidates(

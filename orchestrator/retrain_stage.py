@@ -73,7 +73,7 @@ def screen_config(job: JobConfig) -> RetrainConfig:
     never served, and the sweep cost 4-11 s of one CPU per student on the demo's task, about a minute of
     its 16 screens."""
     screen = job.outer_loop.screen
-    if screen.fidelity == "full":
+    if screen.is_full_retrain:
         return job.retrain
     return job.retrain.model_copy(update={"epochs": screen.epochs, "max_train_examples": screen.max_train_examples,
                                           "exit_max_drop": None})
@@ -81,7 +81,7 @@ def screen_config(job: JobConfig) -> RetrainConfig:
 
 def screen_dir(job: JobConfig) -> Path:
     """Where screened students live: at full fidelity with the finalists (same keys: they are trained once)."""
-    return job.run_dir / ("students" if job.outer_loop.screen.fidelity == "full" else "screen")
+    return job.run_dir / ("students" if job.outer_loop.screen.is_full_retrain else "screen")
 
 
 def screen_specs(job: JobConfig, candidates: list[dict], *, cache_key: str) -> list[StudentSpec]:
