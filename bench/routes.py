@@ -43,8 +43,8 @@ from rich.table import Table  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from bench_job import HAND_CELL, job_and_data  # noqa: E402
-from search_space import Genotype  # noqa: E402
 from search_space.config import TransformerConfig  # noqa: E402
+from search_space.genotype import Genotype  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
 from workers.dataset import load_split  # noqa: E402
 from workers.early_exit import exit_curve, exit_latency_b1, pick_threshold  # noqa: E402
