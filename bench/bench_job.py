@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 
 from orchestrator.config import JobConfig, load_job
 from orchestrator.stages import data_stages
 from search_space.genotype import Genotype
+from workers.latency import hardware_name
 
 # The fixed baseline cell of every bench: depth 3, dil_conv_3 on every edge, each node fed by the two before it.
 HAND_CELL = Genotype(depth=3, nodes=(
@@ -56,3 +59,9 @@ def job_and_data(path: str, *, quick: bool, slice_job: Callable[[JobConfig], Job
     if quick:
         job = slice_job(job)
     return (job, *data_stages(job, progress=not quick))
+
+
+def print_figures(out: dict, *, started: float) -> None:
+    """A bench's last line: its figures as one JSON line of flat keys, with the hardware and the wall
+    seconds since `started` (time.perf_counter)."""
+    print(json.dumps({**out, "hardware": hardware_name("cpu"), "wall_s": time.perf_counter() - started}), flush=True)

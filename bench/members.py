@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench_job import job_and_data  # noqa: E402
+from bench_job import job_and_data, print_figures  # noqa: E402
 from cluster.connect import shutdown_if_owned  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import load_job  # noqa: E402
@@ -114,9 +114,7 @@ def main() -> None:
         out[f"{key}_params"] = timed[spec.key]["params"]
         out[f"{key}_int8_minus_tfidf_points"] = 100 * (out[f"{key}_int8_dev"] - tfidf.dev)
     console.print(table)
-    out["hardware"] = hardware_name("cpu")
-    out["wall_s"] = time.perf_counter() - started
-    print(json.dumps(out), flush=True)
+    print_figures(out, started=started)
 
 
 if __name__ == "__main__":

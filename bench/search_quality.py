@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench_job import HAND_CELL, job_and_data, quick_pipeline_job  # noqa: E402
+from bench_job import HAND_CELL, job_and_data, print_figures, quick_pipeline_job  # noqa: E402
 from cluster.connect import ensure_ray, shutdown_if_owned  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import JobConfig  # noqa: E402
@@ -357,9 +357,7 @@ def main() -> None:
         params = [out[f"beta{b:g}_derived_params"] for b in BETAS]
         # Falling: never up as beta rises, and down at least once (equal sizes at every beta show no effect).
         out["beta_sweep_params_falling"] = all(a >= b for a, b in zip(params, params[1:])) and params[0] > params[-1]
-    out["hardware"] = hardware_name("cpu")
-    out["wall_s"] = time.perf_counter() - started
-    print(json.dumps(out), flush=True)
+    print_figures(out, started=started)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ copies 0 and 1, one seed (figures not comparable).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,12 +27,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from search_quality import mean_std, retrain_all  # noqa: E402
 
-from bench_job import HAND_CELL, quick_job  # noqa: E402
+from bench_job import HAND_CELL, print_figures, quick_job  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import JobConfig, load_job  # noqa: E402
 from orchestrator.outer_loop import DataRefs  # noqa: E402
 from orchestrator.stages import cache_stage, prepare_stage, teacher_stage  # noqa: E402
-from workers.latency import hardware_name  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
 
 
@@ -91,9 +89,7 @@ def main() -> None:
     table.add_row("teacher", "", "", f"{out['teacher_dev']:.4f}", f"{out['teacher_test']:.4f}", "")
     table.add_row("TF-IDF + LR", "", "", f"{tfidf.dev:.4f}", f"{tfidf.test:.4f}", f"{tfidf.cpu_seconds:.0f}")
     console.print(table)
-    out["hardware"] = hardware_name("cpu")
-    out["wall_s"] = time.perf_counter() - started
-    print(json.dumps(out), flush=True)
+    print_figures(out, started=started)
 
 
 if __name__ == "__main__":
