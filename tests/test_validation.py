@@ -191,3 +191,10 @@ def test_a_folder_as_the_job_file_is_named_as_a_folder(tmp_path, capsys):
     assert main(["validate", str(examples)]) == 2
     err = capsys.readouterr().err
     assert "is a folder; give a job YAML file, e.g." in err and "rotten_tomatoes.yaml" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("job_file", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_job_validates(job_file, capsys):
+    # The README points users at these files: one that stops validating is a broken instruction.
+    assert main(["validate", str(job_file)]) == 0, capsys.readouterr().err
