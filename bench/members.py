@@ -106,7 +106,7 @@ def main() -> None:
                     f"{key}{suffix}_b1_ms": f["latency_b1_ms"], f"{key}{suffix}_b128_ms": f["latency_b128_ms"]}
             for b in (1, 128):  # the teacher's median over this model's
                 out[f"{key}{suffix}_speedup_b{b}"] = t[f"latency_b{b}_ms"] / f[f"latency_b{b}_ms"]
-            test = m.get("test_metric")
+            test = out[f"{key}{suffix}_test"]
             table.add_row(f"{arch.name} ({f['runtime']})", f"{m['dev_metric']:.4f}",
                           "-" if test is None else f"{test:.4f}", f"{f['params'] / 1e6:.2f}M",
                           f"{f['latency_b1_ms']:.2f}", f"{f['latency_b128_ms']:.1f}",
