@@ -81,6 +81,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(dim=-2) / m.sum(dim=-2).clamp_min(1.0)
 
 
+def masked_pool(x: torch.Tensor, mask: torch.Tensor, *, how: str) -> torch.Tensor:
+    """Mean or max over real tokens: x (..., T, D), mask (..., T) -> (..., D); 0 where no token is real."""
+    if how == "mean":
+        return masked_mean(x, mask)
+    real = mask.bool().unsqueeze(-1)  # (..., T, 1)
+    top = x.masked_fill(~real, torch.finfo(x.dtype).min).amax(dim=-2)  # (..., D)
+    return top * real.any(dim=-2).to(dtype=x.dtype)
+
+
 def _right_pad(
     ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,14 +209,14 @@ class CellOutput(nn.Module):
 
 
 class Probe(nn.Module):
-    """A cell's own classifier for the KD hints: mean pool, tanh, linear."""
+    """A block's own classifier for the KD hints and early exit: tanh, linear over its pooled output."""
 
     def __init__(self, dim: int, *, num_labels: int) -> None:
         super().__init__()
         self.linear = nn.Linear(dim, num_labels)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.tanh(masked_mean(h, mask)))  # (B, C)
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.tanh(pooled))  # (B, D) -> (B, C)
 
 
 class Head(nn.Module):
@@ -241,7 +250,8 @@ State = tuple[torch.Tensor, ...]  # what a stack carries from block to block, ea
 
 class ProbedStack(nn.Module):
     """A student's shape, whatever its blocks (searched cells, transformer layers): embed, run blocks,
-    a probe per block (the KD hints, early exit), and a head over every block's pooled output.
+    a probe per block (the KD hints, early exit), and a head over every block's pooled output (mean or max
+    over real tokens: `pool`).
 
     Subclasses define `embed` and `step`, build their modules, then call `add_readout`."""
 
@@ -251,8 +261,8 @@ class ProbedStack(nn.Module):
         self.vocab_size, self.num_labels, self.pad_id = vocab_size, num_labels, pad_id
         self.with_probes, self.embedding_rows = with_probes, embedding_rows
 
-    def add_readout(self, *, dim: int, depth: int, dropout: float) -> None:
-        self.depth = depth
+    def add_readout(self, *, dim: int, depth: int, dropout: float, pool: str) -> None:
+        self.depth, self.pool = depth, pool
         self.probes = nn.ModuleList(Probe(dim, num_labels=self.num_labels) for _ in range(depth) if self.with_probes)
         self.head = Head(dim, num_labels=self.num_labels, dropout=dropout)
 
@@ -286,8 +296,8 @@ class ProbedStack(nn.Module):
         for k in range(self.depth):
             state, h = self.step(k, state, mask)
             outputs.append(h)
-        pooled = torch.stack([masked_mean(h, mask) for h in outputs], dim=1)  # (B, K, D)
-        probes = [probe(h, mask) for probe, h in zip(self.probes, outputs, strict=False)]
+        pooled = torch.stack([masked_pool(h, mask, how=self.pool) for h in outputs], dim=1)  # (B, K, D)
+        probes = [probe(pooled[:, k]) for k, probe in enumerate(self.probes)]
         return StudentOutput(logits=self.head(pooled), cell_probe_logits=probes)
 
     @torch.no_grad()
@@ -315,11 +325,11 @@ class ProbedStack(nn.Module):
         log_c = torch.log(torch.tensor(float(self.num_labels)))
         for k in range(self.depth):
             state, h = self.step(k, state, mask)
-            pooled.append(masked_mean(h, mask))
+            pooled.append(masked_pool(h, mask, how=self.pool))
             if k == self.depth - 1:
                 logits[rows] = self.head(torch.stack(pooled, dim=1))
                 break
-            probe = self.probes[k](h, mask)  # (b, C)
+            probe = self.probes[k](pooled[-1])  # (b, C)
             log_p = probe.log_softmax(dim=-1)
             entropy = -(log_p.exp() * log_p).sum(dim=-1) / log_c  # (b,)
             done = entropy < threshold

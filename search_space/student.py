@@ -63,7 +63,7 @@ class Student(ProbedStack):
             rank=space.embedding_rank, kronecker=space.embedding_kronecker,
         )
         self.cells = nn.ModuleList(StudentCell(genotype, dim=d, norm=space.op_norm) for _ in range(genotype.depth))
-        self.add_readout(dim=d, depth=genotype.depth, dropout=space.dropout)
+        self.add_readout(dim=d, depth=genotype.depth, dropout=space.dropout, pool=space.pool)
 
     def embed(self, ids_a: torch.Tensor, mask_a: torch.Tensor | None, ids_b: torch.Tensor | None,
               mask_b: torch.Tensor | None) -> tuple[State, torch.Tensor]:
@@ -90,8 +90,8 @@ class Student(ProbedStack):
 
     @classmethod
     def from_config_dict(cls, d: dict[str, Any]) -> Student:
-        # Students saved before op_norm existed used ops without the norm.
-        space = SearchSpaceConfig.from_dict({"op_norm": False, **d["space"]})
+        # Students saved before op_norm and pool existed used ops without the norm, and mean pooling.
+        space = SearchSpaceConfig.from_dict({"op_norm": False, "pool": "mean", **d["space"]})
         return cls(
             Genotype.from_dict(d["genotype"]),
             space=space,

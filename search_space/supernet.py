@@ -16,7 +16,7 @@ from torch import nn
 from search_space.config import SearchSpaceConfig
 from search_space.genotype import Genotype, derive_genotype, edge_index, num_edges
 from search_space.gumbel import gumbel_softmax
-from search_space.layers import CellOutput, Head, PairEmbedding, Probe, masked_mean, project_embeddings
+from search_space.layers import CellOutput, Head, PairEmbedding, Probe, masked_pool, project_embeddings
 from search_space.ops import OP_SPECS, PRIMITIVES, build_op, conv_families
 
 __all__ = ["MixedOp", "SearchCell", "Supernet", "SupernetOutput", "project_embeddings"]
@@ -188,9 +188,9 @@ class Supernet(nn.Module):
         for cell in self.cells[:depth]:
             s0, s1 = s1, cell(s0, s1, mask, op_weights, active=active)
             outputs.append(s1)
-        pooled = torch.stack([masked_mean(h, mask) for h in outputs], dim=1)  # (B, K, D)
+        pooled = torch.stack([masked_pool(h, mask, how=self.space.pool) for h in outputs], dim=1)  # (B, K, D)
         logits = torch.stack([self.head(pooled[:, :k]) for k in range(1, depth + 1)])  # (K, B, C)
-        probes = [probe(h, mask) for probe, h in zip(self.probes, outputs, strict=False)]
+        probes = [probe(pooled[:, k]) for k, probe in enumerate(self.probes[:depth])]
         return SupernetOutput(
             logits_by_depth=logits,
             cell_probe_logits=probes,

@@ -76,7 +76,7 @@ class SmallTransformer(ProbedStack):
         self.layers = nn.ModuleList(EncoderLayer(d, heads=arch.heads, head_dim=arch.head_width, ffn=arch.ffn,
                                                  dropout=arch.dropout)
                                     for _ in range(arch.layers))
-        self.add_readout(dim=d, depth=arch.layers, dropout=arch.dropout)
+        self.add_readout(dim=d, depth=arch.layers, dropout=arch.dropout, pool="mean")
 
     def embed(self, ids_a: torch.Tensor, mask_a: torch.Tensor | None, ids_b: torch.Tensor | None,
               mask_b: torch.Tensor | None) -> tuple[State, torch.Tensor]:

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from search_space import OPS, PRIMITIVES, SearchSpaceConfig, TemperatureSchedule, gumbel_softmax
+from search_space.config import POOLS
+from search_space.layers import masked_pool
 from search_space.ops import OP_SPECS, build_op, conv_families, conv_tokens
 
 B, T, D = 3, 9, 16
@@ -102,6 +104,17 @@ def test_pools_use_only_real_tokens():
     torch.testing.assert_close(avg_out[0, :, 0], torch.tensor([-1.5, -2.0, -2.5, 0.0]))
 
 
+@pytest.mark.parametrize("how", POOLS)
+def test_readout_pool_reads_only_real_tokens(how):
+    x, mask = torch.randn(B, T, D), _mask(torch.bool)  # (B, T, D), (B, T)
+    padded = x.masked_fill(~mask.unsqueeze(-1), 1e4)  # pads that would win a max and swamp a mean
+    got = masked_pool(padded, mask, how=how)  # (B, D)
+    for b, n in enumerate(LENGTHS):
+        want = x[b, :n].amax(dim=0) if how == "max" else x[b, :n].mean(dim=0)
+        torch.testing.assert_close(got[b], want)
+    assert masked_pool(x, torch.zeros(B, T, dtype=torch.bool), how=how).eq(0).all()  # no real token: zeros
+
+
 @pytest.mark.parametrize("name", [p for p in PRIMITIVES if "conv" in p])
 def test_convs_without_norm_are_same_padded_and_nonnegative(name):
     op = build_op(name, D, norm=False)
@@ -162,6 +175,7 @@ def test_config_defaults_and_round_trip():
         ({"primitives": ("zero",)}, "other than"),
         ({"primitives": ("conv_3", "conv_3")}, "duplicates"),
         ({"dropout": 1.0}, "dropout"),
+        ({"pool": "sum"}, "pool"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
