@@ -317,10 +317,13 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
     started, trials_run = time.monotonic(), 0
     for r in range(loop.rounds):
         mine = [t for t in study.trials if t.user_attrs.get("round") == r]
-        finished = [t for t in mine if t.state.is_finished()]
-        if mine and len(finished) == len(mine) and len(mine) >= loop.configs_per_round:
-            outcomes += [_outcome_from_trial(t) for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
-            trials_run += len(mine) * loop.seeds
+        # A failed configuration (every seed's trial raised) is asked again with its params on the next run:
+        # whatever made it fail may have been fixed since.
+        live = [t for t in mine if t.state != optuna.trial.TrialState.FAIL]
+        told_before = [t for t in live if t.state == optuna.trial.TrialState.COMPLETE]
+        outcomes += [_outcome_from_trial(t) for t in told_before]
+        trials_run += len(told_before) * loop.seeds
+        if len(told_before) == len(live) >= loop.configs_per_round:
             continue
         if not mine:  # a round not yet begun: check the budget first
             if loop.max_trials is not None and trials_run + loop.configs_per_round * loop.seeds > loop.max_trials:
@@ -330,8 +333,12 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
                 _say(hooks, f"budget: {loop.max_wall_minutes} minutes of wall time spent")
                 break
         # Configurations a dead driver asked but never told are rerun with the same params.
-        pending = [optuna.Trial(study, t._trial_id) for t in mine if not t.state.is_finished()]
-        for _ in range(loop.configs_per_round - len(mine)):
+        pending = [optuna.Trial(study, t._trial_id) for t in live if not t.state.is_finished()]
+        retry = list({json.dumps(t.params, sort_keys=True): t.params for t in mine
+                      if t.state == optuna.trial.TrialState.FAIL}.values())
+        for i in range(loop.configs_per_round - len(live)):
+            if i < len(retry):
+                study.enqueue_trial(retry[i])
             trial = study.ask(dists)
             trial.set_user_attr("round", r)
             pending.append(trial)
@@ -368,7 +375,7 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
                 trial.set_user_attr(key, value)
             study.tell(trial, [outcome.score, outcome.cost])
         trials_run += len(all_dicts)
-        if not round_outcomes:  # the next round would fail the same way: stop before spending it
+        if not round_outcomes and not told_before:  # the next round would fail the same way: stop before spending it
             raise RuntimeError(f"every trial of round {r + 1} failed; their errors are in {job.run_dir / 'tune' / f'round-{r}'}")
         outcomes += round_outcomes
     return outcomes

@@ -198,6 +198,31 @@ def test_optuna_is_told_the_short_retrained_figures(tmp_path, monkeypatch):
     assert trial.user_attrs["genotype"] == G3 == outcomes[0].genotype
 
 
+def test_a_failed_configuration_is_asked_again_with_its_params_on_the_next_run(tmp_path, monkeypatch):
+    """Every seed of the first run's configuration raised (a bug since fixed, say): the next run retries those
+    params rather than find the round finished and no configuration to show; a third run asks nothing."""
+    import orchestrator.outer_loop as loop
+
+    j = job(tmp_path, rounds=1, configs_per_round=1, screen={"top": 2})
+    monkeypatch.setattr(loop, "run_round", lambda job, *, round_index, trial_dicts, callbacks=None:
+                        [(d, None, []) for d in trial_dicts])
+    with pytest.raises(RuntimeError, match="every trial of round 1 failed"):
+        loop.run_outer_loop(j, refs=REFS)
+    (failed,) = open_study(j).trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+
+    monkeypatch.setattr(loop, "run_round", lambda job, *, round_index, trial_dicts, callbacks=None:
+                        [(d, SEEDS[d["seed_index"]], []) for d in trial_dicts])
+    (outcome,) = loop.run_outer_loop(j, refs=REFS)
+    trials = open_study(j).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert trials[1].params == failed.params and trials[1].user_attrs["round"] == 0
+    assert outcome.genotype == trials[1].user_attrs["genotype"]
+
+    monkeypatch.setattr(loop, "run_round", lambda *a, **k: pytest.fail("a finished round ran again"))
+    assert [o.genotype for o in loop.run_outer_loop(j, refs=REFS)] == [outcome.genotype]
+
+
 def test_study_is_persistent_and_multi_objective(tmp_path):
     j = job(tmp_path, objectives=["accuracy", "params"])
     study = open_study(j)
