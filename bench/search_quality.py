@@ -82,14 +82,16 @@ def cells_only(job: JobConfig) -> JobConfig:
 
 def seed_job(job: JobConfig, seed: int) -> JobConfig:
     """The job's outer loop with its own study, sampler seed and search seeds; same data, teacher, cache.
-    Seed 0 is the job itself (a finished `adaray run` of it is all cache hits here)."""
+    Seed 0 is the job's own study and searches (a finished `adaray run` of it is all cache hits here). Every
+    seed registers under a model of the bench's own, so the job's champion alias stays where the job put it."""
+    tracking = job.tracking.model_copy(update={"model_name": f"{job.name}-bench-student"})
     if seed == 0:
-        return job
+        return job.model_copy(update={"tracking": tracking})
     return job.model_copy(update={
         "name": f"{job.name}-sq-seed{seed}",
         "search": job.search.model_copy(update={"seed": 100 * seed}),
         "outer_loop": job.outer_loop.model_copy(update={"sampler_seed": seed, "study_name": None}),
-        "tracking": job.tracking.model_copy(update={"model_name": f"{job.name}-bench-student"}),
+        "tracking": tracking,
     })
 
 

@@ -35,7 +35,7 @@ class SearchSpaceConfig:
     # centre taps of conv_7), so each trains whenever any of its family is sampled.
     shared_kernels: bool = True
     # How each cell's output becomes the vector its probe and the head read: "max" over real tokens (as
-    # Kim's sentence CNNs) or "mean". Max pooling lifted the hand cell by 1.8 dev points (docs/experiments.md).
+    # Kim's sentence CNNs) or "mean". Max lifted the hand cell 1.1 dev and 0.7 test points, 4 seeds (docs/experiments.md).
     pool: str = "max"
     # None: a token table of width embed_dim. r: LadaBERT's low-rank table, (V, r) rows times an (r, embed_dim)
     # map, initialised from the SVD of the projected teacher table: V*r + r*embed_dim parameters, not V*embed_dim.
