@@ -85,6 +85,8 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, *, how: str) -> torch.Tenso
     """Mean or max over real tokens: x (..., T, D), mask (..., T) -> (..., D); 0 where no token is real."""
     if how == "mean":
         return masked_mean(x, mask)
+    if how != "max":
+        raise ValueError(f"pool must be 'mean' or 'max', got {how!r}")
     real = mask.bool().unsqueeze(-1)  # (..., T, 1)
     top = x.masked_fill(~real, torch.finfo(x.dtype).min).amax(dim=-2)  # (..., D)
     return top * real.any(dim=-2).to(dtype=x.dtype)

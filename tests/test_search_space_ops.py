@@ -115,6 +115,11 @@ def test_readout_pool_reads_only_real_tokens(how):
     assert masked_pool(x, torch.zeros(B, T, dtype=torch.bool), how=how).eq(0).all()  # no real token: zeros
 
 
+def test_readout_pool_refuses_an_unknown_way():
+    with pytest.raises(ValueError, match="pool must be"):
+        masked_pool(torch.randn(B, T, D), _mask(torch.bool), how="sum")
+
+
 @pytest.mark.parametrize("name", [p for p in PRIMITIVES if "conv" in p])
 def test_convs_without_norm_are_same_padded_and_nonnegative(name):
     op = build_op(name, D, norm=False)
