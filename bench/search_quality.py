@@ -61,9 +61,9 @@ from orchestrator.selection import Candidate, pareto_front, pick_champion, speed
 from search_space.genotype import Genotype, random_genotype  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
 from workers.config import RetrainConfig  # noqa: E402
-from workers.dataset import NO_LABEL  # noqa: E402
 from workers.latency import hardware_name  # noqa: E402
 from workers.retrain import retrain_from_paths  # noqa: E402
+from workers.splits import NO_LABEL  # noqa: E402
 from workers.student_files import METRICS_FILE  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
 
@@ -176,7 +176,7 @@ def ablation(job: JobConfig, genotype: Genotype, *, prepared, teacher, cache_uri
     from dataclasses import replace
 
     train = open_cache(cache_uri).split("train")
-    original = train.subset(torch.nonzero(train.labels != NO_LABEL).flatten())  # copy 0: no augmented rows
+    original = train.subset(torch.nonzero(train.labels != NO_LABEL).flatten())  # gold rows: no copies, no unlabelled
     out = {}
     for name, split in (("logits", replace(original, probe_logits=None)), ("hints", original)):
         result = retrain_from_paths(arch=genotype, space=job.space, cfg=job.retrain, cache_uri=cache_uri,

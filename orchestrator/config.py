@@ -343,7 +343,7 @@ def resolve_paths(job: JobConfig, *, base: Path) -> JobConfig:
 
     task = job.task.model_copy(
         update={"path": rel(job.task.path), "files": {k: rel(v) for k, v in job.task.files.items()}
-                if job.task.files else None}
+                if job.task.files else None, "unlabelled": rel(job.task.unlabelled)}
     )
     teacher = job.teacher
     if teacher.model != "minilm" and (base / teacher.model).exists():

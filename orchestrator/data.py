@@ -22,10 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from orchestrator.errors import AdarayError
-from orchestrator.tasks import TaskConfig, TaskSpec, load_task
+from orchestrator.tasks import TaskConfig, TaskSpec, load_task, load_unlabelled
 from orchestrator.teacher_source import check_max_length, resolve_teacher_source
 from workers.dataset import (
-    SPLITS,
     PreparedMeta,
     encode_texts,
     is_prepared,
@@ -34,6 +33,7 @@ from workers.dataset import (
     token_budget,
     write_prepared,
 )
+from workers.splits import SPLITS, UNLABELLED, present_splits
 
 # Part of every fingerprint: bump it when the written files change for the same inputs.
 PREPARED_FORMAT = "adaray-prepared-1"
@@ -108,28 +108,40 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
 
 
-def fingerprint(spec: TaskSpec, splits: dict[str, pd.DataFrame], *, tokenizer, max_length: int) -> str:
+def fingerprint(spec: TaskSpec, splits: dict[str, pd.DataFrame], *, tokenizer, max_length: int) -> tuple[str, str]:
+    """(the data's fingerprint, the labelled splits' alone): the prepared folder's key, and what a teacher
+    fine-tuned on them depends on. Without unlabelled texts the two are the same."""
     h = hashlib.sha256()
     header = {"format": PREPARED_FORMAT, "spec": asdict(spec), "max_length": max_length,
               "tokenizer": tokenizer_hash(tokenizer)}
     h.update(json.dumps(header, sort_keys=True).encode())
     for split in SPLITS:
-        df = splits[split]
-        rows = [split, df.index.tolist(), df["text_a"].tolist(),
-                df["text_b"].tolist() if spec.pair else None, df["label"].tolist()]
-        h.update(json.dumps(rows).encode())
-    return h.hexdigest()[:16]
+        h.update(_rows_json(split, splits[split], pair=spec.pair))
+    labelled = h.hexdigest()[:16]
+    if UNLABELLED in splits:
+        h.update(_rows_json(UNLABELLED, splits[UNLABELLED], pair=spec.pair))
+    return h.hexdigest()[:16], labelled
 
 
-def _load_and_fingerprint(task: TaskConfig, *, tokenizer_source: str):
+def _rows_json(split: str, df: pd.DataFrame, *, pair: bool) -> bytes:
+    rows = [split, df.index.tolist(), df["text_a"].tolist(), df["text_b"].tolist() if pair else None,
+            df["label"].tolist()]
+    return json.dumps(rows).encode()
+
+
+def load_and_fingerprint(task: TaskConfig, *, tokenizer_source: str):
+    """(tokenizer source, tokenizer, spec, splits (the unlabelled texts too, when given), fingerprints)."""
     source, tokenizer = open_teacher_tokenizer(tokenizer_source, max_length=task.max_length)
     spec, splits = load_task(task)
+    unlabelled = load_unlabelled(task, spec=spec, splits=splits)
+    if unlabelled is not None:
+        splits = {**splits, UNLABELLED: unlabelled}
     return source, tokenizer, spec, splits, fingerprint(spec, splits, tokenizer=tokenizer, max_length=task.max_length)
 
 
 def prepared_folder(task: TaskConfig, *, tokenizer_source: str, workspace: str | Path) -> Path:
     """Where `prepare` writes the task (read and fingerprinted here; nothing is written)."""
-    *_, key = _load_and_fingerprint(task, tokenizer_source=tokenizer_source)
+    *_, (key, _) = load_and_fingerprint(task, tokenizer_source=tokenizer_source)
     return Path(workspace) / "prepared" / key
 
 
@@ -138,7 +150,7 @@ def prepare(task: TaskConfig, *, tokenizer_source: str, workspace: str | Path, p
 
     Everything that can be wrong with the inputs fails before anything is written.
     """
-    source, tokenizer, spec, splits, key = _load_and_fingerprint(task, tokenizer_source=tokenizer_source)
+    source, tokenizer, spec, splits, (key, labelled) = load_and_fingerprint(task, tokenizer_source=tokenizer_source)
     folder = Path(workspace) / "prepared" / key
     if is_prepared(folder):
         return PreparedData(folder=folder, meta=read_meta(folder), cache_hit=True)
@@ -149,7 +161,7 @@ def prepare(task: TaskConfig, *, tokenizer_source: str, workspace: str | Path, p
     tables = {}
     with _progress(enabled=progress) as bar:
         job = bar.add_task(f"tokenizing {spec.name}", total=total)
-        for split in SPLITS:
+        for split in present_splits(splits):
             df = splits[split]
             ids = {side: tokenize(df[side].tolist(), tokenizer=tokenizer, budget=budget,
                                   on_chunk=lambda n: bar.advance(job, n)) for side in sides}
@@ -160,9 +172,10 @@ def prepare(task: TaskConfig, *, tokenizer_source: str, workspace: str | Path, p
             )
     meta = PreparedMeta(
         task=spec.name, label_names=spec.label_names, pair=spec.pair, max_length=task.max_length,
-        metric=spec.metric, fingerprint=key, tokenizer=source, pad_id=tokenizer.pad_token_id,
-        cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, vocab_size=len(tokenizer),
-        sizes={split: len(splits[split]) for split in SPLITS},
+        metric=spec.metric, fingerprint=key, labelled_fingerprint=labelled, tokenizer=source,
+        pad_id=tokenizer.pad_token_id, cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id,
+        vocab_size=len(tokenizer),
+        sizes={split: len(splits[split]) for split in present_splits(splits)},
     )
     write_prepared(folder, meta=meta, tables=tables)
     return PreparedData(folder=folder, meta=meta, cache_hit=False)

@@ -272,7 +272,7 @@ def _register(job: JobConfig, tracker: Tracker, parent: str, *, choice: Choice, 
         versions[c.key] = tracker.register_student(
             run_id=run_id, student_dir=spec.out_dir, key=f"{job.name}/{c.key}", input_example=["a great movie"],
             tags=_lineage(job, c, spec=spec, teacher_dir=teacher.dir, cache_key=cache.key,
-                          fingerprint=prepared.meta.fingerprint),
+                          fingerprint=prepared.meta.labelled_key),  # same dev, same key: scores compare
         )
     return versions, tracker.promote("champion", versions[choice.champion.key], score=choice.champion.score)
 

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from orchestrator.errors import AdarayError
 from orchestrator.user_files import URL, check_file, only_numbers, read_table, url_message
-from workers.splits import SPLITS
+from workers.splits import NO_LABEL, SPLITS
 
 if TYPE_CHECKING:  # pandas is imported where data is read: validating a job file needs none
     import pandas as pd
@@ -78,8 +78,11 @@ class TaskConfig(BaseModel):
     max_length: int = Field(64, ge=8, description="tokens per example, [CLS] and [SEP] included")
     max_examples: int | None = Field(None, ge=8, description="a fixed-seed slice of each split")
     split_seed: int = 0
+    unlabelled: str | None = Field(
+        None, description="a file of in-domain texts without labels (the task's text column(s)); the teacher labels "
+                          "them into the transfer set, and texts a labelled split holds are left out")
 
-    @field_validator("path")
+    @field_validator("path", "unlabelled")
     @classmethod
     def _local_path(cls, path: str | None) -> str | None:
         if path is not None and URL.match(path):
@@ -244,6 +247,38 @@ def load_task(task: TaskConfig) -> tuple[TaskSpec, dict[str, pd.DataFrame]]:
     if task.max_examples:
         rows = {s: _slice(df, n=task.max_examples, seed=task.split_seed) for s, df in rows.items()}
     return spec, rows
+
+
+def load_unlabelled(task: TaskConfig, *, spec: TaskSpec, splits: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """task.unlabelled as rows like a split's (label NO_LABEL, ids after every split's), or None.
+
+    Texts that a labelled split holds, and repeats, are left out: dev and test never reach the
+    transfer set, and each text is labelled once.
+    """
+    if task.unlabelled is None:
+        return None
+    import pandas as pd
+
+    df = read_table(task.unlabelled, field="task.unlabelled")
+    where, columns = f"task.unlabelled ({task.unlabelled})", [str(c) for c in df.columns]
+    sides = {"text_a": ("text_column", spec.text_column)}
+    if spec.pair:
+        sides["text_b"] = ("text_pair_column", spec.text_pair_column)
+    for field, column in sides.values():
+        if column not in columns:
+            raise AdarayError(f"{where}: no column {column!r}, the task's {field}{_did_you_mean(column, columns)}; "
+                              f"columns: {', '.join(columns)}")
+        _check_texts(df[column], field=field, column=column, where=where)
+    out = pd.DataFrame({side: df[column].to_numpy() for side, (_, column) in sides.items()})
+    labelled = pd.concat([rows[list(sides)] for rows in splits.values()])
+    key = lambda frame: frame[list(sides)].astype(str).agg("\t".join, axis=1)  # noqa: E731
+    out = out[~key(out).isin(set(key(labelled)))].drop_duplicates()
+    if out.empty:
+        raise AdarayError(f"{where}: every text is already in the task's labelled data; give texts it does not hold")
+    start = 1 + max(int(rows.index.max()) for rows in splits.values())
+    out.index = pd.RangeIndex(start, start + len(out), name="id")
+    out["label"] = NO_LABEL
+    return _slice(out, n=task.max_examples, seed=task.split_seed) if task.max_examples else out
 
 
 # --- sources --------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from workers.cache import (
     verify_cache,
 )
 from workers.config import AugmentConfig, CacheConfig
-from workers.dataset import NO_LABEL, load_split, teacher_inputs
+from workers.dataset import load_split, teacher_inputs
+from workers.splits import NO_LABEL, UNLABELLED
 from workers.teacher import load_teacher, prepare_teacher
 
 CFG = CacheConfig(augment=AugmentConfig(copies=2), shard_size=64, batch_size=32, num_actors=2, store_hidden=True)
@@ -181,6 +182,28 @@ def test_pair_task_cache_keeps_both_sides(tiny, tmp_path):
     assert torch.equal(train.ids_b[:TRAIN, :width], source.ids_b) and torch.equal(train.len_b[:TRAIN], source.len_b)
     assert (train.ids_b[TRAIN:] != train.ids_b[:TRAIN]).any(dim=1).float().mean() > 0.5
     assert train.hidden is None and train.teacher_logits.shape == (2 * TRAIN, 2)
+
+
+def test_unlabelled_texts_follow_the_copies_once_each(tiny, tmp_path):
+    """The task's unlabelled texts come after train's rows and their copies, each once, labelled by the teacher."""
+    prepared, extra = make_prepared(tmp_path / "prepared", unlabelled=40), 40
+    cfg = CacheConfig(augment=AugmentConfig(copies=1), shard_size=100, num_actors=1)
+    info = build_cache(teacher_dir=tiny["teacher"], prepared_dir=prepared, cfg=cfg, root_uri=str(tmp_path / "c"),
+                       progress=False)
+    assert info.rows == {"train": 2 * TRAIN + extra, "dev": DEV}
+    reader, texts = open_cache(info.uri), load_split(prepared, UNLABELLED)
+    train, plain = reader.split("train"), open_cache(build_cache(
+        teacher_dir=tiny["teacher"], prepared_dir=make_prepared(tmp_path / "plain"), cfg=cfg,
+        root_uri=str(tmp_path / "c"), progress=False).uri).split("train")
+    assert torch.equal(train.ids_a[:2 * TRAIN], plain.ids_a)  # the same copies as without the texts
+    assert torch.equal(train.example_ids[2 * TRAIN:], texts.example_ids)
+    assert torch.equal(train.ids_a[2 * TRAIN:, :texts.ids_a.shape[1]], texts.ids_a)
+    assert (train.labels[:TRAIN] != NO_LABEL).all() and (train.labels[TRAIN:] == NO_LABEL).all()
+    assert reader.table("train").column("copy").to_pylist() == [0] * TRAIN + [1] * TRAIN + [0] * extra
+    picked = torch.tensor([2 * TRAIN, 2 * TRAIN + extra - 1])
+    batch = train.batch(picked)
+    out = load_teacher(tiny["teacher"])(**teacher_inputs(batch, cls_id=101, sep_id=102, pad_id=0))
+    assert torch.allclose(batch["teacher_logits"], out.logits, atol=1e-5)
 
 
 def test_a_cache_on_another_filesystem_is_read_without_a_memory_map(baseline):

@@ -22,6 +22,7 @@ from workers.dataset import (
     token_budget,
     tokenize_ids,
 )
+from workers.splits import NO_LABEL, UNLABELLED
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,27 @@ def test_user_tsv_with_string_labels_end_to_end(tmp_path, tokenizer):
     assert sorted(p.name for p in (ws / "prepared").iterdir()) == [meta.fingerprint]  # no temp left
 
 
+def test_unlabelled_texts_are_prepared_apart_and_keep_the_teachers_key(tmp_path):
+    """Texts without labels, written as Excel writes a sheet (UTF-8 with a BOM, CRLF, quoted fields, an index
+    column): prepared after the labelled splits; repeats and texts the labelled data holds are left out."""
+    files = _user_files(tmp_path)
+    texts = [f'an "unlabelled" review, number {i}' for i in range(30)]
+    held = pd.read_csv(files["test"], sep="\t")["sentence"].tolist()[:3]  # a user's whole corpus holds test texts
+    pd.DataFrame({"sentence": texts + texts[:2] + held, "source": "web"}).to_csv(
+        tmp_path / "more.csv", encoding="utf-8-sig", lineterminator="\r\n")
+    task = TaskConfig(files=files, text_column="sentence", label_column="sentiment", max_length=12)
+    with_texts = task.model_copy(update={"unlabelled": str(tmp_path / "more.csv")})
+    plain = prepare(task, tokenizer_source=MINILM, workspace=tmp_path / "ws", progress=False).meta
+    prepared = prepare(with_texts, tokenizer_source=MINILM, workspace=tmp_path / "ws", progress=False)
+    meta = prepared.meta
+    assert meta.sizes == {**plain.sizes, UNLABELLED: 30} and is_prepared(prepared.folder)
+    assert meta.fingerprint != plain.fingerprint and meta.labelled_key == plain.fingerprint
+    table = read_split_table(prepared.folder, UNLABELLED).to_pydict()
+    assert table["text_a"] == texts and set(table["label"]) == {NO_LABEL}
+    labelled_ids = {i for split in SPLITS for i in read_split_table(prepared.folder, split).column("id").to_pylist()}
+    assert min(table["id"]) > max(labelled_ids) and len(set(table["id"])) == 30
+
+
 def test_pair_task_truncates_each_side_to_half_the_budget(tmp_path):
     long = "one two three four five six seven eight nine ten eleven twelve"
     df = pd.DataFrame({"q": [f"{long} {i}" for i in range(40)], "a": ["short"] * 40, "label": [0, 1] * 20})
@@ -98,7 +120,9 @@ def test_fingerprint_is_stable_and_sensitive(tmp_path, tokenizer):
 
     def key(t=task, **kwargs):
         spec, splits = load_task(t)
-        return fingerprint(spec, splits, tokenizer=tokenizer, max_length=kwargs.get("max_length", t.max_length))
+        key, labelled = fingerprint(spec, splits, tokenizer=tokenizer, max_length=kwargs.get("max_length", t.max_length))
+        assert labelled == key  # no unlabelled texts
+        return key
 
     base = key()
     assert key() == base and len(base) == 16
@@ -132,12 +156,14 @@ def test_cli_data_describe(tmp_path, capsys):
     df = pd.DataFrame({"body": [("great " * (i % 70)) + f"item {i}" for i in range(200)],
                        "label": ["bad", "good"] * 100})
     df.to_csv(tmp_path / "reviews.csv", index=False)
+    pd.DataFrame({"body": [f"more text {i}" for i in range(25)]}).to_csv(tmp_path / "more.csv", index=False)
     (tmp_path / "job.yaml").write_text(
-        "name: demo\ntask:\n  path: reviews.csv\n  text_column: body\n  max_length: 32\n")
+        "name: demo\ntask:\n  path: reviews.csv\n  text_column: body\n  max_length: 32\n  unlabelled: more.csv\n")
     assert main(["data", "describe", str(tmp_path / "job.yaml")]) == 0
     out = capsys.readouterr().out
     for word in (*SPLITS, "p50", "p99", "bad 50.0%", "not prepared yet", "max_length 32"):
         assert word in out
+    assert next(line for line in out.splitlines() if line.strip().startswith(UNLABELLED)).split()[1] == "25"
     # Texts up to 71 tokens: some rows are cut to fit 32.
     train_row = next(line for line in out.splitlines() if line.strip().startswith("train"))
     assert train_row.split()[-1] != "0.0%"

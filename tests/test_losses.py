@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workers.dataset import NO_LABEL
 from workers.losses import (
     adabert_loss,
     gold_ce,
@@ -14,6 +13,7 @@ from workers.losses import (
     probe_layer_weights,
     soft_kl,
 )
+from workers.splits import NO_LABEL
 
 
 def test_soft_kl_is_ce_for_a_one_hot_teacher():

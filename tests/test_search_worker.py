@@ -16,12 +16,13 @@ from workers.cache import MANIFEST
 from workers.cache_shards import CacheLayout, serialise, shard_batch
 from workers.candidates import candidate_pool, inherited_scores
 from workers.config import SearchConfig
-from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit, split_table, write_prepared
+from workers.dataset import PreparedMeta, TargetSplit, split_table, write_prepared
 from workers.latency import read_latency_table, write_latency_table
 from workers.search import _halves, arch_objective, frozen, leave_one_out_surrogate, run_search, weight_losses
 from workers.search_data import SearchData, load_search_data
 from workers.search_state import STATE_FILE
 from workers.search_trial import search_trainable
+from workers.splits import NO_LABEL
 
 VOCAB, LAYERS, LABELS, WIDTH = 100, 3, 2, 12
 SPACE = SearchSpaceConfig(embed_dim=16, k_max=3)

@@ -18,6 +18,7 @@ import workers.teacher as teacher_mod
 from workers.config import TeacherConfig
 from workers.dataset import SPLITS, PreparedMeta, load_split, split_table, teacher_inputs, write_prepared
 from workers.probes import PROBES_FILE, PROBES_JSON, LayerProbes, probe_scores
+from workers.splits import NO_LABEL, UNLABELLED
 from workers.teacher import (
     TEACHER_JSON,
     load_teacher,
@@ -63,13 +64,16 @@ def make_backbone(folder: Path, *, head_labels: int | None = None, seed: int = 0
 
 
 def make_prepared(folder: Path, *, pair: bool = False, sizes=(128, 8, 32, 8), max_length: int = 16,
-                  metric: str = "accuracy") -> Path:
-    """A tiny prepared dataset in the workers.dataset format (ids from the MiniLM tokenizer)."""
+                  metric: str = "accuracy", unlabelled: int = 0) -> Path:
+    """A tiny prepared dataset in the workers.dataset format (ids from the MiniLM tokenizer), with
+    `unlabelled` texts (label NO_LABEL) after its splits."""
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     budget = (max_length - 3) // 2 if pair else max_length - 2
     tables, next_id = {}, 1000
-    for s, (split, n) in enumerate(zip(SPLITS, sizes, strict=True)):
+    names = (*SPLITS, UNLABELLED) if unlabelled else SPLITS
+    for s, (split, n) in enumerate(zip(names, (*sizes, unlabelled)[:len(names)], strict=True)):
         texts_a, labels = tiny_texts(n, seed=s)
+        labels = [NO_LABEL] * n if split == UNLABELLED else labels
         texts_b = tiny_texts(n, seed=s + 100)[0] if pair else None
         encode = lambda texts: [ids[:budget] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
         tables[split] = split_table(
@@ -77,8 +81,10 @@ def make_prepared(folder: Path, *, pair: bool = False, sizes=(128, 8, 32, 8), ma
             ids_a=encode(texts_a), ids_b=encode(texts_b) if pair else None,
         )
         next_id += n
+    labelled = f"tiny-{int(pair)}-{max_length}-{metric}"
     meta = PreparedMeta(task="tiny-pair" if pair else "tiny", label_names=("neg", "pos"), pair=pair,
-                        max_length=max_length, metric=metric, fingerprint=f"tiny-{int(pair)}-{max_length}-{metric}",
+                        max_length=max_length, metric=metric, labelled_fingerprint=labelled,
+                        fingerprint=f"{labelled}-u{unlabelled}" if unlabelled else labelled,
                         tokenizer=str(MINILM), pad_id=0, cls_id=101, sep_id=102, vocab_size=30522,
                         sizes={split: len(t) for split, t in tables.items()})
     return write_prepared(folder, meta=meta, tables=tables)

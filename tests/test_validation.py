@@ -91,6 +91,16 @@ CASES = [
      r"teacher.model: .*teacher holds a tokenizer but no model \(config.json and \*.safetensors"),
     ("max_length over the teacher's limit", lambda p: ({"path": _csv(p), "max_length": 1024}, MINILM),
      r"task.max_length 1024 is over the teacher's limit of 512 tokens \(minilm\)"),
+    ("missing unlabelled file", lambda p: ({"path": _csv(p), "unlabelled": str(p / "more.csv")}, MINILM),
+     r"task.unlabelled: file not found: .*more.csv"),
+    ("unlabelled file without the text column",
+     lambda p: ({"path": _csv(p), "unlabelled": _csv(p, "u.csv", drop=["text"], review=["r"] * 40)}, MINILM),
+     r"task.unlabelled \(.*u.csv\): no column 'text', the task's text_column; columns: label, review$"),
+    ("empty unlabelled texts",
+     lambda p: ({"path": _csv(p), "unlabelled": _csv(p, "u.csv", text=[f"u {i}" for i in range(39)] + [None])}, MINILM),
+     r"task.text_column: 1 of 40 rows of column 'text' in task.unlabelled \(.*u.csv\) are empty or not text"),
+    ("unlabelled texts that the labelled data holds", lambda p: ({"path": _csv(p), "unlabelled": _csv(p, "u.csv")}, MINILM),
+     r"task.unlabelled \(.*u.csv\): every text is already in the task's labelled data"),
 ]
 
 
@@ -164,6 +174,13 @@ def test_validate_refuses_values_the_job_would_fail_on_later(tmp_path, capsys, y
     err = capsys.readouterr().err
     assert re.search(message, err) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "ws").exists()
+
+
+def test_data_paths_are_relative_to_the_job_file(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "job.yaml").write_text("name: demo\ntask:\n  path: d.csv\n  unlabelled: ../more.csv\n")
+    task = load_job(tmp_path / "jobs" / "job.yaml").task
+    assert (task.path, task.unlabelled) == (str(tmp_path / "jobs" / "d.csv"), str(tmp_path / "more.csv"))
 
 
 def test_job_file_task_errors_are_one_line(tmp_path):

@@ -1,5 +1,5 @@
-"""The teacher cache: the teacher run once over train (plus augmented copies) and dev, by a pool
-of Ray actors, into Arrow shards that search and retraining read memory-mapped.
+"""The teacher cache: the teacher run once over train (plus augmented copies, then the task's unlabelled
+texts) and dev, by a pool of Ray actors, into Arrow shards that search and retraining read memory-mapped.
 
 The cache lives at `<root_uri>/<key>`, keyed by what its contents depend on (teacher weights and
 probes, tokenizer, data fingerprint, max length, augmentation recipe, store_hidden). Each shard is
@@ -46,6 +46,7 @@ from workers.cache_shards import (
 from workers.config import AugmentConfig, CacheConfig
 from workers.dataset import PreparedMeta, TargetSplit, is_prepared, read_meta
 from workers.progress import say
+from workers.splits import UNLABELLED
 from workers.teacher import (
     TEACHER_JSON,
     files_sha256,
@@ -146,6 +147,11 @@ def build_cache(
                          store_hidden=cfg.store_hidden)
     inputs = {split: SplitInputs.read(prepared_dir, split, width=meta.max_length, pad_id=meta.pad_id, pair=meta.pair)
               for split in CACHE_SPLITS}
+    # Replacements are drawn among the labelled rows' tokens; the teacher labels the unlabelled texts after them.
+    augmenter = _augmenter(teacher_dir, meta=meta, train=inputs["train"], cfg=cfg.augment)
+    if UNLABELLED in meta.sizes:
+        inputs["train"] = inputs["train"].followed_by(
+            SplitInputs.read(prepared_dir, UNLABELLED, width=meta.max_length, pad_id=meta.pad_id, pair=meta.pair))
 
     def record_shard(result: dict) -> None:
         done[result["name"]] = result
@@ -158,7 +164,7 @@ def build_cache(
         writer_kwargs={
             "teacher_files": ray.put({name: (teacher_dir / name).read_bytes() for name in TEACHER_FILES}),
             "inputs": ray.put(inputs), "layout": layout, "cache_uri": uri,
-            "augmenter": _augmenter(teacher_dir, meta=meta, train=inputs["train"], cfg=cfg.augment),
+            "augmenter": augmenter, "copies": cfg.augment.copies,
             "special": {"cls_id": meta.cls_id, "sep_id": meta.sep_id, "pad_id": meta.pad_id},
             "batch_size": cfg.batch_size,
         },

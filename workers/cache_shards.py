@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ import torch
 
 from workers.augment import Augmenter
 from workers.cache_fs import resolve_fs, write_atomic
-from workers.dataset import NO_LABEL, TargetSplit, pad_id_lists, read_split_table, teacher_inputs
+from workers.dataset import TargetSplit, pad_id_lists, read_split_table, teacher_inputs
+from workers.splits import NO_LABEL, UNLABELLED
 from workers.teacher import length_sorted_batches, load_teacher
 
 TEACHER_FILES = ("config.json", "model.safetensors", "probes.safetensors")  # what the actors load
@@ -61,8 +62,9 @@ class ShardTask:
 
 
 def plan_shards(*, sizes: dict[str, int], copies: int, shard_size: int) -> list[ShardTask]:
-    """Train (with its augmented copies) and dev, cut into shards of `shard_size` rows."""
-    rows = {"train": sizes["train"] * (copies + 1), "dev": sizes["dev"]}
+    """Train (with its augmented copies, then the task's unlabelled texts) and dev, cut into shards of
+    `shard_size` rows."""
+    rows = {"train": sizes["train"] * (copies + 1) + sizes.get(UNLABELLED, 0), "dev": sizes["dev"]}
     return [
         ShardTask(f"{split}-{i:05d}.arrow", split, start, min(start + shard_size, n))
         for split, n in rows.items()
@@ -91,13 +93,29 @@ class SplitInputs:
             ids_a=ids_a, len_a=len_a.astype(np.int32), ids_b=ids_b, len_b=None if len_b is None else len_b.astype(np.int32),
         )
 
+    def followed_by(self, other: SplitInputs) -> SplitInputs:
+        """These rows, then `other`'s (same width and pairing)."""
+        joined = {}
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            joined[f.name] = None if mine is None else np.concatenate([mine, theirs])
+        return SplitInputs(**joined)
+
+
+def source_rows(r: np.ndarray, *, labelled: int, copies: int) -> tuple[np.ndarray, np.ndarray]:
+    """(copy, index) of transfer-set rows `r` (n,) in a split's inputs (its labelled rows, then its unlabelled
+    texts): `copies + 1` blocks of the labelled rows, copy-major, then each unlabelled text once. Copies of the
+    texts added nothing on a small task, at 1.6x the retrain's CPU (docs/experiments.md)."""
+    tail = r >= labelled * (copies + 1)
+    return np.where(tail, 0, r // labelled), np.where(tail, r - labelled * copies, r % labelled)
+
 
 class ShardWriter:
     """Runs the teacher over shards and writes each one to the cache folder (a Ray actor)."""
 
     def __init__(
         self, *, teacher_files: dict[str, bytes], inputs: dict[str, SplitInputs], layout: CacheLayout,
-        special: dict[str, int], augmenter: Augmenter | None, cache_uri: str, batch_size: int,
+        special: dict[str, int], augmenter: Augmenter | None, copies: int, cache_uri: str, batch_size: int,
     ) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
@@ -108,6 +126,8 @@ class ShardWriter:
             dtype = torch.float16 if self.device.type == "cuda" else None
             self.teacher = load_teacher(folder, device=self.device, dtype=dtype)
         self.inputs, self.layout, self.special, self.augmenter = inputs, layout, special, augmenter
+        self.copies = {"train": copies, "dev": 0}
+        self.labelled = {split: int((src.labels != NO_LABEL).sum()) for split, src in inputs.items()}
         self.fs, self.base = resolve_fs(cache_uri)
         self.batch_size = batch_size
 
@@ -122,9 +142,8 @@ class ShardWriter:
     def rows(self, task: ShardTask) -> tuple[TargetSplit, np.ndarray]:
         """The shard's examples (prepared rows, augmented where copy > 0, with NO_LABEL) and copy (n,)."""
         src = self.inputs[task.split]
-        n = len(src.example_ids)
-        r = np.arange(task.start, task.stop)
-        copy, index = r // n, r % n
+        copy, index = source_rows(np.arange(task.start, task.stop), labelled=self.labelled[task.split],
+                                  copies=self.copies[task.split])
         ids_a, len_a = src.ids_a[index], src.len_a[index].copy()
         ids_b, len_b = (src.ids_b[index], src.len_b[index].copy()) if self.layout.pair else (None, None)
         labels = np.where(copy > 0, NO_LABEL, src.labels[index])

@@ -24,9 +24,7 @@ import pyarrow.ipc as ipc
 import torch
 
 from workers.local_files import publish_dir
-from workers.splits import SPLITS
-
-NO_LABEL = -1
+from workers.splits import SPLITS, UNLABELLED, present_splits
 
 SPLIT_SCHEMA = pa.schema(
     [
@@ -54,10 +52,17 @@ class PreparedMeta:
     sep_id: int
     vocab_size: int
     sizes: dict[str, int]
+    labelled_fingerprint: str | None = None  # the labelled splits' alone; None (older folders): fingerprint
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def labelled_key(self) -> str:
+        """The labelled splits' fingerprint: what a teacher fine-tuned on them, and a dev score, depend on
+        (not the unlabelled texts)."""
+        return self.labelled_fingerprint or self.fingerprint
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,9 +98,11 @@ def write_prepared(out_dir: str | Path, *, meta: PreparedMeta, tables: dict[str,
     missing = set(SPLITS) - set(tables)
     if missing:
         raise ValueError(f"write_prepared needs every split; missing {sorted(missing)}")
+    if (UNLABELLED in tables) != (UNLABELLED in meta.sizes):
+        raise ValueError("write_prepared: the unlabelled table and meta.sizes disagree")
 
     def write(folder: Path) -> None:
-        for split in SPLITS:
+        for split in present_splits(meta.sizes):
             with pa.OSFile(str(folder / f"{split}.arrow"), "wb") as sink, ipc.new_file(sink, SPLIT_SCHEMA) as w:
                 w.write_table(tables[split].cast(SPLIT_SCHEMA))
         (folder / "meta.json").write_text(json.dumps(meta.to_dict(), indent=2))
@@ -106,7 +113,9 @@ def write_prepared(out_dir: str | Path, *, meta: PreparedMeta, tables: dict[str,
 
 def is_prepared(folder: str | Path) -> bool:
     folder = Path(folder)
-    return (folder / "meta.json").is_file() and all((folder / f"{s}.arrow").is_file() for s in SPLITS)
+    if not (folder / "meta.json").is_file():
+        return False
+    return all((folder / f"{s}.arrow").is_file() for s in present_splits(read_meta(folder).sizes))
 
 
 def read_meta(folder: str | Path) -> PreparedMeta:
@@ -115,8 +124,8 @@ def read_meta(folder: str | Path) -> PreparedMeta:
 
 def read_split_table(folder: str | Path, split: str) -> pa.Table:
     """The split as an Arrow table backed by a memory map (no copy until columns are used)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if split not in (*SPLITS, UNLABELLED):
+        raise ValueError(f"unknown split {split!r}; expected one of {(*SPLITS, UNLABELLED)}")
     return ipc.open_file(pa.memory_map(str(Path(folder) / f"{split}.arrow"), "r")).read_all()
 
 

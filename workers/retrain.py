@@ -29,12 +29,13 @@ from search_space.layers import KroneckerTable, ProbedStack, project_embeddings
 from search_space.student import Student, keep_vocabulary, task_token_ids
 from search_space.transformer import SmallTransformer, teacher_layer_state
 from workers.config import RetrainConfig
-from workers.dataset import NO_LABEL, PreparedMeta, TargetSplit
+from workers.dataset import PreparedMeta, TargetSplit
 from workers.early_exit import exit_curve, pick_threshold
 from workers.local_files import publish_dir
 from workers.losses import adabert_loss, gold_ce, kd_loss
 from workers.metrics import classification_scores
 from workers.search_data import sample_rows
+from workers.splits import NO_LABEL
 from workers.student import save_student
 from workers.student_files import METRICS_FILE
 from workers.training import GRAD_CLIP, to_device

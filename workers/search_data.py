@@ -8,7 +8,8 @@ import torch
 
 from search_space.cost import OpCost
 from workers.cache import open_cache
-from workers.dataset import NO_LABEL, TargetSplit, load_split, read_meta
+from workers.dataset import TargetSplit, load_split, read_meta
+from workers.splits import NO_LABEL
 from workers.teacher import teacher_cost, teacher_word_embeddings
 
 SUBSET_SEED = 0  # every seed of a configuration searches the same training subset

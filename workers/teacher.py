@@ -208,7 +208,7 @@ def teacher_location(
     if not weights:
         raise ValueError(f"teacher {source!r}: no *.safetensors or *.bin weights in {backbone}")
     key = teacher_key(source=source, weights_sha256=files_sha256(weights),
-                      data_fingerprint=read_meta(prepared_dir).fingerprint, cfg=cfg)
+                      data_fingerprint=read_meta(prepared_dir).labelled_key, cfg=cfg)
     return Path(out_root) / key
 
 
@@ -279,7 +279,7 @@ def prepare_teacher(
         num_labels=meta.num_labels, dev_scores=dev_scores, training=training,
     )
     record = {k: v for k, v in asdict(artifacts).items() if k not in ("dir", "cache_hit")}
-    record |= {"source": source, "data_fingerprint": meta.fingerprint, "config": cfg.model_dump(mode="json"),
+    record |= {"source": source, "data_fingerprint": meta.labelled_key, "config": cfg.model_dump(mode="json"),
                "label_names": list(meta.label_names)}
 
     def write_teacher(folder: Path) -> None:

@@ -81,7 +81,8 @@ def project_root(job_file: Path) -> Path:
 
 def _warnings(job: JobConfig, *, root: Path) -> list[str]:
     warnings = []
-    local = [("task.path", job.task.path), *((f"task.files.{k}", v) for k, v in (job.task.files or {}).items())]
+    local = [("task.path", job.task.path), *((f"task.files.{k}", v) for k, v in (job.task.files or {}).items()),
+             ("task.unlabelled", job.task.unlabelled)]
     if Path(job.teacher.model).is_absolute():
         local.append(("teacher.model", job.teacher.model))
     for key, value in local:

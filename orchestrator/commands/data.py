@@ -14,7 +14,7 @@ from rich.table import Table
 from orchestrator.app import app, data_app
 from orchestrator.config import load_job
 from orchestrator.tasks import BUILTINS, TaskConfig, load_task
-from workers.splits import SPLITS
+from workers.splits import SPLITS, UNLABELLED, present_splits
 
 if TYPE_CHECKING:  # pandas, torch and transformers are imported by the commands that use them
     import pandas as pd
@@ -52,14 +52,12 @@ def tasks() -> None:
 @data_app.command("describe")
 def describe(job_file: Path = typer.Argument(..., help="The job YAML file.")) -> None:
     """Split sizes, label balance and teacher token lengths of JOB_FILE's task."""
-    from orchestrator.data import fingerprint, length_summary, open_teacher_tokenizer
+    from orchestrator.data import length_summary, load_and_fingerprint
     from workers.dataset import is_prepared
 
     job = load_job(job_file)
     task = job.task
-    source, tokenizer = open_teacher_tokenizer(job.teacher.model, max_length=task.max_length)
-    spec, splits = load_task(task)
-    key = fingerprint(spec, splits, tokenizer=tokenizer, max_length=task.max_length)
+    source, tokenizer, spec, splits, (key, _) = load_and_fingerprint(task, tokenizer_source=job.teacher.model)
     prepared = job.workspace_path / "prepared" / key
 
     console = _console()
@@ -72,10 +70,12 @@ def describe(job_file: Path = typer.Argument(..., help="The job YAML file.")) ->
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("split", "examples", "labels", "p50", "p90", "p99", "max", "truncated"):
         table.add_column(column, justify="left" if column in ("split", "labels") else "right")
-    for split in SPLITS:
+    for split in present_splits(splits):
         df = splits[split]
         lengths = length_summary(df, tokenizer=tokenizer, max_length=task.max_length, pair=spec.pair)
-        table.add_row(split, f"{len(df):,}", _balance(df["label"], label_names=spec.label_names), str(lengths.p50),
-                      str(lengths.p90), str(lengths.p99), str(lengths.max), f"{lengths.truncated:.1%}")
+        balance = ("none (the teacher labels them)" if split == UNLABELLED
+                   else _balance(df["label"], label_names=spec.label_names))
+        table.add_row(split, f"{len(df):,}", balance, str(lengths.p50), str(lengths.p90), str(lengths.p99),
+                      str(lengths.max), f"{lengths.truncated:.1%}")
     console.print(table)
     console.print("Token lengths count [CLS] and [SEP]; truncated: rows cut to fit max_length.")
