@@ -32,6 +32,15 @@ def quick_job(job: JobConfig) -> JobConfig:
     })
 
 
+def bench_job(path: str, *, quick: bool) -> JobConfig:
+    """The job at `path`; with `quick`, the shared tiny slice and retrains of a few steps."""
+    job = load_job(path)
+    if not quick:
+        return job
+    job = quick_job(job)
+    return job.model_copy(update={"retrain": job.retrain.model_copy(update={"epochs": 1, "min_steps": 20})})
+
+
 def quick_pipeline_job(job: JobConfig) -> JobConfig:
     """The shared quick data slice and one tiny round of the whole job: the path in a couple of minutes."""
     job = quick_job(job)

@@ -27,9 +27,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from search_quality import mean_std, retrain_all  # noqa: E402
 
-from bench_job import HAND_CELL, print_figures, quick_job  # noqa: E402
+from bench_job import HAND_CELL, bench_job, print_figures  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
-from orchestrator.config import JobConfig, load_job  # noqa: E402
+from orchestrator.config import JobConfig  # noqa: E402
 from orchestrator.outer_loop import DataRefs  # noqa: E402
 from orchestrator.stages import cache_stage, prepare_stage, teacher_stage  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
@@ -51,10 +51,7 @@ def main() -> None:
     console = Console(stderr=True)
     started = time.perf_counter()
 
-    job = load_job(args.job)
-    if args.quick:  # the shared tiny slice, and retrains of a few steps
-        job = quick_job(job)
-        job = job.model_copy(update={"retrain": job.retrain.model_copy(update={"epochs": 1, "min_steps": 20})})
+    job = bench_job(args.job, quick=args.quick)
     # Not data_stages: every cache below is built here, so that its build is timed.
     prepared = prepare_stage(job, progress=not args.quick)
     teacher = teacher_stage(job, prepared, progress=not args.quick)

@@ -32,9 +32,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from search_quality import mean_std, retrain_all  # noqa: E402
 
-from bench_job import HAND_CELL, print_figures, quick_job  # noqa: E402
+from bench_job import HAND_CELL, bench_job, print_figures  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
-from orchestrator.config import JobConfig, load_job  # noqa: E402
+from orchestrator.config import JobConfig  # noqa: E402
 from orchestrator.data import PreparedData  # noqa: E402
 from orchestrator.outer_loop import DataRefs  # noqa: E402
 from orchestrator.stages import data_stages, prepare_stage  # noqa: E402
@@ -89,10 +89,7 @@ def main() -> None:
     console = Console(stderr=True)
     started = time.perf_counter()
 
-    job = load_job(args.job)
-    if args.quick:  # the shared tiny slice, and retrains of a few steps
-        job = quick_job(job)
-        job = job.model_copy(update={"retrain": job.retrain.model_copy(update={"epochs": 1, "min_steps": 20})})
+    job = bench_job(args.job, quick=args.quick)
     arms = dict(zip(("labelled", "unlabelled"), small_tasks(job, prepare_stage(job, progress=False),
                                                              labelled=labelled), strict=True))
     out: dict = {"quick": args.quick, "seeds": seeds, "labelled": labelled, "genotype": genotype.to_json()}
