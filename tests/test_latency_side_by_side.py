@@ -38,7 +38,7 @@ def test_models_take_turns_block_by_block_and_each_gets_the_whole_plan():
         assert len(runs) == 5 * len(names)
         assert runs[:: len(names)] == [names[k % 3] for k in range(5)]
     for name in names:
-        assert set(figures[name]) == {"latency_b1_ms", "latency_b1_p95_ms", "latency_b128_ms", "latency_b128_p95_ms"}
+        assert set(figures[name]) == {f"latency_b{b}{s}_ms" for b in (1, 128) for s in ("", "_p95", "_mean")}
         assert 0 <= figures[name]["latency_b1_ms"] <= figures[name]["latency_b1_p95_ms"]
 
 

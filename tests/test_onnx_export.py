@@ -22,6 +22,7 @@ from workers.onnx_export import (
     input_names,
     onnx_latency_metrics,
     session,
+    share_thread_pool,
 )
 from workers.student import load_student, save_student
 
@@ -81,6 +82,18 @@ def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_
     assert set(timed) == set(torch_timed)  # one set of figures, whichever runtime
     assert timed["runtime"] == "onnxruntime" and timed["threads"] == 1 and timed["seq_len"] == 16
     assert all(0 < timed[f"latency_b{b}_ms"] <= timed[f"latency_b{b}_p95_ms"] for b in (1, 128))
+
+
+def test_a_session_on_the_shared_pool_gives_the_same_logits(tmp_path):
+    # A cascade's two graphs run on one pool (bench/cascade.py); the pool must not change what they compute.
+    src = _saved_student(tmp_path / "student", genotype=GENOTYPE, pair=False)
+    assert main(["export", str(src), "-o", str(tmp_path / "onnx"), "--onnx"]) == 0
+    feed = example_feed(30522, batch=3, length=11, pair=False, seed=3)
+    (own,) = session(tmp_path / "onnx" / ONNX_FILE, threads=1).run(["logits"], feed)
+    share_thread_pool(1)
+    shared = session(tmp_path / "onnx" / ONNX_FILE, shared_pool=True)
+    assert not shared.get_session_options().use_per_session_threads
+    np.testing.assert_array_equal(shared.run(["logits"], feed)[0], own)
 
 
 def test_export_refuses_in_one_line_and_never_deletes_the_users_files(tmp_path, capsys):
