@@ -69,7 +69,7 @@ def load_logits(folder: Path):
     """The saved student at `folder` as a Logits call: (ids (B, T), mask (B, T)) -> (B, C). An exported
     one runs on the process's one onnxruntime pool (`share_thread_pool`), as a cascade's two must."""
     if is_onnx_student(folder):
-        model = OnnxStudent(folder / ONNX_FILE, shared_pool=True)
+        model = OnnxStudent(folder / ONNX_FILE)
     else:
         from workers.student import load_student
 
@@ -77,10 +77,18 @@ def load_logits(folder: Path):
     return lambda ids, mask: model(ids, mask).logits
 
 
-def padded(batch: dict, *, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A student batch's ids and mask padded to `length` columns (pad id 0, mask False). (B, length) each"""
+def padded(batch: dict, *, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A student batch's ids and mask padded to `length` columns. (B, length) each"""
     extra = length - batch["ids_a"].shape[1]
-    return F.pad(batch["ids_a"], (0, extra)), F.pad(batch["mask_a"], (0, extra))
+    return F.pad(batch["ids_a"], (0, extra), value=pad_id), F.pad(batch["mask_a"], (0, extra))
+
+
+def cascade_maker(front: Path, back: Path, *, threshold: float):
+    """Makes the cascade's call anew, on fresh sessions, for each block of the timing."""
+    def make():
+        f, g = load_logits(front), load_logits(back)
+        return lambda ids, mask: cascade_logits(f, g, ids, mask, threshold=threshold)
+    return make
 
 
 def main() -> None:
@@ -167,25 +175,20 @@ def main() -> None:
             extra = length - inputs["input_ids"].shape[1]
             return {k: F.pad(v, (0, extra), value=meta.pad_id if k == "input_ids" else 0) for k, v in inputs.items()}
 
-        feeds = {"teacher": {b: [teacher_feed(x) for x in xs] for b, xs in batches.items()}}
-        student_feeds = {b: [padded(x, length=length) for x in xs] for b, xs in batches.items()}
-        calls = {"teacher": lambda feed: teacher_model(**feed)}
-        # Loaded anew in each block's call_at (an onnxruntime session left alive spins beside the next model).
-        makers = {"back": lambda: load_logits(back)}
+        student_args = {b: [padded(x, length=length, pad_id=meta.pad_id) for x in xs] for b, xs in batches.items()}
+        args_of = {"teacher": {b: [(teacher_feed(x),) for x in xs] for b, xs in batches.items()}}
+        # Each call made anew in each block (an onnxruntime session left alive spins beside the next model).
+        makers = {"teacher": lambda: (lambda feed: teacher_model(**feed)), "back": lambda: load_logits(back)}
         for i, front in enumerate(fronts):
             makers[f"front{i}"] = lambda front=front: load_logits(front)
-            makers[f"cascade{i}"] = lambda front=front, t=thresholds[i]: (
-                lambda ids, mask, f=load_logits(front), g=load_logits(back):
-                cascade_logits(f, g, ids, mask, threshold=t))
-        rounds = {name: {b: itertools.cycle(xs) for b, xs in (feeds.get(name) or student_feeds).items()}
-                  for name in ["teacher", *makers]}  # each model reads the same texts in the same order
+            makers[f"cascade{i}"] = cascade_maker(front, back, threshold=thresholds[i])
+        # Every model reads the same texts in the same order, each through its own cycle.
+        rounds = {name: {b: itertools.cycle(xs) for b, xs in args_of.get(name, student_args).items()}
+                  for name in makers}
 
         def call_at(name: str):
             def at(batch: int):
-                fn = calls[name] if name == "teacher" else makers[name]()
-                texts = rounds[name][batch]
-                if name == "teacher":
-                    return lambda: fn(next(texts))
+                fn, texts = makers[name](), rounds[name][batch]
                 return lambda: fn(*next(texts))
             return at
 

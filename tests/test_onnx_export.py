@@ -3,6 +3,8 @@ for single-text and pair students, and the export folder follows pull's rules.""
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,6 @@ from workers.onnx_export import (
     input_names,
     onnx_latency_metrics,
     session,
-    share_thread_pool,
 )
 from workers.student import load_student, save_student
 
@@ -86,14 +87,23 @@ def test_onnxruntime_matches_torch_at_new_shapes(tmp_path, genotype, pair, task_
 
 def test_a_session_on_the_shared_pool_gives_the_same_logits(tmp_path):
     # A cascade's two graphs run on one pool (bench/cascade.py); the pool must not change what they compute.
+    # The pool is for the whole process, so it is made in a child, not in the one running the other tests.
     src = _saved_student(tmp_path / "student", genotype=GENOTYPE, pair=False)
     assert main(["export", str(src), "-o", str(tmp_path / "onnx"), "--onnx"]) == 0
+    graph, shared = tmp_path / "onnx" / ONNX_FILE, tmp_path / "shared.npy"
     feed = example_feed(30522, batch=3, length=11, pair=False, seed=3)
-    (own,) = session(tmp_path / "onnx" / ONNX_FILE, threads=1).run(["logits"], feed)
-    share_thread_pool(1)
-    shared = session(tmp_path / "onnx" / ONNX_FILE, shared_pool=True)
-    assert not shared.get_session_options().use_per_session_threads
-    np.testing.assert_array_equal(shared.run(["logits"], feed)[0], own)
+    (own,) = session(graph, threads=1).run(["logits"], feed)
+    child = (
+        "import sys, numpy as np\n"
+        "from workers.onnx_export import example_feed, session, share_thread_pool\n"
+        "share_thread_pool(1)\n"
+        "s = session(sys.argv[1], threads=1)\n"
+        "assert not s.get_session_options().use_per_session_threads\n"
+        "feed = example_feed(30522, batch=3, length=11, pair=False, seed=3)\n"
+        "np.save(sys.argv[2], s.run(['logits'], feed)[0])\n"
+    )
+    subprocess.run([sys.executable, "-c", child, str(graph), str(shared)], check=True, cwd=Path(__file__).parents[1])
+    np.testing.assert_array_equal(np.load(shared), own)
 
 
 def test_export_refuses_in_one_line_and_never_deletes_the_users_files(tmp_path, capsys):

@@ -150,25 +150,30 @@ def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
         exporter_log.setLevel(level)
 
 
+_SHARED_POOL = False  # set by share_thread_pool: onnxruntime then refuses a session with a pool of its own
+
+
 def share_thread_pool(threads: int) -> None:
-    """One intra-op pool of `threads` for every later `session(..., shared_pool=True)` of this process.
-    Call it before the process opens any session. Two sessions each with their own pool, called one after
-    the other (a cascade), each leave threads spinning beside the other's: on 2 cores the demo's front at
-    batch 128 plus its back on 14 rows took 107-114 ms with a pool each, 70 ms with one pool, against
-    50 + 18 ms apart."""
+    """One intra-op pool of `threads` for every later `session` of this process, before it opens any.
+    Two sessions each with their own pool, called one after the other (a cascade), each leave threads
+    spinning beside the other's: on 2 cores the demo's front at batch 128 plus its back on 14 rows took
+    107-114 ms with a pool each, 70 ms with one pool, against 50 + 18 ms apart. Process-wide and for
+    good: onnxruntime refuses any later session with a pool of its own."""
+    global _SHARED_POOL
     # onnxruntime's Python binding of CreateEnvWithGlobalThreadPools
     from onnxruntime.capi import _pybind_state
 
     _pybind_state.set_global_thread_pool_sizes(threads, 1)
+    _SHARED_POOL = True
 
 
-def session(path: str | Path, *, threads: int | None = None, shared_pool: bool = False):
+def session(path: str | Path, *, threads: int | None = None):
     """An onnxruntime CPU session on `path` (`threads` intra-op threads; None: onnxruntime's default), or
-    on the process's one pool (`shared_pool`, sized by `share_thread_pool`)."""
+    on the process's one pool once `share_thread_pool` has made it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if shared_pool:
+    if _SHARED_POOL:
         options.use_per_session_threads = False
     elif threads is not None:
         options.intra_op_num_threads = threads
@@ -267,9 +272,8 @@ class OnnxStudent:
     """A student written by `export_onnx`, run by onnxruntime: the torch student's call, logits only
     (no probes, so no early exit)."""
 
-    def __init__(self, path: str | Path, *, pad_id: int | None = None, threads: int | None = None,
-                 shared_pool: bool = False) -> None:
-        self.session = session(path, threads=threads, shared_pool=shared_pool)
+    def __init__(self, path: str | Path, *, pad_id: int | None = None, threads: int | None = None) -> None:
+        self.session = session(path, threads=threads)
         self.pad_id = pad_id  # what a predictor pads with (config.json's pad_id)
         self.names = [i.name for i in self.session.get_inputs()]  # ids, mask (, ids_b, mask_b)
 
