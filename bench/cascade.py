@@ -45,9 +45,10 @@ from workers.cascade import cascade_logits, defer_threshold  # noqa: E402
 from workers.dataset import load_split, teacher_inputs  # noqa: E402
 from workers.latency import hardware_name, pinned_threads, side_by_side_timings  # noqa: E402
 from workers.metrics import task_score  # noqa: E402
-from workers.onnx_export import OnnxStudent, share_thread_pool  # noqa: E402
+from workers.onnx_export import share_thread_pool  # noqa: E402
 from workers.retrain import retrain_from_paths  # noqa: E402
-from workers.student_files import CONFIG_FILE, ONNX_FILE, is_onnx_student  # noqa: E402
+from workers.student import StudentPredictor  # noqa: E402
+from workers.student_files import CONFIG_FILE  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
 
 BACK_JOB = ROOT / "examples" / "rotten_tomatoes_accurate.yaml"
@@ -66,14 +67,9 @@ def champion_dir(job_path: str | Path) -> Path:
 
 
 def load_logits(folder: Path):
-    """The saved student at `folder` as a Logits call: (ids (B, T), mask (B, T)) -> (B, C). An exported
-    one runs on the process's one onnxruntime pool (`share_thread_pool`), as a cascade's two must."""
-    if is_onnx_student(folder):
-        model = OnnxStudent(folder / ONNX_FILE)
-    else:
-        from workers.student import load_student
-
-        model = load_student(folder)
+    """The saved student at `folder`, torch or exported, as a Logits call: (ids (B, T), mask (B, T)) -> (B, C).
+    An exported one runs on the process's one onnxruntime pool (`share_thread_pool`), as a cascade's two must."""
+    model = StudentPredictor.from_pretrained(folder).model
     return lambda ids, mask: model(ids, mask).logits
 
 
@@ -111,6 +107,11 @@ def main() -> None:
         for folder in (*fronts, back):
             if not (folder / CONFIG_FILE).is_file():
                 raise SystemExit(f"{folder} is not a saved student (no {CONFIG_FILE})")
+        labels = {f: json.loads((f / CONFIG_FILE).read_text()).get("label_names") for f in (*fronts, back)}
+        for folder in fronts:
+            if labels[folder] != labels[back]:
+                raise SystemExit(f"{folder} has labels {labels[folder]}, the back {back} {labels[back]}: a "
+                                 "cascade's students must be of one task")
     console = Console(stderr=True)
     started = time.perf_counter()
 
@@ -143,20 +144,23 @@ def main() -> None:
         return task_score(predictions, split.labels, num_labels=meta.num_labels, metric=meta.metric)
 
     back_fn = load_logits(back)
-    back_p = {n: outputs(back_fn, s) for n, s in splits.items()}
-    rows = {"back": {n: score(back_p[n].argmax(-1), splits[n]) for n in ("dev", "test")}}
-    del back_fn  # an onnxruntime session left alive spins beside the models timed below
+    rows = {"back": {n: score(outputs(back_fn, splits[n]).argmax(-1), splits[n]) for n in ("dev", "test")}}
     thresholds = []
     for i, front in enumerate(fronts):
-        p = {n: outputs(load_logits(front), s) for n, s in splits.items()}
+        front_fn = load_logits(front)
+        p = {n: outputs(front_fn, s) for n, s in splits.items()}
         threshold = defer_threshold(p["search_valid"], defer=args.defer)
         thresholds.append(threshold)
         rows[f"front{i}"] = {n: score(p[n].argmax(-1), splits[n]) for n in ("dev", "test")}
         rows[f"cascade{i}"] = {"threshold": threshold}
-        for n in ("dev", "test"):  # the same rule as cascade_logits, on the stored probabilities
-            deferred = p[n].max(-1).values < threshold
-            rows[f"cascade{i}"] |= {n: score(torch.where(deferred, back_p[n].argmax(-1), p[n].argmax(-1)), splits[n]),
-                                    f"deferred_{n}": float(deferred.float().mean())}
+        for n in ("dev", "test"):
+            with torch.inference_mode():
+                routed = [cascade_logits(front_fn, back_fn, b["ids_a"], b["mask_a"], threshold=threshold)
+                          for b in splits[n].batches(batch_size=128)]
+            rows[f"cascade{i}"] |= {n: score(torch.cat([lg for lg, _ in routed]).argmax(-1), splits[n]),
+                                    f"deferred_{n}": float(torch.cat([d for _, d in routed]).float().mean())}
+        del front_fn
+    del back_fn  # an onnxruntime session left alive spins beside the models timed below
 
     console.print("timing the teacher, the back, each front and each cascade side by side on dev's texts ...")
     dev, length = splits["dev"], meta.max_length
