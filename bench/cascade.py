@@ -99,6 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.defer <= 1:
         raise SystemExit(f"--defer must lie in [0, 1] (a share of the texts), got {args.defer}")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
     if args.quick and (args.front or args.back):
         raise SystemExit("--quick retrains its own students: drop --front / --back")
     if not args.quick:  # missing students stop here, before any stage runs
