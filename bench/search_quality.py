@@ -118,10 +118,10 @@ def figures(metrics: dict, timing: dict) -> dict:
 def budget_pick(job: JobConfig, rows: list[dict], *, teacher: dict) -> dict:
     """The row the job's budget picks from `rows`, by the rule that picks the searched champion
     (orchestrator/selection.py), so random search is held to the same latency budget.
-    `teacher`: the teacher's dev score and latency_b{1,128}_ms."""
+    `teacher`: the teacher's dev score and latency_b{1,128}_mean_ms."""
     batch = job.budget.latency_batch
     candidates = [Candidate(key=str(i), config_number=None, genotype=r["genotype"] or "", score=r["dev"],
-                            latency_ms=r["timing"][f"latency_b{batch}_ms"],
+                            latency_ms=r["timing"][f"latency_b{batch}_mean_ms"],
                             latency_p95_ms=r["timing"][f"latency_b{batch}_p95_ms"], params=int(r["params"]),
                             speedup=speedup(r["timing"], teacher))
                   for i, r in enumerate(rows)]

@@ -163,7 +163,7 @@ class BudgetConfig(_Config):
     max_params: int | None = Field(None, ge=1)
     min_speedup: float | None = Field(
         None, gt=0, description="only students at least this many times faster than the teacher at batch 1 and at "
-        "batch 128 (medians, timed side by side in the job); with max_latency_ms, both apply")
+        "batch 128 (the mean per call, timed side by side in the job); with max_latency_ms, both apply")
     within_teacher_points: float | None = Field(
         None, ge=0, description="smallest student within this many points of the teacher's score (the task's metric)"
     )
@@ -171,6 +171,24 @@ class BudgetConfig(_Config):
         0.02, ge=-1, le=1, description="the teacher and the champion must beat always predicting the majority "
         "class by this much (task's metric), or the job stops before distilling or registering; -1 turns it off")
     register_top: int = Field(3, ge=1, description="how many Pareto-front students to register")
+
+
+class CascadeConfig(_Config):
+    """Cascades (workers/cascade.py): the budget's pick among the students answers the texts it is sure of,
+    the job's best student the rest. One candidate per share, each scored and timed as served."""
+
+    defer: list[float] = Field(
+        default_factory=list, description="shares of search_valid's texts the front hands to the back, each a "
+        "cascade of its own on the Pareto front (the budget takes the best that meets it); empty: no cascades")
+
+    @field_validator("defer")
+    @classmethod
+    def _shares(cls, v: list[float]) -> list[float]:
+        if any(not 0 < d < 1 for d in v):
+            raise ValueError(f"{v}: each share must lie between 0 and 1, such as 0.1 for a tenth of the texts")
+        if len(set(v)) < len(v):
+            raise ValueError(f"{v} names a share twice; list each once")
+        return v
 
 
 class JobConfig(_Config):
@@ -188,6 +206,7 @@ class JobConfig(_Config):
     variants: list[Variant] = Field(
         default_factory=list, description="serving variants of every retrained student, each a candidate of its own "
         "on the Pareto front: onnx (onnxruntime, fp32), onnx-int8 (onnxruntime, int8 weights)")
+    cascade: CascadeConfig = CascadeConfig()
     outer_loop: OuterLoopConfig = OuterLoopConfig()
     cluster: ClusterConfig = ClusterConfig()
     tracking: TrackingConfig = TrackingConfig()

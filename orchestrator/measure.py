@@ -15,15 +15,17 @@ so a resumed job reuses them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workers.latency import CallAt, hardware_name, pinned_threads, side_by_side_timings, torch_call_at
@@ -39,6 +41,7 @@ class Timeable:
 
     cache: Path
     load: Callable[[int], tuple[CallAt, dict]]
+    shared_pool: bool = False  # its graphs share one onnxruntime pool: then every graph of the timing does
 
 
 def time_models(models: dict[str, Timeable], *, seq_len: int, repeats: int,
@@ -46,7 +49,8 @@ def time_models(models: dict[str, Timeable], *, seq_len: int, repeats: int,
     """latency_b{1,128}_ms (+ _p95_ms), hardware, threads, seq_len, runtime and params of each model:
     the cached figures of those timed before in the same setting, the others timed side by side now
     (`timed_beside`: how many models shared the turns)."""
-    setting = {"hardware": hardware_name("cpu"), "seq_len": seq_len, "repeats": repeats, "threads_asked": threads}
+    setting = {"hardware": hardware_name("cpu"), "seq_len": seq_len, "repeats": repeats, "threads_asked": threads,
+               "summary": "mean"}  # the budget reads the mean per call (figures before it lack the key)
     figures, todo = {}, {}
     for name, model in models.items():
         found = json.loads(model.cache.read_text()) if model.cache.is_file() else {}
@@ -59,8 +63,8 @@ def time_models(models: dict[str, Timeable], *, seq_len: int, repeats: int,
     # A spawned process: none of the driver's threads, pools or memory; `load`s are picklable partials.
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         timed = pool.submit(_time_side_by_side, {name: model.load for name, model in todo.items()},
-                            repeats=repeats, threads=threads if threads is not None else torch.get_num_threads()
-                            ).result()
+                            repeats=repeats, threads=threads if threads is not None else torch.get_num_threads(),
+                            shared_pool=any(model.shared_pool for model in todo.values())).result()
     for name, model in todo.items():
         figures[name] = {**timed[name], "seq_len": seq_len, "timed_beside": len(todo), "setting": setting}
         write_json_atomic(model.cache, figures[name])
@@ -68,8 +72,13 @@ def time_models(models: dict[str, Timeable], *, seq_len: int, repeats: int,
 
 
 def _time_side_by_side(loads: dict[str, Callable[[int], tuple[CallAt, dict]]], *, repeats: int,
-                       threads: int) -> dict[str, dict]:
-    """In the timing process: load every model on `threads` threads and time them in turns."""
+                       threads: int, shared_pool: bool = False) -> dict[str, dict]:
+    """In the timing process: load every model on `threads` threads and time them in turns; with
+    `shared_pool`, every onnxruntime graph on one pool of `threads`, as a cascade's two graphs must run."""
+    if shared_pool:
+        from workers.onnx_export import share_thread_pool
+
+        share_thread_pool(threads)
     with pinned_threads(threads) as pinned:
         loaded = {name: load(pinned) for name, load in loads.items()}
         timings = side_by_side_timings({name: call_at for name, (call_at, _) in loaded.items()}, repeats=repeats)
@@ -100,6 +109,36 @@ def student_timeable(student_dir: Path, *, seq_len: int) -> Timeable:
     """A saved student: under torch, or under onnxruntime for an exported one."""
     student_dir = Path(student_dir)
     return Timeable(student_dir / LATENCY_FILE, partial(_load_student, student_dir, seq_len))
+
+
+def _load_cascade(cascade_dir: Path, prepared_dir: Path, seq_len: int, threads: int) -> tuple[CallAt, dict]:
+    from workers.cascade_student import load_cascade
+    from workers.dataset import load_split
+
+    dev = load_split(prepared_dir, "dev")
+    metrics, config = (json.loads((cascade_dir / name).read_text()) for name in (METRICS_FILE, CONFIG_FILE))
+    texts: dict[int, Iterator] = {}  # batch size -> dev's texts in order, cycled: each block goes on where the last stopped
+
+    def batches(batch: int) -> Iterator:
+        for start in itertools.cycle(range(0, len(dev), batch)):
+            b = dev.batch(torch.arange(start, start + batch) % len(dev))
+            extra = seq_len - b["ids_a"].shape[1]  # padded to the length every model is timed at
+            yield F.pad(b["ids_a"], (0, extra), value=config["pad_id"]), F.pad(b["mask_a"], (0, extra))
+
+    def call_at(batch: int):
+        model = load_cascade(cascade_dir)  # fresh sessions for each block, as every exported student gets
+        feed = texts.setdefault(batch, batches(batch))
+        return lambda: model(*next(feed))
+
+    return call_at, {"params": metrics["params"], "runtime": "cascade"}
+
+
+def cascade_timeable(cascade_dir: Path, *, seq_len: int, prepared_dir: Path) -> Timeable:
+    """A cascade (workers/cascade_student.py), timed on dev's real texts in order: what it costs depends on the
+    share of them its front hands on, so its figures are the mean per call (a median at batch 1 is the front's)."""
+    cascade_dir = Path(cascade_dir)
+    return Timeable(cascade_dir / LATENCY_FILE, partial(_load_cascade, cascade_dir, Path(prepared_dir), seq_len),
+                    shared_pool=True)
 
 
 def _load_torch(load_model: Callable[[], nn.Module], seq_len: int, threads: int) -> tuple[CallAt, dict]:

@@ -22,12 +22,14 @@ from orchestrator.config import JobConfig, dump_job
 from orchestrator.data import PreparedData
 from orchestrator.errors import AdarayError, deferred_interrupt, worker_errors
 from orchestrator.job_lock import job_lock
-from orchestrator.measure import student_timeable, teacher_timeable, time_models
+from orchestrator.measure import cascade_timeable, student_timeable, teacher_timeable, time_models
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, LoopHooks, TrialProgress, run_outer_loop
 from orchestrator.plots import cell_plot, pareto_plot
 from orchestrator.retrain_stage import (
     StudentSpec,
+    cascade_specs,
     finalist_specs,
+    make_cascades,
     make_variants,
     retrain_students,
     screen_candidates,
@@ -35,7 +37,7 @@ from orchestrator.retrain_stage import (
     transformer_specs,
     variant_specs,
 )
-from orchestrator.selection import Candidate, Choice, pareto_front, pick_champion, speedup
+from orchestrator.selection import Candidate, Choice, cascade_pair, pareto_front, pick_champion, speedup
 from orchestrator.stages import cache_stage, prepare_stage, teacher_stage
 from orchestrator.teacher_source import check_transformer_inits, resolve_teacher_source
 from orchestrator.tracking import (
@@ -45,9 +47,12 @@ from orchestrator.tracking import (
     ui_command,
 )
 from search_space.genotype import Genotype
+from workers.dataset import read_meta
 from workers.latency import hardware_name
 from workers.local_files import write_json_atomic, write_text_atomic
 from workers.metrics import METRIC_NAMES
+
+CASCADE_REPEATS = 150  # calls at batch 1 (50 at 128) that time the cascades: at 10% deferred, about 15 go to the back
 
 
 @dataclass(frozen=True)
@@ -218,12 +223,16 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     teacher_lat = timed["teacher"]
     candidates = [_candidate(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch, teacher=teacher_lat)
                   for s in specs]
-    front = pareto_front(candidates)
     t_score = teacher.score_in(prepared.meta.metric)  # the one metric: students are scored in it too
+    if job.cascade.defer:
+        made, cascades = _cascades(job, specs, candidates, refs=refs, teacher_dir=teacher.dir, t_score=t_score,
+                                   console=console, metric_name=metric_name)
+        specs, candidates = specs + made, candidates + cascades
+    front = pareto_front(candidates)
     choice = pick_champion(front, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
     b = job.budget.latency_batch
     plot = pareto_plot(candidates, front, choice.champion, job.run_dir / "pareto.png", teacher_score=t_score,
-                       teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], latency_batch=b,
+                       teacher_latency_ms=teacher_lat[f"latency_b{b}_mean_ms"], latency_batch=b,
                        metric_name=metric_name)
     table = selection_table(candidates, front, choice.champion, latency_batch=b, metric_name=metric_name)
     console.print(table)
@@ -244,11 +253,11 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     tracker.log_metrics(parent, {f"champion_dev_{prepared.meta.metric}": choice.champion.score,
                                  "champion_latency_ms": choice.champion.latency_ms,
                                  "champion_params": choice.champion.params,
-                                 "teacher_latency_ms": teacher_lat[f"latency_b{b}_ms"]})
+                                 "teacher_latency_ms": teacher_lat[f"latency_b{b}_mean_ms"]})
     tracker.finish(parent)
     result = PipelineResult(
         champion=choice.champion, choice=choice, front=front, candidates=candidates, teacher_score=t_score,
-        teacher_latency_ms=teacher_lat[f"latency_b{b}_ms"], teacher_params=teacher_lat["params"],
+        teacher_latency_ms=teacher_lat[f"latency_b{b}_mean_ms"], teacher_params=teacher_lat["params"],
         teacher_latency=teacher_lat, baseline=baseline,
         model_name=tracker.model_name, champion_version=versions[choice.champion.key], parent_run_id=parent,
         alias_kept=kept,
@@ -258,6 +267,33 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
     _print_summary(console, job, result)
     return result
 
+
+
+def _cascades(job: JobConfig, specs: list[StudentSpec], candidates: list[Candidate], *, refs: DataRefs,
+              teacher_dir: Path, t_score: float, console: Console, metric_name: str
+              ) -> tuple[list[StudentSpec], list[Candidate]]:
+    """The budget's pick among `candidates` in front of the best of them, at each share of job.cascade.defer:
+    built, scored as served and timed beside the teacher on dev's texts."""
+    pick = pick_champion(pareto_front(candidates), budget=job.budget, teacher_score=t_score, metric_name=metric_name)
+    pair = cascade_pair(candidates, front=pick.champion)
+    if pair is None:
+        console.print(f"[yellow]no cascade: no student scores above the budget's pick ({pick.champion.key})[/]")
+        return [], []
+    by_key = {s.key: s for s in specs}
+    made = cascade_specs(job, by_key[pair[0].key], by_key[pair[1].key])
+    console.print(f"[bold]cascades[/]: {pair[0].key} answers the texts it is sure of, {pair[1].key} the "
+                  f"{' / '.join(f'{d:.0%}' for d in job.cascade.defer)} of search_valid's it is least sure of")
+    metrics = make_cascades(made, refs=refs, on_done=lambda s, m, hit: console.print(
+        f"  [green]✓[/] cascade {s.key} ({s.describe()}): dev {metric_name} {m['dev_metric']:.4f}, "
+        f"{m['deferred_dev']:.1%} of dev deferred{'  (cache hit)' if hit else ''}"))
+    seq_len = read_meta(refs.prepared_dir).max_length
+    # Beside the teacher again, under one plan: its own teacher figure, cached apart. A cascade's cost at batch 1
+    # is the mean over as many texts as it is called on, so it is called on at least CASCADE_REPEATS.
+    timed = time_models({"teacher": teacher_timeable(teacher_dir, seq_len=seq_len, cache_dir=job.run_dir / "cascades")}
+                        | {s.key: cascade_timeable(s.out_dir, seq_len=seq_len, prepared_dir=Path(refs.prepared_dir))
+                           for s in made}, seq_len=seq_len, repeats=max(job.retrain.latency_repeats, CASCADE_REPEATS))
+    return made, [_candidate(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch,
+                             teacher=timed["teacher"]) for s in made]
 
 
 def _register(job: JobConfig, tracker: Tracker, parent: str, *, choice: Choice, front: list[Candidate],
@@ -374,6 +410,8 @@ def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: Student
     if to_log:
         arch = {"space": spec.space} if spec.transformer is None else {"transformer": spec.transformer}
         made = {"variant": spec.variant, "parent_student": spec.parent.key} if spec.parent else {}
+        if spec.back is not None:
+            made |= {"back_student": spec.back.key, "defer": spec.defer}
         tracker.log_params(run_id, {"retrain": job.retrain.model_dump(mode="json"), **arch, **made})
         tracker.log_metrics(run_id, {**metrics, "inherited_score": spec.figures["score"] if spec.figures else None,
                                      "short_retrain_dev_score": spec.figures.get("short_score") if spec.figures else None})
@@ -385,11 +423,12 @@ def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: Student
 def _candidate(spec: StudentSpec, metrics: dict, *, batch: int, teacher: dict) -> Candidate:
     return Candidate(
         key=spec.key, config_number=spec.outcome.number if spec.outcome else None, genotype=spec.arch_json,
-        score=metrics["dev_metric"],
-        latency_ms=metrics[f"latency_b{batch}_ms"], latency_p95_ms=metrics[f"latency_b{batch}_p95_ms"],
-        params=int(metrics["params"]), metrics=metrics, student_dir=str(spec.out_dir),
+        score=metrics["dev_metric"],  # the teacher's timing beside it: what its speed-up is over
+        metrics={**metrics, **{f"teacher_latency_b{b}_mean_ms": teacher[f"latency_b{b}_mean_ms"] for b in (1, 128)}},
+        latency_ms=metrics[f"latency_b{batch}_mean_ms"], latency_p95_ms=metrics[f"latency_b{batch}_p95_ms"],
+        params=int(metrics["params"]), student_dir=str(spec.out_dir),
         params_of_config=spec.outcome.params if spec.outcome else {}, route=spec.route,
-        speedup=speedup(metrics, teacher),
+        speedup=speedup(metrics, teacher), origin=spec.origin,
     )
 
 
@@ -411,11 +450,12 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
         "embedding_kronecker": spec.space.get("embedding_kronecker") or "",
         "origin": origin(spec.figures or {}) if spec.outcome else "small-transformer family",
         "variant": spec.variant or "", "parent_student": spec.parent.key if spec.parent else "",
+        "back_student": spec.back.key if spec.back else "",
         "runtime": c.metrics.get("runtime", "torch"),
         "seed": seeds[0] if seeds else search.get("seed", ""),
         "config_number": spec.outcome.number if spec.outcome else "",
         "metric": c.metrics["metric"], "dev_score": c.score, "test_score": c.metrics["test_metric"], "params": c.params,
-        "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_ms": c.latency_ms,
+        "flops": c.metrics.get("flops"), f"latency_b{job.budget.latency_batch}_mean_ms": c.latency_ms,
         f"latency_b{job.budget.latency_batch}_p95_ms": c.latency_p95_ms,  # what the budget reads
         "speedup": c.speedup,  # over the teacher timed beside it, the lesser of batch 1 and 128: min_speedup reads it
         "latency_hardware": c.metrics.get("hardware") or hardware_name("cpu"), "job": job.name,
@@ -425,7 +465,7 @@ def _lineage(job: JobConfig, c: Candidate, *, spec: StudentSpec, teacher_dir: Pa
 def selection_table(candidates: list[Candidate], front: list[Candidate], champion: Candidate, *,
                     latency_batch: int, metric_name: str) -> Table:
     table = Table(title="Retrained students (x teacher: times faster than the teacher, the lesser of batch 1 and 128)")
-    for col in ("student", "route", "config", f"dev {metric_name}", f"b{latency_batch} ms (p50/p95)",
+    for col in ("student", "route", "config", f"dev {metric_name}", f"b{latency_batch} ms (mean/p95)",
                 "x teacher", "params", "front"):
         table.add_column(col, justify="right" if col not in ("student", "route", "front") else "left")
     on_front = {c.key for c in front}
@@ -452,10 +492,15 @@ def _print_summary(console: Console, job: JobConfig, r: PipelineResult) -> None:
                   f"({100 * r.baseline.dev:.2f}%)" + ("" if gain > 0 else
                   "  [yellow]: this student is no better than the baseline a user would try first[/]"))
     runtime = c.metrics.get("runtime", "torch")
-    for batch in (1, 128):
-        mine, theirs = c.metrics[f"latency_b{batch}_ms"], r.teacher_latency[f"latency_b{batch}_ms"]
+    if runtime == "cascade":
+        m = c.metrics
+        console.print(f"  a cascade: {m['front']} ({100 * m['front_dev_metric']:.2f}% alone) answers, {m['back']} "
+                      f"({100 * m['back_dev_metric']:.2f}% alone) takes the {m['deferred_dev']:.1%} of dev it is least "
+                      "sure of")
+    for batch in (1, 128):  # the mean per call, as the budget reads it
+        mine, theirs = c.metrics[f"latency_b{batch}_mean_ms"], c.metrics[f"teacher_latency_b{batch}_mean_ms"]
         console.print(f"  {theirs / mine:.1f}x faster than the teacher at batch {batch} ({mine:.2f} ms vs {theirs:.2f} ms)"
-                      + ("" if runtime == "torch" else f"; the student under {runtime}, the teacher under torch"))
+                      + ("" if runtime in ("torch", "cascade") else f"; the student under {runtime}, the teacher under torch"))
     console.print(f"  {c.params / 1e6:.2f}M params ({r.teacher_params / max(c.params, 1):.1f}x smaller)")
     console.print(f"  pull it:      adaray pull {r.model_name}@champion -o student/")
     console.print(f"  MLflow UI:    {ui_command(job)}")

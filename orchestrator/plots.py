@@ -43,7 +43,7 @@ def pareto_plot(
     if teacher_latency_ms is not None:
         ax.axvline(teacher_latency_ms, ls=":", c="tab:green", lw=1, label="teacher latency")
     ax.set_xscale("log")
-    ax.set_xlabel(f"median latency, batch {latency_batch} (ms, log)")
+    ax.set_xlabel(f"mean latency per call, batch {latency_batch} (ms, log)")
     ax.set_ylabel(f"dev {metric_name} (%)")
     ax.set_title("Retrained students (marker size = parameters)")
     ax.legend(fontsize=8, loc="lower right")

@@ -36,10 +36,19 @@ class StudentSpec:
     transformer: dict | None = None  # a member of the small-transformer family; genotype and space are then empty
     variant: str | None = None  # a serving variant (workers.config.Variant) of `parent`, made by export, not training
     parent: StudentSpec | None = None
+    back: StudentSpec | None = None  # a cascade's: `parent` answers, `back` takes the texts it is least sure of
+    defer: float | None = None  # a cascade's share of search_valid's texts handed to `back`
+
+    @property
+    def origin(self) -> str:
+        """The key of the retrained student it is a runtime of (its own for a retrained one)."""
+        return self.key if self.parent is None else self.parent.origin
 
     @property
     def route(self) -> str:
         """The compression route: the Pareto plot's marker and the registry's `route` tag."""
+        if self.back is not None:
+            return f"cascade: {self.parent.route}, then {self.back.route}"
         if self.parent is not None:
             return f"{self.parent.route}, {self.variant}"
         if self.transformer is not None:
@@ -55,6 +64,8 @@ class StudentSpec:
         return self.genotype if self.transformer is None else json.dumps(self.transformer, sort_keys=True)
 
     def describe(self) -> str:
+        if self.back is not None:
+            return f"{self.parent.describe()}, then {self.back.describe()} on {self.defer:.0%}"
         if self.parent is not None:
             return f"{self.parent.describe()}, {self.variant}"
         return self.route if self.outcome is None else f"config {self.outcome.number}"
@@ -135,6 +146,32 @@ def make_variants(specs: list[StudentSpec], *, refs: DataRefs,
     for spec in specs:
         hit = (spec.out_dir / METRICS_FILE).is_file()
         results[spec.key] = make_variant(spec.parent.out_dir, spec.out_dir, variant=spec.variant,
+                                         prepared_dir=refs.prepared_dir)
+        if on_done:
+            on_done(spec, results[spec.key], hit)
+    return results
+
+
+def cascade_specs(job: JobConfig, front: StudentSpec, back: StudentSpec) -> list[StudentSpec]:
+    """`front` then `back` at each of the job's shares deferred, in folders beside the students'."""
+    specs = []
+    for defer in job.cascade.defer:
+        key = f"{front.key[:8]}-{back.key[:8]}-d{round(1000 * defer):03d}"  # d100: 10.0% of search_valid deferred
+        specs.append(StudentSpec(key, front.genotype, front.space, front.retrain, front.out_dir.with_name(key),
+                                 front.outcome, front.figures, front.transformer, variant=f"cascade-{defer:g}",
+                                 parent=front, back=back, defer=defer))
+    return specs
+
+
+def make_cascades(specs: list[StudentSpec], *, refs: DataRefs,
+                  on_done: Callable[[StudentSpec, dict, bool], None] | None = None) -> dict[str, dict]:
+    """Build each cascade of `specs` (on the driver, one at a time; kept on disk); returns {key: metrics}."""
+    from workers.cascade_student import make_cascade
+
+    results = {}
+    for spec in specs:
+        hit = (spec.out_dir / METRICS_FILE).is_file()
+        results[spec.key] = make_cascade(spec.parent.out_dir, spec.back.out_dir, spec.out_dir, defer=spec.defer,
                                          prepared_dir=refs.prepared_dir)
         if on_done:
             on_done(spec, results[spec.key], hit)

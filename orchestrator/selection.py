@@ -18,20 +18,22 @@ class Candidate:
     config_number: int | None  # the Optuna trial (configuration) it came from; None: no search (a small transformer)
     genotype: str  # JSON
     score: float  # the task's metric on dev, in [0, 1]
-    latency_ms: float  # median at the budget's batch size
+    latency_ms: float  # mean per call at the budget's batch size
     latency_p95_ms: float
     params: int
     metrics: dict = field(default_factory=dict, compare=False)
     student_dir: str = ""
     params_of_config: dict = field(default_factory=dict, compare=False)
     route: str = "cells"  # how it was compressed: "cells", "cells, rank-r table", "small transformer L2-H128-..."
-    speedup: float | None = None  # the teacher's median latency over this one's, the lesser of batch 1 and 128
+    speedup: float | None = None  # the teacher's mean latency over this one's, the lesser of batch 1 and 128
+    origin: str = ""  # the retrained student it is a runtime of (an export's parent): one model, whatever runs it
 
 
 def speedup(student: dict, teacher: dict) -> float:
     """How many times faster than the teacher, at its worse of batch 1 and batch 128: both dicts hold
-    latency_b{1,128}_ms, timed side by side."""
-    return min(teacher[f"latency_b{b}_ms"] / student[f"latency_b{b}_ms"] for b in (1, 128))
+    latency_b{1,128}_mean_ms, timed side by side. The mean per call is what a stream of texts pays when
+    calls differ in cost (a cascade's); for a model whose calls cost alike it is about the median."""
+    return min(teacher[f"latency_b{b}_mean_ms"] / student[f"latency_b{b}_mean_ms"] for b in (1, 128))
 
 
 def dominates(a: Candidate, b: Candidate) -> bool:
@@ -90,3 +92,21 @@ def pick_champion(front: list[Candidate], *, budget: BudgetConfig, teacher_score
         return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest against the teacher", False)
     pick = max(front, key=lambda c: c.score)
     return Choice(pick, f"no student meets {' and '.join(rules)}; picked the best {metric_name}", False)
+
+
+def cascade_pair(candidates: list[Candidate], *, front: Candidate) -> tuple[Candidate, Candidate] | None:
+    """(front, back) of a cascade: the back is the best dev score among the other students, each at its fastest
+    runtime (a student and its exports are one model; a cascade wants the quickest way to run it). None when no
+    other student scores above `front`: a back no better than the front only adds its cost."""
+    def model(c: Candidate) -> str:
+        return c.origin or c.key
+
+    def slowness(c: Candidate) -> tuple:  # over the teacher at both batch sizes, then at the budget's
+        return -(c.speedup or 0.0), c.latency_ms
+
+    fastest: dict[str, Candidate] = {}
+    for c in candidates:
+        if model(c) != model(front) and (model(c) not in fastest or slowness(c) < slowness(fastest[model(c)])):
+            fastest[model(c)] = c
+    backs = [c for c in fastest.values() if c.score > front.score]
+    return (front, max(backs, key=lambda c: (c.score, -c.latency_ms))) if backs else None

@@ -353,7 +353,8 @@ def pull_student(ref: str, *, dst: Path, tracking_uri: str, force: bool = False)
         found = [p for p in local.rglob(CONFIG_FILE) if is_student_folder(p.parent)]
         if not found:
             raise FileNotFoundError(f"{model_uri} holds no student folder ({CONFIG_FILE} + {WEIGHTS_FILE} or {ONNX_FILE})")
-        return deliver_files(found[0].parent, dst, force=force)
+        # The outermost: a cascade's folder holds its two students' folders
+        return deliver_files(min(found, key=lambda p: len(p.parts)).parent, dst, force=force)
 
 
 def resolve_model_uri(ref: str, *, tracking_uri: str) -> str:

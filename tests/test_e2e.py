@@ -23,7 +23,7 @@ from ray import tune
 from tiny_jobs import tiny_job
 
 from orchestrator.cli import main
-from orchestrator.config import parse_job
+from orchestrator.config import CascadeConfig, parse_job
 from orchestrator.outer_loop import open_study
 from orchestrator.pipeline import run_pipeline
 from orchestrator.tracking import Tracker
@@ -241,3 +241,37 @@ def test_turning_on_the_int8_variant_puts_every_students_export_on_the_front(fin
         assert mv.tags["parent_student"] == c.key.removesuffix("-onnx-int8")
     served = mlflow.pyfunc.load_model(f"models:/{again.model_name}/{registered[f'{job.name}/{variants_on_front[0].key}'].version}")
     assert served.predict(["a warm and funny film"])[0].label in ("fresh", "rotten")
+
+
+def test_a_cascade_of_the_budgets_pick_and_the_best_student_stands_on_the_front(finished_job, tmp_path):
+    """The job rerun with `cascade: {defer: [...]}` and a budget that picks the smallest student: each share
+    is a candidate of its own, the smallest student in front of the best of the others, scored as served,
+    timed beside the teacher, registered and served whole."""
+    job, result, _ = finished_job
+    with_cascade = job.model_copy(update={
+        "cascade": CascadeConfig(defer=[0.2, 0.6]),
+        "budget": job.budget.model_copy(update={"within_teacher_points": 100.0, "register_top": 20}),
+        "tracking": job.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})})
+    again = run_pipeline(with_cascade, progress=False)
+    singles = [c for c in again.candidates if c.metrics.get("runtime") != "cascade"]
+    assert {c.key for c in singles} == {c.key for c in result.candidates}  # cache hits
+    smallest = min(singles, key=lambda c: (c.params, -c.score))
+    cascades = [c for c in again.candidates if c.metrics.get("runtime") == "cascade"]
+    if not any(c.score > smallest.score for c in singles):
+        assert cascades == []  # a back no better than the front only adds its cost
+        return
+    assert [c.metrics["defer"] for c in cascades] == [0.2, 0.6]
+    back = max((c for c in singles if c.score > smallest.score), key=lambda c: c.score)
+    for c in cascades:
+        assert c.metrics["front"] == smallest.key and c.metrics["back_dev_metric"] == pytest.approx(back.score)
+        assert c.route.startswith(f"cascade: {smallest.route}, then ") and c.params == smallest.params + back.params
+        assert 0 < c.latency_ms and c.speedup > 0 and 0 <= c.metrics["deferred_dev"] <= 1
+    assert cascades[0].metrics["deferred_dev"] <= cascades[1].metrics["deferred_dev"]
+    on_front = [c for c in cascades if c.key in {f.key for f in again.front}]
+    tracker = Tracker(with_cascade, task_name="rotten_tomatoes")
+    registered = {v.tags["adaray.key"]: v for v in tracker.client.search_model_versions(f"name = '{again.model_name}'")}
+    for c in on_front:
+        mv = registered[f"{job.name}/{c.key}"]
+        assert mv.tags["back_student"] == c.metrics["back"] and mv.tags["runtime"] == "cascade"
+        served = mlflow.pyfunc.load_model(f"models:/{again.model_name}/{mv.version}")
+        assert served.predict(["a warm and funny film"])[0].label in ("fresh", "rotten")

@@ -17,7 +17,7 @@ from orchestrator.outer_loop import (
 )
 
 REFS = DataRefs(cache_uri="/c", prepared_dir="/p", teacher_dir="/t")
-TEACHER_TIMES = {"latency_b1_ms": 20.0, "latency_b128_ms": 1000.0}  # the teacher timed beside a student
+TEACHER_TIMES = {"latency_b1_mean_ms": 20.0, "latency_b128_mean_ms": 1000.0}  # the teacher timed beside a student
 
 
 def job(tmp_path, **outer):
@@ -54,8 +54,8 @@ def test_a_searched_embedding_rank_reaches_the_space_and_names_the_route(tmp_pat
     # Its registry tags: what it is and where it came from, with no search fields to fill.
     from orchestrator.pipeline import _candidate, _lineage
 
-    metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_ms": 1.0,
-               "latency_b1_p95_ms": 1.2, "latency_b128_ms": 100.0}
+    metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_mean_ms": 1.0,
+               "latency_b1_p95_ms": 1.2, "latency_b128_mean_ms": 100.0}
     c = _candidate(member, metrics, batch=1, teacher=TEACHER_TIMES)
     tags = _lineage(family, c, spec=member, teacher_dir=tmp_path, cache_key="c", fingerprint="f")
     assert c.config_number is None and c.route == member.route
@@ -78,8 +78,8 @@ def test_each_variant_is_a_student_of_its_own_beside_its_parent(tmp_path):
     assert int8.key == f"{member.key}-onnx-int8" and int8.out_dir == member.out_dir.parent / int8.key
     assert int8.route == f"{member.route}, onnx-int8" and fp32.route == f"{member.route}, onnx"
     assert int8.arch_json == member.arch_json and int8.parent is member
-    metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_ms": 1.0,
-               "latency_b1_p95_ms": 1.2, "latency_b128_ms": 100.0, "runtime": "onnxruntime"}
+    metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_mean_ms": 1.0,
+               "latency_b1_p95_ms": 1.2, "latency_b128_mean_ms": 100.0, "runtime": "onnxruntime"}
     tags = _lineage(j, _candidate(int8, metrics, batch=1, teacher=TEACHER_TIMES), spec=int8, teacher_dir=tmp_path, cache_key="c",
                     fingerprint="f")
     assert (tags["variant"], tags["parent_student"], tags["runtime"]) == ("onnx-int8", member.key, "onnxruntime")

@@ -52,9 +52,9 @@ def test_min_speedup_takes_the_best_student_fast_enough_at_both_batch_sizes():
 
     from orchestrator.selection import speedup
 
-    teacher = {"latency_b1_ms": 20.0, "latency_b128_ms": 1200.0}
+    teacher = {"latency_b1_mean_ms": 20.0, "latency_b128_mean_ms": 1200.0}
     figures = {"big": (2.0, 200.0), "mid": (1.5, 110.0), "small": (0.5, 40.0)}  # big: 10x at b1, 6x at b128
-    front = [replace(c, speedup=speedup({"latency_b1_ms": figures[c.key][0], "latency_b128_ms": figures[c.key][1]},
+    front = [replace(c, speedup=speedup({"latency_b1_mean_ms": figures[c.key][0], "latency_b128_mean_ms": figures[c.key][1]},
                                         teacher)) for c in pareto_front(CANDS)]
     assert [round(c.speedup, 2) for c in front] == [6.0, 10.91, 30.0]
     choice = pick_champion(front, budget=BudgetConfig(min_speedup=10), teacher_score=None)

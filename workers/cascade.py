@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids (B, T), mask (B, T)) -> logits (B, C)
+from search_space.layers import StudentOutput
+
+Logits = Callable[..., torch.Tensor]  # (ids (B, T), mask (B, T) (, ids_b, mask_b)) -> logits (B, C)
 
 
 def defer_threshold(front_probs: torch.Tensor, *, defer: float) -> float:
@@ -25,13 +27,28 @@ def defer_threshold(front_probs: torch.Tensor, *, defer: float) -> float:
     return float(torch.quantile(front_probs.max(dim=-1).values.double(), defer))
 
 
-def cascade_logits(front: Logits, back: Logits, ids: torch.Tensor, mask: torch.Tensor, *,
+def cascade_logits(front: Logits, back: Logits, *inputs: torch.Tensor | None,
                    threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (B, C), deferred (B,) bool): the front's logits where its top probability reaches
-    `threshold`, the back's where it does not. The back runs on the deferred rows only."""
-    logits = front(ids, mask)
+    `threshold`, the back's where it does not. The back runs on the deferred rows only.
+    inputs: ids (B, T), mask (B, T) (, ids_b, mask_b for pairs; None where absent)."""
+    logits = front(*inputs)
     deferred = logits.softmax(dim=-1).max(dim=-1).values < threshold
     if deferred.any():
         logits = logits.clone()
-        logits[deferred] = back(ids[deferred], mask[deferred]).to(logits.dtype)
+        logits[deferred] = back(*(x if x is None else x[deferred] for x in inputs)).to(logits.dtype)
     return logits, deferred
+
+
+class CascadeModel:
+    """Two students as one: a call takes a student's inputs and returns its output (`.logits`), as the
+    torch student and `OnnxStudent` do, so `StudentPredictor` serves it as it serves them."""
+
+    def __init__(self, front, back, *, threshold: float) -> None:
+        self.front, self.back, self.threshold = front, back, threshold
+        self.pad_id = front.pad_id  # what a predictor pads with: both read the same ids (check_pairable)
+
+    def __call__(self, *inputs: torch.Tensor | None) -> StudentOutput:
+        logits, _ = cascade_logits(lambda *x: self.front(*x).logits, lambda *x: self.back(*x).logits, *inputs,
+                                   threshold=self.threshold)
+        return StudentOutput(logits=logits)

@@ -17,7 +17,16 @@ from tokenizers import Tokenizer
 from search_space.layers import ProbedStack
 from search_space.student import student_from_config
 from workers.dataset import pad_id_lists, tokenize_ids
-from workers.student_files import CONFIG_FILE, ONNX_FILE, TOKENIZER_FILE, WEIGHTS_FILE, is_onnx_student
+from workers.student_files import (
+    BACK_DIR,
+    CONFIG_FILE,
+    FRONT_DIR,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    is_cascade_student,
+    is_onnx_student,
+)
 
 
 def save_student(model: ProbedStack, folder: str | Path, *, tokenizer_dir: str | Path, extra: dict[str, Any]) -> Path:
@@ -45,6 +54,9 @@ def load_student(folder: str | Path) -> ProbedStack:
     if is_onnx_student(folder):
         raise ValueError(f"{folder} holds a student exported for onnxruntime ({ONNX_FILE}), not torch weights: "
                          "serve it with `adaray predict`, or pull the version it was exported from")
+    if is_cascade_student(folder):
+        raise ValueError(f"{folder} holds a cascade of two students ({FRONT_DIR}/ and {BACK_DIR}/), not torch weights: "
+                         f"serve it with `adaray predict`, or name {folder / FRONT_DIR} or {folder / BACK_DIR} alone")
     if not config_path.is_file() or not weights_path.is_file():
         raise ValueError(f"{folder} is not a saved student (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     model = student_from_config(json.loads(config_path.read_text()))
@@ -54,7 +66,8 @@ def load_student(folder: str | Path) -> ProbedStack:
 
 class StudentPredictor:
     """A saved student with its tokenizer and label names: texts in, labels and probabilities out.
-    `model` is the torch student, or an exported one run by onnxruntime (`OnnxStudent`)."""
+    `model` is the torch student, an exported one run by onnxruntime (`OnnxStudent`), or a cascade of two
+    (`workers.cascade.CascadeModel`)."""
 
     def __init__(self, model, *, tokenizer, label_names: list[str], pair: bool, max_length: int,
                  exit_threshold: float = 0.0) -> None:
@@ -66,7 +79,11 @@ class StudentPredictor:
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> StudentPredictor:
         folder = Path(folder)
-        if is_onnx_student(folder):
+        if is_cascade_student(folder):
+            from workers.cascade_student import load_cascade
+
+            model, config = load_cascade(folder), json.loads((folder / CONFIG_FILE).read_text())
+        elif is_onnx_student(folder):
             from workers.onnx_export import OnnxStudent  # onnxruntime, only for a student that needs it
 
             config = json.loads((folder / CONFIG_FILE).read_text())
@@ -104,8 +121,8 @@ class StudentPredictor:
         if not 0 <= threshold <= 1:
             raise ValueError(f"exit_threshold must lie in [0, 1] (a normalised entropy), got {threshold}")
         if threshold > 0 and not isinstance(self.model, ProbedStack):
-            raise ValueError("this student is an ONNX graph, which runs the whole model: early exit needs the "
-                             "torch student it was exported from (or exit_threshold 0)")
+            raise ValueError("this student is an ONNX graph or a cascade, which runs whole models: early exit needs "
+                             "a torch student (or exit_threshold 0)")
         results = []
         for start in range(0, len(texts), batch_size):
             chunk_b = None if text_pairs is None else text_pairs[start:start + batch_size]
