@@ -5,14 +5,14 @@
 
 Fronts (default: the job's champion) and the back (default: the champion of
 `examples/rotten_tomatoes_accurate.yaml`, run in the same workspace) are saved students, torch or
-exported (`adaray pull` folders, or a run's students/KEY). The threshold is the front's top-class
-probability at the `--defer` quantile on search_valid (`workers.cascade.defer_threshold`): set by what the
-deferral may cost, never tuned on dev. Each front, the back, each cascade and the teacher are scored on
-dev and test, then timed side by side in this process (`workers.latency.side_by_side_timings`, `--repeats`
-calls at batch 1, a third at 128) on the same real dev texts in the same order, every model's inputs padded
-to the task's max_length as the pipeline times them. Every exported graph runs on one onnxruntime thread
-pool (`workers.onnx_export.share_thread_pool`), as a cascade's two graphs must share the cores. A cascade's
-cost depends on the text, so the speed-ups are of the mean per call (the median is printed too).
+exported (`adaray pull` folders, or a run's students/KEY). Each cascade is built as the job builds one
+(`workers.cascade_student.make_cascade`): the threshold is the front's top-class probability at the `--defer`
+quantile on search_valid, set by what the deferral may cost, never tuned on dev, and the scores are the
+cascade's as `predict` serves it. Then the teacher, the back, each front and each cascade are timed side by
+side as the job times them (`orchestrator.measure.time_models`, `--repeats` calls at batch 1, a third at 128,
+in a fresh process, every exported graph on one onnxruntime pool, as a cascade's two graphs must share the
+cores): a cascade on dev's texts in order, since what it costs depends on the text, so every speed-up is of
+the mean per call (the median is printed too).
 
 Ends with one JSON line of flat keys: teacher_dev, teacher_test, tfidf_dev, tfidf_test, back_dev,
 back_test, back_speedup_b{1,128}, defer, and per front i: front{i}_dev, _test, _speedup_b{1,128},
@@ -23,8 +23,8 @@ cascade{i}_dev, _test, _deferred_dev, _deferred_test, _speedup_b{1,128}, _minus_
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,23 +32,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench_job import HAND_CELL, job_and_data, print_figures  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import load_job  # noqa: E402
+from orchestrator.measure import Timeable, cascade_timeable, student_timeable, teacher_timeable, time_models  # noqa: E402
 from search_space.config import TransformerConfig  # noqa: E402
-from workers.cascade import cascade_logits, defer_threshold  # noqa: E402
-from workers.dataset import load_split, teacher_inputs  # noqa: E402
-from workers.latency import hardware_name, pinned_threads, side_by_side_timings  # noqa: E402
-from workers.metrics import task_score  # noqa: E402
-from workers.onnx_export import share_thread_pool  # noqa: E402
+from workers.cascade_student import make_cascade  # noqa: E402
+from workers.latency import hardware_name  # noqa: E402
 from workers.retrain import retrain_from_paths  # noqa: E402
-from workers.student import StudentPredictor  # noqa: E402
-from workers.student_files import CONFIG_FILE  # noqa: E402
+from workers.student_files import CONFIG_FILE, METRICS_FILE  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
 
 BACK_JOB = ROOT / "examples" / "rotten_tomatoes_accurate.yaml"
@@ -64,27 +59,6 @@ def champion_dir(job_path: str | Path) -> Path:
         raise SystemExit(f"{job_path} has no finished run in {job.run_dir}: run `adaray run {job_path}` first, "
                          "or name the student with --front / --back DIR")
     return job.run_dir / "students" / champion
-
-
-def load_logits(folder: Path):
-    """The saved student at `folder`, torch or exported, as a Logits call: (ids (B, T), mask (B, T)) -> (B, C).
-    An exported one runs on the process's one onnxruntime pool (`share_thread_pool`), as a cascade's two must."""
-    model = StudentPredictor.from_pretrained(folder).model
-    return lambda ids, mask: model(ids, mask).logits
-
-
-def padded(batch: dict, *, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A student batch's ids and mask padded to `length` columns. (B, length) each"""
-    extra = length - batch["ids_a"].shape[1]
-    return F.pad(batch["ids_a"], (0, extra), value=pad_id), F.pad(batch["mask_a"], (0, extra))
-
-
-def cascade_maker(front: Path, back: Path, *, threshold: float):
-    """Makes the cascade's call anew, on fresh sessions, for each block of the timing."""
-    def make():
-        f, g = load_logits(front), load_logits(back)
-        return lambda ids, mask: cascade_logits(f, g, ids, mask, threshold=threshold)
-    return make
 
 
 def main() -> None:
@@ -134,71 +108,26 @@ def main() -> None:
 
         fronts, back = [retrained(HAND_CELL, "front")], retrained(TransformerConfig.from_dict(QUICK_BACK), "back")
 
-    splits = {name: load_split(prepared.folder, name) for name in ("search_valid", "dev", "test")}
-    threads = torch.get_num_threads()
-    share_thread_pool(threads)  # before the first session: every graph here runs on one pool of `threads`
+    built = job.run_dir / "bench-cascade" / "cascades"  # scratch: rebuilt each run, at this --defer
+    shutil.rmtree(built, ignore_errors=True)
+    rows = {"back": json.loads((back / METRICS_FILE).read_text())}
+    for i, front in enumerate(fronts):  # the job's own build: threshold on search_valid, scored as served
+        rows[f"front{i}"] = json.loads((front / METRICS_FILE).read_text())
+        rows[f"cascade{i}"] = make_cascade(front, back, built / f"cascade{i}", defer=args.defer,
+                                           prepared_dir=prepared.folder)
+    rows = {name: {"dev": r["dev_metric"], "test": r["test_metric"],
+                   **({"threshold": r["threshold"], "deferred_dev": r["deferred_dev"], "deferred_test": r["deferred_test"]}
+                      if "threshold" in r else {})} for name, r in rows.items()}
 
-    @torch.inference_mode()
-    def outputs(logits, split) -> torch.Tensor:  # (N, C) probabilities
-        return torch.cat([logits(b["ids_a"], b["mask_a"]).softmax(-1) for b in split.batches(batch_size=128)])
-
-    def score(predictions: torch.Tensor, split) -> float:
-        return task_score(predictions, split.labels, num_labels=meta.num_labels, metric=meta.metric)
-
-    back_fn = load_logits(back)
-    rows = {"back": {n: score(outputs(back_fn, splits[n]).argmax(-1), splits[n]) for n in ("dev", "test")}}
-    thresholds = []
-    for i, front in enumerate(fronts):
-        front_fn = load_logits(front)
-        p = {n: outputs(front_fn, s) for n, s in splits.items()}
-        threshold = defer_threshold(p["search_valid"], defer=args.defer)
-        thresholds.append(threshold)
-        rows[f"front{i}"] = {n: score(p[n].argmax(-1), splits[n]) for n in ("dev", "test")}
-        rows[f"cascade{i}"] = {"threshold": threshold}
-        for n in ("dev", "test"):
-            with torch.inference_mode():
-                routed = [cascade_logits(front_fn, back_fn, b["ids_a"], b["mask_a"], threshold=threshold)
-                          for b in splits[n].batches(batch_size=128)]
-            rows[f"cascade{i}"] |= {n: score(torch.cat([lg for lg, _ in routed]).argmax(-1), splits[n]),
-                                    f"deferred_{n}": float(torch.cat([d for _, d in routed]).float().mean())}
-        del front_fn
-    del back_fn  # an onnxruntime session left alive spins beside the models timed below
-
-    console.print("timing the teacher, the back, each front and each cascade side by side on dev's texts ...")
-    dev, length = splits["dev"], meta.max_length
-    batches = {b: [dev.batch(torch.arange(s, s + b) % len(dev)) for s in range(0, len(dev), b)] for b in (1, 128)}
-    special = {"cls_id": meta.cls_id, "sep_id": meta.sep_id, "pad_id": meta.pad_id}
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    with pinned_threads(threads):
-        teacher_model = AutoModelForSequenceClassification.from_pretrained(str(teacher.dir)).eval()
-
-        def teacher_feed(batch: dict) -> dict:
-            inputs = teacher_inputs(batch, **special)
-            extra = length - inputs["input_ids"].shape[1]
-            return {k: F.pad(v, (0, extra), value=meta.pad_id if k == "input_ids" else 0) for k, v in inputs.items()}
-
-        student_args = {b: [padded(x, length=length, pad_id=meta.pad_id) for x in xs] for b, xs in batches.items()}
-        args_of = {"teacher": {b: [(teacher_feed(x),) for x in xs] for b, xs in batches.items()}}
-        # Each call made anew in each block (an onnxruntime session left alive spins beside the next model).
-        makers = {"teacher": lambda: (lambda feed: teacher_model(**feed)), "back": lambda: load_logits(back)}
-        for i, front in enumerate(fronts):
-            makers[f"front{i}"] = lambda front=front: load_logits(front)
-            makers[f"cascade{i}"] = cascade_maker(front, back, threshold=thresholds[i])
-        # Every model reads the same texts in the same order, each through its own cycle.
-        rounds = {name: {b: itertools.cycle(xs) for b, xs in args_of.get(name, student_args).items()}
-                  for name in makers}
-
-        def call_at(name: str):
-            def at(batch: int):
-                fn, texts = makers[name](), rounds[name][batch]
-                return lambda: fn(*next(texts))
-            return at
-
-        timed = side_by_side_timings({name: call_at(name) for name in rounds}, repeats=args.repeats)
+    console.print("timing the teacher, the back, each front and each cascade side by side ...")
+    length, scratch = meta.max_length, built / "timings"
+    models = {"teacher": teacher_timeable(teacher.dir, seq_len=length, cache_dir=scratch),
+              "back": Timeable(scratch / "back.json", student_timeable(back, seq_len=length).load)}
+    for i, front in enumerate(fronts):  # fresh figures: scratch caches, every graph on one pool (a cascade's must)
+        models[f"front{i}"] = Timeable(scratch / f"front{i}.json", student_timeable(front, seq_len=length).load)
+        models[f"cascade{i}"] = cascade_timeable(built / f"cascade{i}", seq_len=length, prepared_dir=prepared.folder)
+    timed = time_models(models, seq_len=length, repeats=args.repeats)
+    threads = timed["teacher"]["threads"]
 
     t_scores, tfidf, t = teacher_scores(teacher.dir, prepared.folder), tfidf_logreg(prepared.folder), timed["teacher"]
     out = {"quick": args.quick, "metric": meta.metric, "defer": args.defer, "repeats": args.repeats,
@@ -211,7 +140,7 @@ def main() -> None:
                 "speed-up b1 / b128"):
         table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
     table.add_row("TF-IDF + LR", f"{tfidf.dev:.4f}", f"{tfidf.test:.4f}", "", "", "", "")
-    for name in rounds:
+    for name in models:
         r, f = rows.get(name, {"dev": out["teacher_dev"], "test": out["teacher_test"]}), timed[name]
         for b in (1, 128):
             out[f"{name}_speedup_b{b}"] = t[f"latency_b{b}_mean_ms"] / f[f"latency_b{b}_mean_ms"]

@@ -2,17 +2,20 @@
 
     python bench/student.py [--job examples/rotten_tomatoes.yaml] [--quick]
 
-Runs the job (after `make demo` every stage is a cache hit and this takes about a minute; like any
+Runs the job (after `make demo` every stage is a cache hit and this takes a few minutes; like any
 rerun of a job, it registers its pick again) and takes its champion: a searched cell, a small
-transformer or an int8 graph, whichever the job's budget picked. Then it times, in turns at the
-task's max_length (`orchestrator.measure.time_models`): the teacher, the champion, the champion's
-other runtime (the torch parent of a graph, or the fp32 ONNX export of a torch student), the
-teacher as a user would first speed it up (exported to onnxruntime, int8 by the students'
-quantiser; latency only) and a BERT-base-shaped model (BertConfig() defaults, random weights:
-latency only). Ends with one JSON
-line of flat keys; `student_*` is the champion as registered, `student_ort_*` its onnxruntime graph.
-`--quick` runs one tiny round on a slice to exercise the whole path in a few minutes; its accuracies
-are printed as null (not comparable). Figures, not tests: nothing here asserts a speed.
+transformer, an int8 graph or a cascade, whichever the job's budget picked. Then it times, in turns at
+the task's max_length (`orchestrator.measure.time_models`): the teacher, the champion, the champion's
+other runtime (the torch parent of a graph, or the fp32 ONNX export of a torch student; for a cascade,
+its front's two) and the teacher as a user would first speed it up (exported to onnxruntime, int8 by the
+students' quantiser; latency only). A BERT-base-shaped model (BertConfig() defaults, random weights:
+latency only) is timed beside the teacher in a second, shorter round (a batch of 128 takes it seconds):
+its ratios to the champion go through the teacher timed in both. Every figure is the mean per call, as
+the job's budget reads it; a cascade is called on dev's texts in order (its cost depends on the text).
+Ends with one JSON line of flat keys; `student_*` is the champion as registered, `student_ort_*` its
+onnxruntime graph (a cascade's: its front's). `--quick` runs one tiny round on a slice to exercise the
+whole path in a few minutes; its accuracies are printed as null (not comparable). Figures, not tests:
+nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -36,20 +39,22 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 from bench_job import job_and_data, quick_pipeline_job  # noqa: E402
 from orchestrator.measure import (  # noqa: E402
     Timeable,
+    cascade_timeable,
     student_timeable,
     teacher_timeable,
     time_models,
     torch_timeable,
 )
-from orchestrator.pipeline import run_pipeline  # noqa: E402
+from orchestrator.pipeline import CASCADE_REPEATS, run_pipeline  # noqa: E402
 from workers.latency import hardware_name  # noqa: E402
 from workers.metrics import METRIC_NAMES  # noqa: E402
 from workers.onnx_export import export_module, export_onnx, onnx_call_at, quantize_int8  # noqa: E402
-from workers.student_files import is_onnx_student  # noqa: E402
+from workers.student_files import METRICS_FILE, is_cascade_student, is_onnx_student  # noqa: E402
 
-# Timed calls at batch 1 (batch 128 gets a third, at least 5: workers.latency.timing_plan); a BERT-base
-# batch of 128 takes seconds on a laptop CPU.
-REPEATS = {"full": 30, "quick": 5}
+# Timed calls at batch 1 (batch 128 gets a third, at least 5: workers.latency.timing_plan): the champion's round
+# as the job times its cascades (orchestrator.pipeline.CASCADE_REPEATS), BERT-base's shorter.
+REPEATS = {"full": CASCADE_REPEATS, "quick": 5}
+BERT_REPEATS = {"full": 30, "quick": 5}
 
 
 class _TeacherLogits(torch.nn.Module):
@@ -98,28 +103,42 @@ def main() -> None:
     champion = run_pipeline(job, progress=False, console=Console(stderr=True, quiet=True)).champion
     console.print(f"champion: {champion.key} ({champion.route}), dev {champion.score:.4f}")
     champion_dir = Path(champion.student_dir)
-    as_registered = "student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch"
+    cascade = is_cascade_student(champion_dir)
+    as_registered = "student_cascade" if cascade else (
+        "student_onnxruntime" if is_onnx_student(champion_dir) else "student_torch")
     with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:  # exports and fresh timings
         scratch = Path(tmp)
-        if as_registered == "student_onnxruntime":  # the other runtime: the graph's torch parent, `<parent key>-<variant>`'s
-            parent = champion.key.removesuffix(f"-{champion.metrics['variant']}")
-            torch_dir, ort_dir = champion_dir.with_name(parent), champion_dir
+        # The other runtimes: a graph's torch parent (`<parent key>-<variant>`), a torch student's fp32 export;
+        # a cascade's front's (its folder names the front it was made of, beside it in the run's students/).
+        runs_as = champion_dir.with_name(champion.metrics["front"]) if cascade else champion_dir
+        if is_onnx_student(runs_as):
+            variant = json.loads((runs_as / METRICS_FILE).read_text())["variant"]
+            torch_dir, ort_dir = runs_as.with_name(runs_as.name.removesuffix(f"-{variant}")), runs_as
         else:
-            torch_dir, ort_dir = champion_dir, export_onnx(champion_dir, scratch / "onnx")
+            torch_dir, ort_dir = runs_as, export_onnx(runs_as, scratch / "onnx")
 
         # All in turns on the same CPU, same length, plan and threads; fresh figures (scratch caches).
-        repeats = REPEATS["quick" if args.quick else "full"]
+        size = "quick" if args.quick else "full"
         seq, labels = meta.max_length, meta.num_labels
         models = {"teacher": teacher_timeable(teacher.dir, seq_len=seq, cache_dir=scratch),
                   "student_torch": Timeable(scratch / "torch.json", student_timeable(torch_dir, seq_len=seq).load),
                   "student_onnxruntime": Timeable(scratch / "ort.json", student_timeable(ort_dir, seq_len=seq).load),
-                  "teacher_int8": teacher_graph(teacher.dir, scratch / "teacher", seq_len=seq),
-                  "bert_base": torch_timeable(partial(_bert_base, labels),
-                                          scratch / "bert.json", seq_len=seq)}
+                  "teacher_int8": teacher_graph(teacher.dir, scratch / "teacher", seq_len=seq)}
+        if cascade:
+            timeable = cascade_timeable(champion_dir, seq_len=seq, prepared_dir=prepared.folder)
+            models["student_cascade"] = Timeable(scratch / "cascade.json", timeable.load, shared_pool=True)
         console.print(f"timing {', '.join(models)} side by side ...")
-        timed = time_models(models, seq_len=seq, repeats=repeats)
-    figures = {name: {"params": f["params"], 1: f["latency_b1_ms"], 128: f["latency_b128_ms"]}
+        timed = time_models(models, seq_len=seq, repeats=REPEATS[size])
+        console.print("timing the teacher and BERT-base side by side ...")
+        beside = time_models({"teacher": teacher_timeable(teacher.dir, seq_len=seq, cache_dir=scratch / "bert"),
+                              "bert_base": torch_timeable(partial(_bert_base, labels), scratch / "bert.json",
+                                                          seq_len=seq)}, seq_len=seq, repeats=BERT_REPEATS[size])
+    figures = {name: {"params": f["params"], 1: f["latency_b1_mean_ms"], 128: f["latency_b128_mean_ms"]}
                for name, f in timed.items()}
+    # BERT-base in the champion round's terms: its time over the teacher's beside it, times the teacher's there
+    figures["bert_base"] = {"params": beside["bert_base"]["params"], **{
+        b: beside["bert_base"][f"latency_b{b}_mean_ms"] / beside["teacher"][f"latency_b{b}_mean_ms"] * figures["teacher"][b]
+        for b in (1, 128)}}
     figures["student"] = figures[as_registered]
     ort, torch_s = figures["student_onnxruntime"], figures["student_torch"]
 
@@ -159,7 +178,7 @@ def main() -> None:
     for column in ("model", f"dev {METRIC_NAMES[meta.metric]}", "params", "b1 ms", "b128 ms", "student speed-up b1 / b128"):
         table.add_column(column, justify="left" if column == "model" else "right")
     accs = {"teacher": teacher_acc, "teacher_int8": None, "student_torch": None, "student_onnxruntime": None,
-            "bert_base": None}
+            "bert_base": None, **({"student_cascade": None} if cascade else {})}
     accs[as_registered] = student_acc
     for name in accs:
         f, acc = figures[name], accs[name]

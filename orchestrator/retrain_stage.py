@@ -137,19 +137,25 @@ def variant_specs(job: JobConfig, parents: list[StudentSpec]) -> list[StudentSpe
             for p in parents for v in job.variants]
 
 
-def make_variants(specs: list[StudentSpec], *, refs: DataRefs,
-                  on_done: Callable[[StudentSpec, dict, bool], None] | None = None) -> dict[str, dict]:
-    """Export each variant of `specs` (on the driver, one at a time; kept on disk); returns {key: metrics}."""
-    from workers.variants import make_variant
-
+def _made_on_driver(specs: list[StudentSpec], make: Callable[[StudentSpec], dict],
+                    on_done: Callable[[StudentSpec, dict, bool], None] | None) -> dict[str, dict]:
+    """`make(spec)` for each of `specs` on the driver, one at a time (kept on disk); returns {key: metrics}."""
     results = {}
     for spec in specs:
         hit = (spec.out_dir / METRICS_FILE).is_file()
-        results[spec.key] = make_variant(spec.parent.out_dir, spec.out_dir, variant=spec.variant,
-                                         prepared_dir=refs.prepared_dir)
+        results[spec.key] = make(spec)
         if on_done:
             on_done(spec, results[spec.key], hit)
     return results
+
+
+def make_variants(specs: list[StudentSpec], *, refs: DataRefs,
+                  on_done: Callable[[StudentSpec, dict, bool], None] | None = None) -> dict[str, dict]:
+    """Export each variant of `specs`; returns {key: metrics}."""
+    from workers.variants import make_variant
+
+    return _made_on_driver(specs, lambda spec: make_variant(spec.parent.out_dir, spec.out_dir, variant=spec.variant,
+                                                            prepared_dir=refs.prepared_dir), on_done)
 
 
 def cascade_specs(job: JobConfig, front: StudentSpec, back: StudentSpec) -> list[StudentSpec]:
@@ -165,17 +171,11 @@ def cascade_specs(job: JobConfig, front: StudentSpec, back: StudentSpec) -> list
 
 def make_cascades(specs: list[StudentSpec], *, refs: DataRefs,
                   on_done: Callable[[StudentSpec, dict, bool], None] | None = None) -> dict[str, dict]:
-    """Build each cascade of `specs` (on the driver, one at a time; kept on disk); returns {key: metrics}."""
+    """Build each cascade of `specs`; returns {key: metrics}."""
     from workers.cascade_student import make_cascade
 
-    results = {}
-    for spec in specs:
-        hit = (spec.out_dir / METRICS_FILE).is_file()
-        results[spec.key] = make_cascade(spec.parent.out_dir, spec.back.out_dir, spec.out_dir, defer=spec.defer,
-                                         prepared_dir=refs.prepared_dir)
-        if on_done:
-            on_done(spec, results[spec.key], hit)
-    return results
+    return _made_on_driver(specs, lambda spec: make_cascade(spec.parent.out_dir, spec.back.out_dir, spec.out_dir,
+                                                            defer=spec.defer, prepared_dir=refs.prepared_dir), on_done)
 
 
 def _retrain_remote(spec: dict) -> dict:

@@ -11,6 +11,7 @@ from test_onnx_export import GENOTYPE, TRANSFORMER
 from test_variants import _retrained
 from tiny_jobs import tiny_job
 
+from orchestrator.cli import main
 from orchestrator.config import parse_job
 from orchestrator.measure import cascade_timeable, time_models
 from orchestrator.tracking import Tracker, pull_student
@@ -102,7 +103,7 @@ def test_a_cascade_is_timed_on_real_texts_by_the_mean_per_call(tmp_path, pair):
         assert 0 < timed[f"latency_b{b}_ms"] <= timed[f"latency_b{b}_p95_ms"] and timed[f"latency_b{b}_mean_ms"] > 0
 
 
-def test_a_registered_cascade_is_pulled_whole_and_served(tmp_path, pair):
+def test_a_registered_cascade_is_pulled_whole_and_served(tmp_path, pair, capsys):
     prepared, front, back = pair
     cascade = tmp_path / "cascade"
     make_cascade(front, back, cascade, defer=0.5, prepared_dir=prepared)
@@ -118,3 +119,5 @@ def test_a_registered_cascade_is_pulled_whole_and_served(tmp_path, pair):
     assert [r.label for r in served] == [r["label"] for r in local]
     with pytest.raises(ValueError, match="holds a cascade"):
         load_student(pulled)
+    assert main(["export", str(pulled), "-o", str(tmp_path / "onnx"), "--onnx"]) == 2  # one line, nothing written
+    assert "holds a cascade of two students" in capsys.readouterr().err and not (tmp_path / "onnx").exists()

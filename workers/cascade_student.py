@@ -20,7 +20,7 @@ import torch
 from workers.cascade import CascadeModel, defer_threshold
 from workers.dataset import load_split, read_meta
 from workers.local_files import publish_dir
-from workers.metrics import classification_scores
+from workers.metrics import classification_scores, split_scores
 from workers.student_files import BACK_DIR, CASCADE_KEY, CONFIG_FILE, FRONT_DIR, METRICS_FILE, TOKENIZER_FILE
 
 SERVED_BATCH = 64  # predict's default batch: an int8 graph's answer can depend on the rows batched with it
@@ -78,8 +78,8 @@ def make_cascade(front_dir: str | Path, back_dir: str | Path, out_dir: str | Pat
         probs = _probabilities(cascade, split)
         got = classification_scores(probs.argmax(-1), split.labels, num_labels=meta.num_labels)
         front_probs = _probabilities(front, split)
-        scores |= {f"{name}_acc": got["accuracy"], f"{name}_f1_macro": got["f1_macro"], f"{name}_metric": got[meta.metric],
-                   f"deferred_{name}": float((front_probs.max(-1).values < threshold).float().mean())}
+        scores |= split_scores(name, got, metric=meta.metric)
+        scores[f"deferred_{name}"] = float((front_probs.max(-1).values < threshold).float().mean())
     parts = {part: json.loads((d / METRICS_FILE).read_text()) for part, d in ((FRONT_DIR, front_dir), (BACK_DIR, back_dir))}
     front_config = json.loads((front_dir / CONFIG_FILE).read_text())
     config = {**{k: front_config[k] for k in _SERVING_KEYS if k in front_config}, "exit_threshold": 0.0,

@@ -20,6 +20,12 @@ def classification_scores(predictions: torch.Tensor, labels: torch.Tensor, *, nu
     return {"accuracy": accuracy, "f1_macro": sum(f1s) / num_labels}
 
 
+def split_scores(split: str, scores: dict[str, float], *, metric: str) -> dict[str, float]:
+    """A split's `classification_scores` as a student's metrics.json holds them: {split}_acc, _f1_macro and
+    _metric (the task's one score)."""
+    return {f"{split}_acc": scores["accuracy"], f"{split}_f1_macro": scores["f1_macro"], f"{split}_metric": scores[metric]}
+
+
 def task_score(predictions: torch.Tensor, labels: torch.Tensor, *, num_labels: int, metric: str) -> float:
     """The one score of a task, `metric` of METRICS."""
     if metric not in METRICS:

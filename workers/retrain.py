@@ -33,7 +33,7 @@ from workers.dataset import PreparedMeta, TargetSplit
 from workers.early_exit import exit_curve, pick_threshold
 from workers.local_files import publish_dir
 from workers.losses import adabert_loss, gold_ce, kd_loss
-from workers.metrics import classification_scores
+from workers.metrics import classification_scores, split_scores
 from workers.search_data import sample_rows
 from workers.splits import NO_LABEL
 from workers.student import save_student
@@ -168,13 +168,9 @@ def retrain(
     test_scores = evaluate(model, test, batch_size=2 * cfg.batch_size, device=device)
     flops = student_flops(model, seq_len=meta.max_length)
     metrics: dict[str, Any] = {
-        "dev_acc": dev_scores["accuracy"],
-        "dev_f1_macro": dev_scores["f1_macro"],
-        "test_acc": test_scores["accuracy"],
-        "test_f1_macro": test_scores["f1_macro"],
+        **split_scores("dev", dev_scores, metric=meta.metric),
+        **split_scores("test", test_scores, metric=meta.metric),
         "metric": meta.metric,
-        "dev_metric": dev_scores[meta.metric],
-        "test_metric": test_scores[meta.metric],
         "params": sum(p.numel() for p in model.parameters()),
         "vocab_rows": model.embedding.table.num_embeddings,  # the task vocabulary's size, or the tokenizer's
         **full_vocab,  # dev/test before the table shrank: what the task vocabulary cost

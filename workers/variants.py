@@ -17,7 +17,7 @@ from typing import Any
 from workers.config import Variant
 from workers.dataset import load_split, read_meta
 from workers.local_files import publish_dir
-from workers.metrics import classification_scores
+from workers.metrics import classification_scores, split_scores
 from workers.onnx_export import EXPORT_REPORT, ONNX_FILE, export_onnx, onnx_predictions
 from workers.student_files import CONFIG_FILE, METRICS_FILE
 
@@ -47,8 +47,7 @@ def make_variant(student_dir: str | Path, out_dir: str | Path, *, variant: str, 
             split = load_split(prepared_dir, name)
             got = classification_scores(onnx_predictions(folder / ONNX_FILE, split), split.labels,
                                         num_labels=meta.num_labels)
-            scores.update({f"{name}_acc": got["accuracy"], f"{name}_f1_macro": got["f1_macro"],
-                           f"{name}_metric": got[meta.metric]})
+            scores |= split_scores(name, got, metric=meta.metric)
         config = json.loads((folder / CONFIG_FILE).read_text())
         (folder / CONFIG_FILE).write_text(json.dumps({**config, "exit_threshold": 0.0, "variant": variant}, indent=2))
         report = json.loads((folder / EXPORT_REPORT).read_text())
