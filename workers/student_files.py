@@ -25,8 +25,12 @@ def is_onnx_student(folder: str | Path) -> bool:
 def is_cascade_student(folder: str | Path) -> bool:
     """Whether `folder` holds a cascade: a config of its own and its front and back students."""
     folder = Path(folder)
-    return ((folder / CONFIG_FILE).is_file() and CASCADE_KEY in json.loads((folder / CONFIG_FILE).read_text())
-            and all(is_student_folder(folder / part) for part in (FRONT_DIR, BACK_DIR)))
+    if not ((folder / CONFIG_FILE).is_file() and all(is_student_folder(folder / part) for part in (FRONT_DIR, BACK_DIR))):
+        return False
+    try:
+        return CASCADE_KEY in json.loads((folder / CONFIG_FILE).read_text())
+    except ValueError:  # a config.json that is not JSON: not a cascade adaray wrote
+        return False
 
 
 def is_student_folder(folder: str | Path) -> bool:
