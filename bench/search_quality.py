@@ -3,7 +3,7 @@
     python bench/search_quality.py [--job examples/rotten_tomatoes.yaml] [--quick] [--seeds 3]
 
 On the job's data (prepare → teacher → cache: cache hits when done), on the same splits; every arm is the job's
-torch cells under the job's latency cap (`cells_only`):
+torch cells under the job's p95 cap, or 5 ms where it has none (`cells_only`):
 
   1. the teacher;
   2. TF-IDF + logistic regression (orchestrator/baselines.py);
