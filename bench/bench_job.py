@@ -19,6 +19,10 @@ HAND_CELL = Genotype(depth=3, nodes=(
 ))
 
 
+# The quick runs' small transformer: the teacher's bottom layer, one epoch (members, a cascade's back)
+QUICK_MEMBER = {"layers": 1, "hidden": 384, "heads": 12, "ffn": 1536, "init": "teacher", "epochs": 1}
+
+
 def quick_job(job: JobConfig) -> JobConfig:
     """A tiny slice, one teacher epoch, no augmentation; both benches use it, so they share a teacher
     and a cache."""

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench_job import HAND_CELL, job_and_data, print_figures  # noqa: E402
+from bench_job import HAND_CELL, QUICK_MEMBER, job_and_data, print_figures  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import load_job  # noqa: E402
 from orchestrator.measure import Timeable, cascade_timeable, student_timeable, teacher_timeable, time_models  # noqa: E402
@@ -47,7 +47,6 @@ from workers.student_files import CONFIG_FILE, METRICS_FILE  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
 
 BACK_JOB = ROOT / "examples" / "rotten_tomatoes_accurate.yaml"
-QUICK_BACK = {"layers": 1, "hidden": 384, "heads": 12, "ffn": 1536, "init": "teacher", "epochs": 1}
 
 
 def champion_dir(job_path: str | Path) -> Path:
@@ -106,7 +105,7 @@ def main() -> None:
                                       prepared_dir=prepared.folder, teacher_dir=teacher.dir, out_dir=out / name
                                       ).student_dir
 
-        fronts, back = [retrained(HAND_CELL, "front")], retrained(TransformerConfig.from_dict(QUICK_BACK), "back")
+        fronts, back = [retrained(HAND_CELL, "front")], retrained(TransformerConfig.from_dict(QUICK_MEMBER), "back")
 
     built = job.run_dir / "bench-cascade" / "cascades"  # scratch: rebuilt each run, at this --defer
     shutil.rmtree(built, ignore_errors=True)

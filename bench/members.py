@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench_job import job_and_data, print_figures  # noqa: E402
+from bench_job import QUICK_MEMBER, job_and_data, print_figures  # noqa: E402
 from cluster.connect import shutdown_if_owned  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import load_job  # noqa: E402
@@ -40,8 +40,6 @@ from orchestrator.retrain_stage import make_variants, retrain_students, transfor
 from search_space.config import TransformerConfig  # noqa: E402
 from workers.latency import hardware_name  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
-
-QUICK_MEMBER = {"layers": 1, "hidden": 384, "heads": 12, "ffn": 1536, "init": "teacher", "epochs": 1}
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench_job import HAND_CELL, job_and_data, print_figures, quick_pipeline_job  # noqa: E402
+from bench_job import HAND_CELL, QUICK_MEMBER, job_and_data, print_figures, quick_pipeline_job  # noqa: E402
 from cluster.connect import ensure_ray, shutdown_if_owned  # noqa: E402
 from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import CascadeConfig, JobConfig  # noqa: E402
@@ -75,7 +75,6 @@ from workers.splits import NO_LABEL  # noqa: E402
 from workers.student_files import METRICS_FILE  # noqa: E402
 from workers.teacher import teacher_scores  # noqa: E402
 
-QUICK_MEMBER = {"layers": 1, "hidden": 384, "heads": 12, "ffn": 1536, "init": "teacher", "epochs": 1}
 BETAS = (0.02, 0.1, 0.3)  # the job's range: 0.5 and up derive parameter-free cells (issue 11 notes)
 CELLS_P95_MS = 5.0  # the rows' latency cap, as every run of this bench before 2026-12-06 had it from the demo
 RESEEDS = 3  # the screen's noise: retrains at retrain.seed + 1..RESEEDS beside the screen's own (1 in --quick)
@@ -258,7 +257,7 @@ def screen_noise(job: JobConfig, *, refs: DataRefs, cache_key: str, reseeds: int
 
 
 def shipped(job: JobConfig, picks: dict[str, list[dict]], *, refs: DataRefs, cache_key: str,
-            teacher_dir: Path) -> dict[str, list[dict]]:
+            teacher_dir: Path, teacher_dev: float) -> dict[str, list[dict]]:
     """Each arm's pick at each seed as the job ships it: its int8 graph, and cascades of that graph in front of
     the job's first small transformer (retrained once, as its int8 graph) at each of job.cascade.defer, built and
     timed beside the teacher as the job builds and times them; the job's own budget (min_speedup included) takes
@@ -267,9 +266,10 @@ def shipped(job: JobConfig, picks: dict[str, list[dict]], *, refs: DataRefs, cac
     from orchestrator.pipeline import CASCADE_REPEATS
     from orchestrator.retrain_stage import make_cascades, make_variants, transformer_specs, variant_specs
 
+    as_int8 = job.model_copy(update={"variants": ["onnx-int8"]})
     member = transformer_specs(job, cache_key=cache_key)[0]
     retrain_students(job, [member], refs=refs)
-    back = variant_specs(job.model_copy(update={"variants": ["onnx-int8"]}), [member])[0]
+    back = variant_specs(as_int8, [member])[0]
     make_variants([back], refs=refs)
     shutdown_if_owned()  # timed without Ray's daemons beside them
     out = job.run_dir / "shipped"
@@ -278,7 +278,7 @@ def shipped(job: JobConfig, picks: dict[str, list[dict]], *, refs: DataRefs, cac
         for seed, row in enumerate(rows):
             key = f"{arm}-seed{seed}"  # the arm's pick as a spec of its own: its folder is the bench's
             pick = StudentSpec(key, row["genotype"], job.space.to_dict(), job.retrain, Path(row["dir"]))
-            graph = variant_specs(job.model_copy(update={"variants": ["onnx-int8"]}), [pick])[0]
+            graph = variant_specs(as_int8, [pick])[0]
             graph = replace(graph, out_dir=out / graph.key)
             metrics |= make_variants([graph], refs=refs)
             cascades = [replace(c, key=f"{key}-{c.key.rsplit('-', 1)[-1]}", out_dir=out / f"{key}-{c.key.rsplit('-', 1)[-1]}")
@@ -294,19 +294,12 @@ def shipped(job: JobConfig, picks: dict[str, list[dict]], *, refs: DataRefs, cac
     result: dict[str, list[dict]] = {arm: [] for arm in picks}
     for arm, rows in picks.items():
         for seed in range(len(rows)):
-            mine = [spec for a, s_, spec in specs if a == arm and s_ == seed]
-            candidates = [Candidate(key=spec.key, config_number=None, genotype=spec.genotype,
-                                    score=metrics[spec.key]["dev_metric"],
-                                    latency_ms=timed[spec.key][f"latency_b{job.budget.latency_batch}_mean_ms"],
-                                    latency_p95_ms=timed[spec.key][f"latency_b{job.budget.latency_batch}_p95_ms"],
-                                    params=int(metrics[spec.key]["params"]), speedup=speedup(timed[spec.key], teacher))
-                          for spec in mine]
-            choice = pick_champion(pareto_front(candidates), budget=job.budget, teacher_score=None)
-            c = choice.champion
-            result[arm].append({"dev": c.score, "test": metrics[c.key]["test_metric"], "params": c.params,
-                                "defer": metrics[c.key].get("defer", 0.0), "met_budget": choice.met_budget,
-                                **{f"speedup_b{b}": teacher[f"latency_b{b}_mean_ms"] / timed[c.key][f"latency_b{b}_mean_ms"]
-                                   for b in (1, 128)}})
+            mine = [{"dev": metrics[spec.key]["dev_metric"], "test": metrics[spec.key]["test_metric"],
+                     "params": metrics[spec.key]["params"], "genotype": spec.genotype, "timing": timed[spec.key],
+                     "defer": spec.defer or 0.0} for a, s_, spec in specs if a == arm and s_ == seed]
+            pick = budget_pick(job, mine, teacher={"dev": teacher_dev, **teacher})  # the rule rows 3-5 use
+            result[arm].append({**pick, **{f"speedup_b{b}": teacher[f"latency_b{b}_mean_ms"]
+                                           / pick["timing"][f"latency_b{b}_mean_ms"] for b in (1, 128)}})
     return result
 
 
@@ -372,7 +365,8 @@ def main() -> None:
     if full.small_transformers and full.cascade.defer:
         console.print(f"[bold]9[/] each arm's pick as the job ships it: int8, or a cascade in front of "
                       f"{full.small_transformers[0].name} at {full.cascade.defer}, the budget's choice")
-        ships = shipped(full, arms, refs=refs, cache_key=cache.key, teacher_dir=teacher.dir)
+        ships = shipped(full, arms, refs=refs, cache_key=cache.key, teacher_dir=teacher.dir,
+                        teacher_dev=teacher_row["dev"])
     table = Table(title=f"{meta.task}: dev/test {meta.metric}, {hardware_name('cpu')}, max_length {meta.max_length}")
     for col in ("arm", "dev", "test", "params", "b1 ms", "b128 ms", "CPU-s"):
         table.add_column(col, justify="left" if col == "arm" else "right")

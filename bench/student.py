@@ -25,6 +25,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -125,8 +126,8 @@ def main() -> None:
                   "student_onnxruntime": Timeable(scratch / "ort.json", student_timeable(ort_dir, seq_len=seq).load),
                   "teacher_int8": teacher_graph(teacher.dir, scratch / "teacher", seq_len=seq)}
         if cascade:
-            timeable = cascade_timeable(champion_dir, seq_len=seq, prepared_dir=prepared.folder)
-            models["student_cascade"] = Timeable(scratch / "cascade.json", timeable.load, shared_pool=True)
+            models["student_cascade"] = replace(cascade_timeable(champion_dir, seq_len=seq, prepared_dir=prepared.folder),
+                                                cache=scratch / "cascade.json")
         console.print(f"timing {', '.join(models)} side by side ...")
         timed = time_models(models, seq_len=seq, repeats=REPEATS[size])
         console.print("timing the teacher and BERT-base side by side ...")

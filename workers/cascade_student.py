@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from workers.cascade import CascadeModel, defer_threshold
+from workers.cascade import CascadeModel, cascade_logits, defer_threshold
 from workers.dataset import load_split, read_meta
 from workers.local_files import publish_dir
 from workers.metrics import classification_scores, split_scores
@@ -52,11 +52,22 @@ def check_pairable(front_dir: Path, back_dir: Path) -> None:
                          "the same ids")
 
 
+_INPUTS = ("ids_a", "mask_a", "ids_b", "mask_b")
+
+
 @torch.inference_mode()
 def _probabilities(model, split) -> torch.Tensor:  # (N, C)
-    keys = ("ids_a", "mask_a", "ids_b", "mask_b")
-    return torch.cat([model(*(b.get(k) for k in keys)).logits.softmax(-1)
+    return torch.cat([model(*(b.get(k) for k in _INPUTS)).logits.softmax(-1)
                       for b in split.batches(batch_size=SERVED_BATCH)])
+
+
+@torch.inference_mode()
+def _served(front, back, split, *, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cascade's classes (N,) and which rows it deferred (N,) bool, in predict's batches: one front pass."""
+    routed = [cascade_logits(lambda *x: front(*x).logits, lambda *x: back(*x).logits,
+                             *(b.get(k) for k in _INPUTS), threshold=threshold)
+              for b in split.batches(batch_size=SERVED_BATCH)]
+    return torch.cat([logits.argmax(-1) for logits, _ in routed]), torch.cat([d for _, d in routed])
 
 
 def make_cascade(front_dir: str | Path, back_dir: str | Path, out_dir: str | Path, *, defer: float,
@@ -71,15 +82,13 @@ def make_cascade(front_dir: str | Path, back_dir: str | Path, out_dir: str | Pat
     started = time.perf_counter()
     front = load_model(front_dir)
     threshold = defer_threshold(_probabilities(front, load_split(prepared_dir, "search_valid")), defer=defer)
-    cascade = CascadeModel(front, load_model(back_dir), threshold=threshold)
+    back = load_model(back_dir)
     scores = {}
     for name in ("dev", "test"):
         split = load_split(prepared_dir, name)
-        probs = _probabilities(cascade, split)
-        got = classification_scores(probs.argmax(-1), split.labels, num_labels=meta.num_labels)
-        front_probs = _probabilities(front, split)
-        scores |= split_scores(name, got, metric=meta.metric)
-        scores[f"deferred_{name}"] = float((front_probs.max(-1).values < threshold).float().mean())
+        classes, deferred = _served(front, back, split, threshold=threshold)
+        got = classification_scores(classes, split.labels, num_labels=meta.num_labels)
+        scores |= split_scores(name, got, metric=meta.metric) | {f"deferred_{name}": float(deferred.float().mean())}
     parts = {part: json.loads((d / METRICS_FILE).read_text()) for part, d in ((FRONT_DIR, front_dir), (BACK_DIR, back_dir))}
     front_config = json.loads((front_dir / CONFIG_FILE).read_text())
     config = {**{k: front_config[k] for k in _SERVING_KEYS if k in front_config}, "exit_threshold": 0.0,
