@@ -20,11 +20,13 @@ torch cells under the job's p95 cap, or 5 ms where it has none (`cells_only`):
      screen's fidelity (short, or full) at three more seeds, against the spread of every candidate's
      screened score. A search can only rank what the screen tells apart;
   9. rows 3-5 as the job ships them (when the job has small transformers and `cascade.defer`): each arm's
-     pick at each seed as its int8 graph and as cascades of that graph in front of the job's first member
-     (its int8 graph, retrained once; `--quick`: a 1-layer member), built and timed beside the teacher as the
-     job builds and times them; the job's own budget (min_speedup included) takes the best of each. The same
-     back for every arm, so the rows compare the cells that stand in front of it.
+     students at each seed (the searched run's finalists, every random draw, the hand cell) beside the job's
+     first member (retrained once; `--quick`: a 1-layer member), each as torch and as its int8 graph, timed
+     beside the teacher; the job's budget picks the front among them, and cascades of it in front of the best
+     of the others are built and timed as the job builds and times them; the budget (min_speedup included)
+     takes the best of all. Every arm gets the same member, so the rows compare what the arms put beside it.
 
+`--skip 6,7,8` leaves out sections that do not feed the arms' rows (ablation, beta sweep, screen noise).
 Rows 3-5 print mean ± std over the seeds. Compute is CPU-seconds of the processes that trained
 (time.process_time in each search trial and retrain), so the machine's other load does not bend
 the equal-compute comparison. Latency: workers.latency.latency_metrics for every model, same
@@ -58,7 +60,6 @@ from orchestrator.outer_loop import DataRefs, open_study  # noqa: E402
 from orchestrator.pipeline import run_pipeline  # noqa: E402
 from orchestrator.retrain_stage import (  # noqa: E402
     StudentSpec,
-    cascade_specs,
     retrain_students,
     screen_config,
     screen_dir,
@@ -70,6 +71,7 @@ from search_space.genotype import Genotype, random_genotype  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
 from workers.config import RetrainConfig  # noqa: E402
 from workers.latency import hardware_name  # noqa: E402
+from workers.metrics import METRIC_NAMES  # noqa: E402
 from workers.retrain import retrain_from_paths  # noqa: E402
 from workers.splits import NO_LABEL  # noqa: E402
 from workers.student_files import METRICS_FILE  # noqa: E402
@@ -179,7 +181,7 @@ def random_search(job: JobConfig, *, budget: float, refs: DataRefs, cache_key: s
         done += rows
         total += sum(r["cpu_s"] for r in rows)
     return {**budget_pick(job, done, teacher=teacher), "cpu_s": total, "count": len(done),
-            "best_dev_any_latency": max(r["dev"] for r in done)}
+            "best_dev_any_latency": max(r["dev"] for r in done), "pool": done}
 
 
 def ablation(job: JobConfig, genotype: Genotype, *, prepared, teacher, cache_uri: str) -> dict:
@@ -256,50 +258,52 @@ def screen_noise(job: JobConfig, *, refs: DataRefs, cache_key: str, reseeds: int
     return out
 
 
-def shipped(job: JobConfig, picks: dict[str, list[dict]], *, refs: DataRefs, cache_key: str,
-            teacher_dir: Path, teacher_dev: float) -> dict[str, list[dict]]:
-    """Each arm's pick at each seed as the job ships it: its int8 graph, and cascades of that graph in front of
-    the job's first small transformer (retrained once, as its int8 graph) at each of job.cascade.defer, built and
-    timed beside the teacher as the job builds and times them; the job's own budget (min_speedup included) takes
-    the best of the arm's graph and its cascades. Returns {arm: [the budget's pick per seed]}."""
-    from orchestrator.measure import cascade_timeable, teacher_timeable
-    from orchestrator.pipeline import CASCADE_REPEATS
-    from orchestrator.retrain_stage import make_cascades, make_variants, transformer_specs, variant_specs
+def shipped(job: JobConfig, pools: dict[str, list[list[dict]]], *, refs: DataRefs, cache_key: str,
+            teacher_dir: Path, teacher_dev: float, metric_name: str) -> dict[str, list[dict]]:
+    """Each arm's students at each seed (`pools`: {arm: [the seed's retrained cells]}) put through the job's own
+    route to its champion: every cell and the job's first small transformer (retrained once) as torch and as its
+    int8 graph, timed beside the teacher; the job's budget picks the front; cascades of it in front of the best
+    of the others at each of job.cascade.defer (orchestrator.pipeline.cascade_candidates, as the job builds and
+    times them); the budget (min_speedup included) takes the best of all. Returns {arm: [the pick per seed]}."""
+    from orchestrator.measure import teacher_timeable
+    from orchestrator.pipeline import candidate_of, cascade_candidates
+    from orchestrator.retrain_stage import make_variants, transformer_specs, variant_specs
 
     as_int8 = job.model_copy(update={"variants": ["onnx-int8"]})
     member = transformer_specs(job, cache_key=cache_key)[0]
-    retrain_students(job, [member], refs=refs)
-    back = variant_specs(as_int8, [member])[0]
-    make_variants([back], refs=refs)
+    metrics = retrain_students(job, [member], refs=refs)
+    cells = {Path(r["dir"]).name: StudentSpec(Path(r["dir"]).name, r["genotype"], job.space.to_dict(), job.retrain,
+                                              Path(r["dir"]))
+             for rows in pools.values() for pool in rows for r in pool}  # a student in two pools is one model
+    metrics |= {key: json.loads((spec.out_dir / METRICS_FILE).read_text()) for key, spec in cells.items()}
+    graphs = variant_specs(as_int8, [member, *cells.values()])
+    metrics |= make_variants(graphs, refs=refs)
     shutdown_if_owned()  # timed without Ray's daemons beside them
-    out = job.run_dir / "shipped"
-    specs, metrics = [], {}
-    for arm, rows in picks.items():
-        for seed, row in enumerate(rows):
-            key = f"{arm}-seed{seed}"  # the arm's pick as a spec of its own: its folder is the bench's
-            pick = StudentSpec(key, row["genotype"], job.space.to_dict(), job.retrain, Path(row["dir"]))
-            graph = variant_specs(as_int8, [pick])[0]
-            graph = replace(graph, out_dir=out / graph.key)
-            metrics |= make_variants([graph], refs=refs)
-            cascades = [replace(c, key=f"{key}-{c.key.rsplit('-', 1)[-1]}", out_dir=out / f"{key}-{c.key.rsplit('-', 1)[-1]}")
-                        for c in cascade_specs(job, graph, back)]
-            metrics |= make_cascades(cascades, refs=refs)
-            specs += [(arm, seed, graph), *((arm, seed, c) for c in cascades)]
+    specs = {s.key: s for s in [member, *cells.values(), *graphs]}
     seq = job.task.max_length
-    timed = time_models({"teacher": teacher_timeable(teacher_dir, seq_len=seq, cache_dir=out)}
-                        | {spec.key: (cascade_timeable(spec.out_dir, seq_len=seq, prepared_dir=Path(refs.prepared_dir))
-                                      if spec.back else student_timeable(spec.out_dir, seq_len=seq))
-                           for _, _, spec in specs}, seq_len=seq, repeats=max(job.retrain.latency_repeats, CASCADE_REPEATS))
-    teacher = timed["teacher"]
-    result: dict[str, list[dict]] = {arm: [] for arm in picks}
-    for arm, rows in picks.items():
-        for seed in range(len(rows)):
-            mine = [{"dev": metrics[spec.key]["dev_metric"], "test": metrics[spec.key]["test_metric"],
-                     "params": metrics[spec.key]["params"], "genotype": spec.genotype, "timing": timed[spec.key],
-                     "defer": spec.defer or 0.0} for a, s_, spec in specs if a == arm and s_ == seed]
-            pick = budget_pick(job, mine, teacher={"dev": teacher_dev, **teacher})  # the rule rows 3-5 use
-            result[arm].append({**pick, **{f"speedup_b{b}": teacher[f"latency_b{b}_mean_ms"]
-                                           / pick["timing"][f"latency_b{b}_mean_ms"] for b in (1, 128)}})
+    timed = time_models({"teacher": teacher_timeable(teacher_dir, seq_len=seq, cache_dir=job.run_dir)}
+                        | {key: student_timeable(s.out_dir, seq_len=seq) for key, s in specs.items()},
+                        seq_len=seq, repeats=job.retrain.latency_repeats)
+    batch = job.budget.latency_batch
+    candidates = {key: candidate_of(s, {**metrics[key], **timed[key]}, batch=batch, teacher=timed["teacher"])
+                  for key, s in specs.items()}
+    quiet = Console(stderr=True, quiet=True)
+    result: dict[str, list[dict]] = {arm: [] for arm in pools}
+    for arm, rows in pools.items():
+        for pool in rows:
+            mine = {member.key} | {Path(r["dir"]).name for r in pool}
+            own = [s for s in specs.values() if (s.parent or s).key in mine]
+            made, cascades = cascade_candidates(job, own, [candidates[s.key] for s in own], refs=refs,
+                                                teacher_dir=teacher_dir, t_score=teacher_dev, console=quiet,
+                                                metric_name=metric_name)
+            choice = pick_champion(pareto_front([candidates[s.key] for s in own] + cascades), budget=job.budget,
+                                   teacher_score=teacher_dev)
+            c, defer = choice.champion, {s.key: s.defer for s in made}.get(choice.champion.key)
+            result[arm].append({"dev": c.score, "test": c.metrics["test_metric"], "params": c.params, "key": c.key,
+                                "route": c.route, "defer": defer or 0.0, "met_budget": choice.met_budget,
+                                "pool": len(pool), "cascade_front": made[0].parent.key if made else None,
+                                **{f"speedup_b{b}": c.metrics[f"teacher_latency_b{b}_mean_ms"]
+                                   / c.metrics[f"latency_b{b}_mean_ms"] for b in (1, 128)}})
     return result
 
 
@@ -312,6 +316,8 @@ def main() -> None:
     parser.add_argument("--job", default=str(ROOT / "examples" / "rotten_tomatoes.yaml"))
     parser.add_argument("--quick", action="store_true", help="tiny slice, one seed: no accuracy claim")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--skip", type=lambda v: {int(x) for x in v.split(",")}, default=set(),
+                        help="sections to leave out, of 6 (ablation), 7 (beta sweep), 8 (screen noise): e.g. 6,7,8")
     args = parser.parse_args()
     seeds = 1 if args.quick else args.seeds
     console = Console(stderr=True)
@@ -339,7 +345,8 @@ def main() -> None:
         sj = seed_job(job, s)
         result = run_pipeline(sj, progress=False, console=Console(stderr=True, quiet=True))
         c = result.champion
-        searched.append({**figures(c.metrics, c.metrics, folder=c.student_dir), "cpu_s": spent(sj)})
+        searched.append({**figures(c.metrics, c.metrics, folder=c.student_dir), "cpu_s": spent(sj),
+                         "pool": [figures(f.metrics, f.metrics, folder=f.student_dir) for f in result.candidates]})
         console.print(f"    dev {searched[-1]['dev']:.4f}, {searched[-1]['cpu_s']:.0f} CPU-s, {c.genotype}")
         console.print(f"[bold]4[/] random search, seed {s}, budget {searched[-1]['cpu_s']:.0f} CPU-s")
         randoms.append(random_search(job, budget=searched[-1]["cpu_s"], refs=refs, cache_key=cache.key, seed=s,
@@ -348,25 +355,29 @@ def main() -> None:
                       f"at any latency {randoms[-1]['best_dev_any_latency']:.4f})")
         console.print(f"[bold]5[/] hand cell, seed {s}")
         hands += retrain_all(job, [HAND_CELL], refs=refs, cache_key=cache.key, seeds=[s], folder="hand")
-    if not args.quick:
+    if not args.quick and 6 not in args.skip:
         console.print("[bold]6[/] ablation on the seed-0 champion's genotype")
         ablated = ablation(job, Genotype.from_json(searched[0]["genotype"]), prepared=prepared, teacher=teacher,
                            cache_uri=cache.uri)
         ablated["augmentation"] = searched[0]["dev"]
+    if not args.quick and 7 not in args.skip:
         console.print(f"[bold]7[/] beta sweep {BETAS} x {seeds} seeds")
         sweep = beta_sweep(job, refs=refs, seeds=seeds)
     reseeds = 1 if args.quick else RESEEDS
-    console.print(f"[bold]8[/] the screen's noise: seed 0's best and worst candidates, retrained at {reseeds} "
-                  f"more seed(s)")
-    noise = screen_noise(job, refs=refs, cache_key=cache.key, reseeds=reseeds)
+    noise = {}
+    if 8 not in args.skip:
+        console.print(f"[bold]8[/] the screen's noise: seed 0's best and worst candidates, retrained at {reseeds} "
+                      f"more seed(s)")
+        noise = screen_noise(job, refs=refs, cache_key=cache.key, reseeds=reseeds)
 
     arms = {"searched": searched, "random": randoms, "hand": hands}
     ships = {}
     if full.small_transformers and full.cascade.defer:
-        console.print(f"[bold]9[/] each arm's pick as the job ships it: int8, or a cascade in front of "
-                      f"{full.small_transformers[0].name} at {full.cascade.defer}, the budget's choice")
-        ships = shipped(full, arms, refs=refs, cache_key=cache.key, teacher_dir=teacher.dir,
-                        teacher_dev=teacher_row["dev"])
+        console.print(f"[bold]9[/] each arm's students as the job ships them: torch and int8 beside "
+                      f"{full.small_transformers[0].name}, the budget's front in cascades at {full.cascade.defer}")
+        ships = shipped(full, {name: [r.get("pool", [r]) for r in rows] for name, rows in arms.items()}, refs=refs,
+                        cache_key=cache.key, teacher_dir=teacher.dir, teacher_dev=teacher_row["dev"],
+                        metric_name=METRIC_NAMES[meta.metric])
     table = Table(title=f"{meta.task}: dev/test {meta.metric}, {hardware_name('cpu')}, max_length {meta.max_length}")
     for col in ("arm", "dev", "test", "params", "b1 ms", "b128 ms", "CPU-s"):
         table.add_column(col, justify="left" if col == "arm" else "right")
@@ -396,12 +407,13 @@ def main() -> None:
     out["searched_speedup_b1"] = teacher_row["b1_ms"] / out["searched_b1_ms"]
     out["searched_speedup_b128"] = teacher_row["b128_ms"] / out["searched_b128_ms"]
     out["searched_minus_tfidf_points"] = 100 * (out["searched_dev"] - tfidf.dev)
-    shipped_table = Table(title="9. each arm's pick as the job ships it (mean ± std over the seeds)")
-    for col in ("arm", "dev", "test", "params", "speed-up b1 / b128", "share deferred", "met budget"):
+    shipped_table = Table(title="9. each arm as the job ships it: cells per seed, the budget's pick (mean ± std)")
+    for col in ("arm", "cells", "dev", "test", "params", "speed-up b1 / b128", "share deferred", "met budget"):
         shipped_table.add_column(col, justify="left" if col == "arm" else "right")
     for name, rows in ships.items():
         stats = {k: mean_std([r[k] for r in rows]) for k in ("dev", "test", "params", "speedup_b1", "speedup_b128", "defer")}
-        shipped_table.add_row(name, *(f"{stats[k][0]:.4f} ± {stats[k][1]:.4f}" for k in ("dev", "test")),
+        shipped_table.add_row(name, ", ".join(str(r["pool"]) for r in rows),
+                              *(f"{stats[k][0]:.4f} ± {stats[k][1]:.4f}" for k in ("dev", "test")),
                               f"{stats['params'][0] / 1e6:.2f}M",
                               f"{stats['speedup_b1'][0]:.1f}x / {stats['speedup_b128'][0]:.1f}x",
                               ", ".join(f"{r['defer']:g}" for r in rows), f"{sum(r['met_budget'] for r in rows)}/{len(rows)}")
@@ -409,6 +421,8 @@ def main() -> None:
             out[f"shipped_{name}_{k}"], out[f"shipped_{name}_{k}_std"] = mean, std
         out[f"shipped_{name}_dev_per_seed"] = [r["dev"] for r in rows]
         out[f"shipped_{name}_met_budget"] = sum(r["met_budget"] for r in rows)
+        out[f"shipped_{name}_cascades"] = sum(r["defer"] > 0 for r in rows)  # seeds whose pick is a cascade
+        out[f"shipped_{name}_picks"] = [r["key"] for r in rows]
         out[f"shipped_{name}_minus_tfidf_points"] = 100 * (out[f"shipped_{name}_dev"] - tfidf.dev)
     console.print(table)
     if ships:
@@ -430,11 +444,12 @@ def main() -> None:
                       f"agreement {out[f'{key}_agreement']:.2f}")
     for name, value in noise.items():
         out[f"screen_{name}"] = value
-    console.print(f"screen noise: best candidate {noise['best_screened']:.4f} as screened, "
-                  f"{noise['best_mean']:.4f} ± {noise['best_std']:.4f} over {reseeds + 1} seeds; worst "
-                  f"{noise['worst_screened']:.4f}, {noise['worst_mean']:.4f} ± {noise['worst_std']:.4f}; one genotype's "
-                  f"std across seeds {noise['within_std']:.4f} against {noise['spread_std']:.4f} across the "
-                  f"{noise['count']} candidates")
+    if noise:
+        console.print(f"screen noise: best candidate {noise['best_screened']:.4f} as screened, "
+                      f"{noise['best_mean']:.4f} ± {noise['best_std']:.4f} over {reseeds + 1} seeds; worst "
+                      f"{noise['worst_screened']:.4f}, {noise['worst_mean']:.4f} ± {noise['worst_std']:.4f}; one "
+                      f"genotype's std across seeds {noise['within_std']:.4f} against {noise['spread_std']:.4f} "
+                      f"across the {noise['count']} candidates")
     if sweep:
         params = [out[f"beta{b:g}_derived_params"] for b in BETAS]
         # Falling: never up as beta rises, and down at least once (equal sizes at every beta show no effect).

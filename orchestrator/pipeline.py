@@ -221,11 +221,11 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                         | {s.key: student_timeable(s.out_dir, seq_len=seq_len) for s in specs},
                         seq_len=seq_len, repeats=job.retrain.latency_repeats)
     teacher_lat = timed["teacher"]
-    candidates = [_candidate(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch, teacher=teacher_lat)
+    candidates = [candidate_of(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch, teacher=teacher_lat)
                   for s in specs]
     t_score = teacher.score_in(prepared.meta.metric)  # the one metric: students are scored in it too
     if job.cascade.defer:
-        made, cascades = _cascades(job, specs, candidates, refs=refs, teacher_dir=teacher.dir, t_score=t_score,
+        made, cascades = cascade_candidates(job, specs, candidates, refs=refs, teacher_dir=teacher.dir, t_score=t_score,
                                    console=console, metric_name=metric_name)
         specs, candidates = specs + made, candidates + cascades
     front = pareto_front(candidates)
@@ -269,7 +269,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
 
 
 
-def _cascades(job: JobConfig, specs: list[StudentSpec], candidates: list[Candidate], *, refs: DataRefs,
+def cascade_candidates(job: JobConfig, specs: list[StudentSpec], candidates: list[Candidate], *, refs: DataRefs,
               teacher_dir: Path, t_score: float, console: Console, metric_name: str
               ) -> tuple[list[StudentSpec], list[Candidate]]:
     """The budget's pick among `candidates` in front of the best of them, at each share of job.cascade.defer:
@@ -292,7 +292,7 @@ def _cascades(job: JobConfig, specs: list[StudentSpec], candidates: list[Candida
     timed = time_models({"teacher": teacher_timeable(teacher_dir, seq_len=seq_len, cache_dir=job.run_dir / "cascades")}
                         | {s.key: cascade_timeable(s.out_dir, seq_len=seq_len, prepared_dir=Path(refs.prepared_dir))
                            for s in made}, seq_len=seq_len, repeats=max(job.retrain.latency_repeats, CASCADE_REPEATS))
-    return made, [_candidate(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch,
+    return made, [candidate_of(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch,
                              teacher=timed["teacher"]) for s in made]
 
 
@@ -420,7 +420,8 @@ def _retrain_run(tracker: Tracker, parent: str, *, job: JobConfig, spec: Student
     return run_id
 
 
-def _candidate(spec: StudentSpec, metrics: dict, *, batch: int, teacher: dict) -> Candidate:
+def candidate_of(spec: StudentSpec, metrics: dict, *, batch: int, teacher: dict) -> Candidate:
+    """`spec` on the front: its scores and timing in `metrics`, its speed-up over `teacher` (timed beside it)."""
     return Candidate(
         key=spec.key, config_number=spec.outcome.number if spec.outcome else None, genotype=spec.arch_json,
         score=metrics["dev_metric"],  # the teacher's timing beside it: what its speed-up is over

@@ -160,9 +160,12 @@ def make_variants(specs: list[StudentSpec], *, refs: DataRefs,
 
 def cascade_specs(job: JobConfig, front: StudentSpec, back: StudentSpec) -> list[StudentSpec]:
     """`front` then `back` at each of the job's shares deferred, in folders beside the students'."""
+    def short(spec: StudentSpec) -> str:  # a student's key cut to 8 hex digits, its runtime kept: a cell and its
+        return spec.key[:8] + spec.key[16:]  # int8 graph are different fronts (d510f000, d510f000-onnx-int8)
+
     specs = []
     for defer in job.cascade.defer:
-        key = f"{front.key[:8]}-{back.key[:8]}-d{round(1000 * defer):03d}"  # d100: 10.0% of search_valid deferred
+        key = f"{short(front)}-{short(back)}-d{round(1000 * defer):03d}"  # d100: 10.0% of search_valid deferred
         specs.append(StudentSpec(key, front.genotype, front.space, front.retrain, front.out_dir.with_name(key),
                                  front.outcome, front.figures, front.transformer, variant=f"cascade-{defer:g}",
                                  parent=front, back=back, defer=defer))

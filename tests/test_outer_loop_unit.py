@@ -52,11 +52,11 @@ def test_a_searched_embedding_rank_reaches_the_space_and_names_the_route(tmp_pat
     (member,) = transformer_specs(family, cache_key="c")
     assert member.route == "small transformer L2-H64-F128-r16-projected" and member.outcome is None
     # Its registry tags: what it is and where it came from, with no search fields to fill.
-    from orchestrator.pipeline import _candidate, _lineage
+    from orchestrator.pipeline import _lineage, candidate_of
 
     metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_mean_ms": 1.0,
                "latency_b1_p95_ms": 1.2, "latency_b128_mean_ms": 100.0}
-    c = _candidate(member, metrics, batch=1, teacher=TEACHER_TIMES)
+    c = candidate_of(member, metrics, batch=1, teacher=TEACHER_TIMES)
     tags = _lineage(family, c, spec=member, teacher_dir=tmp_path, cache_key="c", fingerprint="f")
     assert c.config_number is None and c.route == member.route
     assert c.speedup == tags["speedup"] == 10.0  # 20x at batch 1, 10x at batch 128: the lesser
@@ -67,7 +67,7 @@ def test_a_searched_embedding_rank_reaches_the_space_and_names_the_route(tmp_pat
 
 
 def test_each_variant_is_a_student_of_its_own_beside_its_parent(tmp_path):
-    from orchestrator.pipeline import _candidate, _lineage
+    from orchestrator.pipeline import _lineage, candidate_of
     from orchestrator.retrain_stage import screen_config, transformer_specs, variant_specs
     from search_space.config import TransformerConfig
 
@@ -80,12 +80,29 @@ def test_each_variant_is_a_student_of_its_own_beside_its_parent(tmp_path):
     assert int8.arch_json == member.arch_json and int8.parent is member
     metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_mean_ms": 1.0,
                "latency_b1_p95_ms": 1.2, "latency_b128_mean_ms": 100.0, "runtime": "onnxruntime"}
-    tags = _lineage(j, _candidate(int8, metrics, batch=1, teacher=TEACHER_TIMES), spec=int8, teacher_dir=tmp_path, cache_key="c",
+    tags = _lineage(j, candidate_of(int8, metrics, batch=1, teacher=TEACHER_TIMES), spec=int8, teacher_dir=tmp_path, cache_key="c",
                     fingerprint="f")
     assert (tags["variant"], tags["parent_student"], tags["runtime"]) == ("onnx-int8", member.key, "onnxruntime")
     assert variant_specs(j.model_copy(update={"variants": []}), [member]) == []
     # A screened student is ranked by its dev score and never served: no early-exit sweep.
     assert screen_config(j).exit_max_drop is None and j.retrain.exit_max_drop is not None
+
+
+def test_a_cascade_of_each_runtime_of_one_cell_is_a_student_of_its_own(tmp_path):
+    from orchestrator.config import CascadeConfig
+    from orchestrator.retrain_stage import StudentSpec, cascade_specs, transformer_specs, variant_specs
+    from search_space.config import TransformerConfig
+
+    j = job(tmp_path).model_copy(update={"variants": ["onnx", "onnx-int8"], "cascade": CascadeConfig(defer=[0.05, 0.1]),
+                                         "small_transformers": [TransformerConfig(layers=1, hidden=32, heads=2, ffn=64)]})
+    cell = StudentSpec("d510f000f857ad4f", "{}", {}, j.retrain, tmp_path / "students" / "d510f000f857ad4f")
+    (member,) = transformer_specs(j, cache_key="c")
+    back = variant_specs(j, [member])[1]
+    made = [c for front in [cell, *variant_specs(j, [cell])] for c in cascade_specs(j, front, back)]
+    assert len({c.key for c in made}) == len(made) == 6  # a cell, its fp32 and its int8 graph: 3 fronts x 2 shares
+    assert made[0].key == f"d510f000-{member.key[:8]}-onnx-int8-d050"
+    assert made[-1].key == f"d510f000-onnx-int8-{member.key[:8]}-onnx-int8-d100"
+    assert all(c.out_dir == cell.out_dir.with_name(c.key) and c.back is back for c in made)
 
 
 def test_trial_configs_place_params_and_vary_seeds(tmp_path):
