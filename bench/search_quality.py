@@ -300,8 +300,7 @@ def shipped(job: JobConfig, pools: dict[str, list[list[dict]]], *, refs: DataRef
                                    teacher_score=teacher_dev)
             c, defer = choice.champion, {s.key: s.defer for s in made}.get(choice.champion.key)
             result[arm].append({"dev": c.score, "test": c.metrics["test_metric"], "params": c.params, "key": c.key,
-                                "route": c.route, "defer": defer or 0.0, "met_budget": choice.met_budget,
-                                "pool": len(pool), "cascade_front": made[0].parent.key if made else None,
+                                "defer": defer or 0.0, "met_budget": choice.met_budget, "pool": len(pool),
                                 **{f"speedup_b{b}": c.metrics[f"teacher_latency_b{b}_mean_ms"]
                                    / c.metrics[f"latency_b{b}_mean_ms"] for b in (1, 128)}})
     return result
@@ -319,6 +318,8 @@ def main() -> None:
     parser.add_argument("--skip", type=lambda v: {int(x) for x in v.split(",")}, default=set(),
                         help="sections to leave out, of 6 (ablation), 7 (beta sweep), 8 (screen noise): e.g. 6,7,8")
     args = parser.parse_args()
+    if args.skip - {6, 7, 8}:
+        parser.error(f"--skip takes sections 6, 7 and 8, not {sorted(args.skip - {6, 7, 8})}: rows 1-5 and 9 are the arms")
     seeds = 1 if args.quick else args.seeds
     console = Console(stderr=True)
     started = time.perf_counter()
