@@ -221,12 +221,12 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
                         | {s.key: student_timeable(s.out_dir, seq_len=seq_len) for s in specs},
                         seq_len=seq_len, repeats=job.retrain.latency_repeats)
     teacher_lat = timed["teacher"]
-    candidates = [candidate_of(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch, teacher=teacher_lat)
-                  for s in specs]
+    candidates = [candidate_of(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch,
+                               teacher=teacher_lat) for s in specs]
     t_score = teacher.score_in(prepared.meta.metric)  # the one metric: students are scored in it too
     if job.cascade.defer:
-        made, cascades = cascade_candidates(job, specs, candidates, refs=refs, teacher_dir=teacher.dir, t_score=t_score,
-                                   console=console, metric_name=metric_name)
+        made, cascades = cascade_candidates(job, specs, candidates, refs=refs, teacher_dir=teacher.dir,
+                                            t_score=t_score, console=console, metric_name=metric_name)
         specs, candidates = specs + made, candidates + cascades
     front = pareto_front(candidates)
     choice = pick_champion(front, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
@@ -270,8 +270,8 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
 
 
 def cascade_candidates(job: JobConfig, specs: list[StudentSpec], candidates: list[Candidate], *, refs: DataRefs,
-              teacher_dir: Path, t_score: float, console: Console, metric_name: str
-              ) -> tuple[list[StudentSpec], list[Candidate]]:
+                       teacher_dir: Path, t_score: float, console: Console, metric_name: str
+                       ) -> tuple[list[StudentSpec], list[Candidate]]:
     """The budget's pick among `candidates` in front of the best of them, at each share of job.cascade.defer:
     built, scored as served and timed beside the teacher on dev's texts."""
     pick = pick_champion(pareto_front(candidates), budget=job.budget, teacher_score=t_score, metric_name=metric_name)
@@ -293,7 +293,7 @@ def cascade_candidates(job: JobConfig, specs: list[StudentSpec], candidates: lis
                         | {s.key: cascade_timeable(s.out_dir, seq_len=seq_len, prepared_dir=Path(refs.prepared_dir))
                            for s in made}, seq_len=seq_len, repeats=max(job.retrain.latency_repeats, CASCADE_REPEATS))
     return made, [candidate_of(s, {**metrics[s.key], **timed[s.key]}, batch=job.budget.latency_batch,
-                             teacher=timed["teacher"]) for s in made]
+                               teacher=timed["teacher"]) for s in made]
 
 
 def _register(job: JobConfig, tracker: Tracker, parent: str, *, choice: Choice, front: list[Candidate],

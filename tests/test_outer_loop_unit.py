@@ -80,8 +80,8 @@ def test_each_variant_is_a_student_of_its_own_beside_its_parent(tmp_path):
     assert int8.arch_json == member.arch_json and int8.parent is member
     metrics = {"dev_metric": 0.8, "test_metric": 0.79, "metric": "accuracy", "params": 1000, "latency_b1_mean_ms": 1.0,
                "latency_b1_p95_ms": 1.2, "latency_b128_mean_ms": 100.0, "runtime": "onnxruntime"}
-    tags = _lineage(j, candidate_of(int8, metrics, batch=1, teacher=TEACHER_TIMES), spec=int8, teacher_dir=tmp_path, cache_key="c",
-                    fingerprint="f")
+    tags = _lineage(j, candidate_of(int8, metrics, batch=1, teacher=TEACHER_TIMES), spec=int8, teacher_dir=tmp_path,
+                    cache_key="c", fingerprint="f")
     assert (tags["variant"], tags["parent_student"], tags["runtime"]) == ("onnx-int8", member.key, "onnxruntime")
     assert variant_specs(j.model_copy(update={"variants": []}), [member]) == []
     # A screened student is ranked by its dev score and never served: no early-exit sweep.
