@@ -214,6 +214,9 @@ def test_a_rerun_on_an_emptied_tracking_store_finishes_every_run_it_opens(finish
     assert tracker.runs_by_role()["config"] >= 1
 
 
+# slow: a second run of the job (69 s on the AMD EPYC); test_variants.py keeps an int8 variant's scoring,
+# timing, registry and serving in the default run
+@pytest.mark.slow
 def test_turning_on_the_int8_variant_puts_every_students_export_on_the_front(finished_job, tmp_path):
     """The job rerun with `variants: [onnx-int8]` (a fresh tracking store, so the registry above is left
     as it is): every retrained student gains an onnxruntime int8 candidate, scored and timed as its
@@ -243,6 +246,9 @@ def test_turning_on_the_int8_variant_puts_every_students_export_on_the_front(fin
     assert served.predict(["a warm and funny film"])[0].label in ("fresh", "rotten")
 
 
+# slow: a second run of the job (93 s on the AMD EPYC); test_cascade_student.py and test_outer_loop_unit.py keep
+# a cascade's scoring, timing, registry, serving and the job's cascade candidates in the default run
+@pytest.mark.slow
 def test_a_cascade_of_the_budgets_pick_and_the_best_student_stands_on_the_front(finished_job, tmp_path):
     """The job rerun with `cascade: {defer: [...]}` and a budget that picks the smallest student: each share
     is a candidate of its own, the smallest student in front of the best of the others, scored as served,

@@ -28,9 +28,10 @@ def _round_one_told(job) -> bool:
 
 
 # Where the driver dies in round 2: before Tune starts (its configurations asked), while Tune sets the
-# round up, when its first trial starts, and after its trials finish but before Optuna is told.
+# round up, when its first trial starts, and after its trials finish but before Optuna is told. All slow:
+# each is two drivers, two local Rays and a tiny job (196 s on the AMD EPYC, where the default run passed 15 min).
 POINTS = [
-    pytest.param("round-1-tune-setup"),
+    pytest.param("round-1-tune-setup", marks=pytest.mark.slow),
     pytest.param("round-1-asked", marks=pytest.mark.slow),
     pytest.param("round-1-trial-start", marks=pytest.mark.slow),
     pytest.param("round-1-trials-done", marks=pytest.mark.slow),
