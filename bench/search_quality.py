@@ -88,9 +88,9 @@ RESEEDS = 3  # the screen's noise: retrains at retrain.seed + 1..RESEEDS beside 
 def cells_only(job: JobConfig, *, teacher_p95_ms: float) -> JobConfig:
     """The job without its other routes (small transformers, serving variants, cascades): every arm is a torch
     cell. Its budget caps the p95 at batch 1 (the job's cap, or CELLS_P95_SHARE of the teacher's `teacher_p95_ms`,
-    as the demo's budget held 5 ms until it took cascades) but drops `min_speedup`, a floor set for int8 graphs: torch cells rarely clear it, and where
-    none does the rule takes the fastest whatever its score, so the arms would be compared on speed (the bench
-    at 3d31fa4: seed 1's pick scored 74.56 beside 76.23)."""
+    as the demo's budget held 5 ms until it took cascades) but drops `min_speedup`, a floor set for int8 graphs:
+    torch cells rarely clear it, and where none does the rule takes the fastest whatever its score, so the arms
+    would be compared on speed (the bench at 3d31fa4: seed 1's pick scored 74.56 beside 76.23)."""
     cap = job.budget.max_latency_ms
     cap = round(CELLS_P95_SHARE * teacher_p95_ms, 2) if cap is None else cap
     return job.model_copy(update={"small_transformers": [], "variants": [], "cascade": CascadeConfig(),
