@@ -91,8 +91,7 @@ def cells_only(job: JobConfig, *, teacher_p95_ms: float) -> JobConfig:
     as the demo's budget held 5 ms until it took cascades) but drops `min_speedup`, a floor set for int8 graphs:
     torch cells rarely clear it, and where none does the rule takes the fastest whatever its score, so the arms
     would be compared on speed (the bench at 3d31fa4: seed 1's pick scored 74.56 beside 76.23)."""
-    cap = job.budget.max_latency_ms
-    cap = round(CELLS_P95_SHARE * teacher_p95_ms, 2) if cap is None else cap
+    cap = job.budget.max_latency_ms or round(CELLS_P95_SHARE * teacher_p95_ms, 2)  # a job's cap is > 0 (config)
     return job.model_copy(update={"small_transformers": [], "variants": [], "cascade": CascadeConfig(),
                                   "budget": job.budget.model_copy(update={"min_speedup": None, "max_latency_ms": cap})})
 
