@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import signal
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -96,7 +97,7 @@ def distribution(r: ParamRange) -> optuna.distributions.BaseDistribution:
 
 def trial_configs(job: JobConfig, *, number: int, round_index: int, params: dict, refs: DataRefs) -> list[dict]:
     """The S Tune-trial configs of one configuration: job defaults + the sampled params + a seed."""
-    layers = {"search": job.search.model_dump(), "space": _space_dict(job)}
+    layers = {"search": {**job.search.model_dump(), **_pool_sizes(job)}, "space": _space_dict(job)}
     for name, value in params.items():
         layer, field = SEARCHABLE[name]
         layers[layer][field] = value
@@ -109,6 +110,15 @@ def trial_configs(job: JobConfig, *, number: int, round_index: int, params: dict
         }
         for s in range(job.outer_loop.seeds)
     ]
+
+
+def _pool_sizes(job: JobConfig) -> dict:
+    """What each trial reports: under `allocate: measured` enough of either source to fill a configuration's
+    screen slots with it alone (a uniform draw costs one inherited-score pass over search_valid)."""
+    if job.outer_loop.screen.allocate == "fixed":
+        return {}
+    slots = job.outer_loop.screen.top + job.search.random_candidates
+    return {"report_candidates": max(job.search.report_candidates, slots), "random_candidates": slots}
 
 
 def _space_dict(job: JobConfig) -> dict:
@@ -235,33 +245,64 @@ def _restore(path: Path, trainable) -> tune.Tuner | None:
         return None
 
 
-def candidates_to_screen(job: JobConfig, seeds: list[dict | None]) -> list[dict]:
-    """The configuration's candidates for the short retrain: every seed's reported pool, one entry
-    per genotype (its best inherited score): alpha's best `screen.top`, then every uniform draw."""
+def candidates_to_screen(job: JobConfig, seeds: list[dict | None], *, lead: str | None = None) -> list[dict]:
+    """The configuration's candidates for the short retrain, from every seed's reported pool, one entry
+    per genotype (its best inherited score). With no `lead`: alpha's best `screen.top`, then each seed's first
+    `search.random_candidates` uniform draws. With a lead ("alpha" or "random", from `leading_source`): as many
+    slots, all filled from that source (alpha's best, or the seeds' draws in the order drawn), the other
+    filling in only where it runs short."""
     best: dict[str, dict] = {}
+    drawn: list[tuple[int, str]] = []  # (its index among its seed's draws, candidate_id)
     for m in seeds:
         if m is None:
             continue
         pool = json.loads(m.get("candidates") or "[]") or [
             {"genotype": m["genotype"], "score": m["search_valid_score"], "params": m["derived_params"],
              "flops": m["derived_flops"]}]
+        draws = [c for c in pool if c.get("source") == "random"]
         for c in pool:
             c = {**c, "seed": m.get("seed"), "space": m["space"]}
             if candidate_id(c) not in best or c["score"] > best[candidate_id(c)]["score"]:
                 best[candidate_id(c)] = c
-    ranked = sorted(best.values(), key=lambda c: (-c["score"], c["flops"]))
-    from_alpha = [c for c in ranked if c.get("source", "alpha") == "alpha"]
-    return from_alpha[: job.outer_loop.screen.top] + [c for c in ranked if c.get("source") == "random"]
+        drawn += [(i, candidate_id({**c, "space": m["space"]})) for i, c in enumerate(draws)]
+
+    def by_score(ids: list[str]) -> list[str]:
+        return sorted(dict.fromkeys(ids), key=lambda i: (-best[i]["score"], best[i]["flops"]))
+
+    alpha = by_score([i for i, c in best.items() if c.get("source", "alpha") == "alpha"])
+    unleaded = list(dict.fromkeys(alpha[: job.outer_loop.screen.top]
+                                  + by_score([i for k, i in drawn if k < job.search.random_candidates])))
+    if lead is None:
+        chosen = unleaded
+    else:
+        in_order = list(dict.fromkeys(i for _, i in sorted(drawn, key=lambda d: d[0])))  # draw 1 of every seed first
+        first, then = (in_order, alpha) if lead == "random" else (alpha, in_order)
+        chosen = list(dict.fromkeys(first + then))[: len(unleaded)]
+    return [best[i] for i in chosen]
+
+
+def leading_source(outcomes: list[ConfigOutcome]) -> tuple[str | None, dict[str, list[float]]]:
+    """Which source's screened students scored higher on the mean over `outcomes`' candidates: "alpha" (the
+    search) or "random" (uniform draws); alpha on a tie, None until both have a screened student. With it,
+    the screened scores by source."""
+    scores: dict[str, list[float]] = {"alpha": [], "random": []}
+    for o in outcomes:
+        for c in o.candidates:
+            if "short_score" in c:
+                scores[c.get("source", "alpha")].append(c["short_score"])
+    if not all(scores.values()):
+        return None, scores
+    return ("random" if statistics.fmean(scores["random"]) > statistics.fmean(scores["alpha"]) else "alpha"), scores
 
 
 def aggregate(job: JobConfig, *, trial_dicts: list[dict], seeds: list[dict | None], number: int, round_index: int,
-              params: dict, short_scores: dict[str, float]) -> ConfigOutcome | None:
-    """The student a configuration yields: its best candidate by short-retrain score (`short_scores`,
-    candidate_id -> dev score). None when every seed failed."""
+              params: dict, short_scores: dict[str, float], lead: str | None = None) -> ConfigOutcome | None:
+    """The student a configuration yields: its best candidate (`candidates_to_screen` with `lead`) by short-retrain
+    score (`short_scores`, candidate_id -> dev score). None when every seed failed."""
     done = [m for m in seeds if m is not None]
     if not done:
         return None
-    screened = [{**c, "short_score": short_scores[candidate_id(c)]} for c in candidates_to_screen(job, seeds)]
+    screened = [{**c, "short_score": short_scores[candidate_id(c)]} for c in candidates_to_screen(job, seeds, lead=lead)]
     screened.sort(key=lambda c: (-c["short_score"], c["flops"]))
     chosen = screened[0]
     tops = Counter(m.get("best_candidate", m["genotype"]) for m in done)
@@ -301,7 +342,7 @@ class LoopHooks:
 
     on_round_start: Callable[[int, int, int], None] | None = None  # (round, configs, trials)
     on_round_done: Callable[[int, list[tuple[dict, dict | None, list[dict]]], list[ConfigOutcome]], None] | None = None
-    on_skip: Callable[[str], None] | None = None
+    on_note: Callable[[str], None] | None = None  # a budget stop, the screen's allocation
     tune_callbacks: list | None = None
     # The short retrain of candidates (the pipeline's Ray tasks); without it, the inherited score stands in.
     screen: Screen | None = None
@@ -353,12 +394,14 @@ def run_outer_loop(job: JobConfig, *, refs: DataRefs, hooks: LoopHooks | None = 
         by_key = {(c["config_number"], c["seed_index"]): m for c, m, _ in results}
         seeds_of = {trial.number: [_with_seed(by_key.get((trial.number, d["seed_index"])), d)
                                    for d in refs_dicts[trial.number]] for trial in pending}
-        short_scores = _screen(job, hooks, [c for seeds in seeds_of.values() for c in candidates_to_screen(job, seeds)])
+        lead = _lead(job, hooks, [o for o in outcomes if o.round < r], round_index=r)
+        short_scores = _screen(job, hooks, [c for seeds in seeds_of.values()
+                                            for c in candidates_to_screen(job, seeds, lead=lead)])
         told = {}
         for trial in pending:
             told[trial.number] = aggregate(job, trial_dicts=refs_dicts[trial.number], seeds=seeds_of[trial.number],
                                            number=trial.number, round_index=r, params=trial.params,
-                                           short_scores=short_scores)
+                                           short_scores=short_scores, lead=lead)
         round_outcomes = [o for o in told.values() if o is not None]
         # Log before telling: a driver that dies in between reruns this round from Tune's state on
         # disk (no retraining) and the idempotent logging fills in whatever is missing.
@@ -393,9 +436,25 @@ def _screen(job: JobConfig, hooks: LoopHooks, candidates: list[dict]) -> dict[st
     return hooks.screen(unique)
 
 
+def _lead(job: JobConfig, hooks: LoopHooks, earlier: list[ConfigOutcome], *, round_index: int) -> str | None:
+    """The source that gets round `round_index`'s screen slots under `allocate: measured` (from the rounds before
+    it only, so a resumed round allocates as it first did); None: the fixed mix."""
+    if job.outer_loop.screen.allocate == "fixed":
+        return None
+    lead, scores = leading_source(earlier)
+    if lead is not None:
+        means = {k: f"{statistics.fmean(v):.4f} over {len(v)}" for k, v in scores.items()}
+        _say(hooks, f"round {round_index + 1}: the screen's slots go to {_SOURCES[lead]}: screened so far, uniform "
+                    f"draws {means['random']}, alpha's candidates {means['alpha']} (mean dev score)")
+    return lead
+
+
+_SOURCES = {"alpha": "alpha's candidates", "random": "uniform draws"}
+
+
 def _say(hooks: LoopHooks, message: str) -> None:
-    if hooks.on_skip:
-        hooks.on_skip(message)
+    if hooks.on_note:
+        hooks.on_note(message)
 
 
 def study_summary(job: JobConfig) -> list[dict]:

@@ -178,7 +178,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
         ),
         on_round_done=lambda r, results, outs: _log_round(tracker, parent, job=job, results=results, outcomes=outs,
                                                           console=console),
-        on_skip=lambda msg: console.print(f"[yellow]{msg}[/]"),
+        on_note=lambda msg: console.print(f"[yellow]{msg}[/]"),
         tune_callbacks=[*(tune_callbacks or []), *( [_progress_callback(console)] if progress else [])],
         screen=lambda candidates: _screen(job, candidates, refs=refs, cache_key=cache.key, console=console,
                                           metric=prepared.meta.metric),

@@ -12,6 +12,7 @@ from orchestrator.outer_loop import (
     candidate_id,
     candidates_to_screen,
     distribution,
+    leading_source,
     open_study,
     trial_configs,
 )
@@ -153,6 +154,87 @@ def test_uniform_draws_reach_the_screen_whatever_their_inherited_score(tmp_path)
              candidate_id({"genotype": g4, "space": {"k": 1}}): 0.74}
     out = aggregate(j, trial_dicts=dicts, seeds=seeds, number=0, round_index=0, params={}, short_scores=short)
     assert out.genotype == g4 and out.score == 0.74  # the draw beat the search on the measurement: it is kept
+
+
+def _pool_seed(seed, *, alpha, draws):
+    """A trial's last metrics whose pool holds alpha's candidates, then its uniform draws in the order drawn."""
+    cands = [{"genotype": g, "score": sc, "params": 1, "flops": 1.0} for g, sc in alpha]
+    cands += [{"genotype": g, "score": sc, "params": 1, "flops": 1.0, "source": "random"} for g, sc in draws]
+    return {**_seed(seed, alpha[0][0], [(alpha[0][0], alpha[0][1], 1.0)]), "candidates": json.dumps(cands)}
+
+
+A1, A2, A3, D1, D2, D3, D4 = (json.dumps({"depth": 1, "tag": t}) for t in ("a1", "a2", "a3", "d1", "d2", "d3", "d4"))
+TWO_SEEDS = [_pool_seed(0, alpha=[(A1, 0.9), (A2, 0.8)], draws=[(D1, 0.5), (D2, 0.6)]),
+             _pool_seed(1, alpha=[(A3, 0.7)], draws=[(D3, 0.4), (D4, 0.3)])]
+
+
+@pytest.mark.parametrize("lead, expected", [
+    (None, [A1, D1, D3]),  # top 1 of alpha, each seed's first draw (by inherited score)
+    ("random", [D1, D3, D2]),  # as many slots, every seed's first draw before any seed's second
+    ("alpha", [A1, A2, A3]),
+])
+def test_a_lead_gives_the_configurations_slots_to_its_source(tmp_path, lead, expected):
+    j = job(tmp_path, seeds=2, screen={"top": 1})
+    assert [c["genotype"] for c in candidates_to_screen(j, TWO_SEEDS, lead=lead)] == expected
+
+
+def test_the_other_source_fills_in_where_the_lead_runs_short(tmp_path):
+    j = job(tmp_path, seeds=2, screen={"top": 2})  # 2 + 2 slots; alpha has 3 candidates
+    assert [c["genotype"] for c in candidates_to_screen(j, TWO_SEEDS, lead="alpha")] == [A1, A2, A3, D1]
+
+
+def test_the_leading_source_is_the_higher_mean_of_screened_scores(tmp_path):
+    from orchestrator.outer_loop import ConfigOutcome
+
+    def outcome(*screened):
+        return ConfigOutcome(number=0, round=0, params={}, space={}, search={}, score=0.0, cost=0.0, agreement=1.0,
+                             collapse=False, genotype="", seeds=(), candidates=tuple(
+                                 {"short_score": sc, **({"source": "random"} if src == "random" else {})}
+                                 for src, sc in screened))
+
+    assert leading_source([outcome(("alpha", 0.8))]) == (None, {"alpha": [0.8], "random": []})
+    # The best single student is alpha's, but draws screen higher on the mean: they lead.
+    lead, scores = leading_source([outcome(("alpha", 0.82), ("random", 0.79)), outcome(("alpha", 0.70),
+                                                                                       ("random", 0.78))])
+    assert lead == "random" and scores == {"alpha": [0.82, 0.70], "random": [0.79, 0.78]}
+    assert leading_source([outcome(("alpha", 0.8), ("random", 0.8))])[0] == "alpha"  # a tie keeps the method
+
+
+def test_trials_report_enough_of_either_source_to_fill_the_slots_under_measured_allocation(tmp_path):
+    measured = job(tmp_path, screen={"top": 2})
+    (search,) = {json.dumps(d["search"]["random_candidates"]) for d in trial_configs(
+        measured, number=0, round_index=0, params={}, refs=REFS)}
+    assert json.loads(search) == 2 + measured.search.random_candidates
+    fixed = job(tmp_path, screen={"top": 2, "allocate": "fixed"})
+    d = trial_configs(fixed, number=0, round_index=0, params={}, refs=REFS)[0]["search"]
+    assert (d["random_candidates"], d["report_candidates"]) == (fixed.search.random_candidates,
+                                                                fixed.search.report_candidates)
+
+
+@pytest.mark.parametrize("allocate", ["measured", "fixed"])
+def test_round_two_screens_the_source_that_screened_better_in_round_one(tmp_path, monkeypatch, allocate):
+    """Two rounds with Tune replaced by canned pools: round 1 screens alpha's best and a draw; the draw retrains
+    better, so under measured allocation round 2 screens two draws and no alpha candidate."""
+    import orchestrator.outer_loop as loop
+
+    j = job(tmp_path, rounds=2, configs_per_round=1, seeds=1, screen={"top": 1, "allocate": allocate})
+    tag = lambda n, t: json.dumps({"depth": 1, "tag": f"{t}{n}"})  # noqa: E731  each configuration's own genotypes
+    monkeypatch.setattr(loop, "run_round", lambda job, *, round_index, trial_dicts, callbacks=None: [
+        (d, _pool_seed(0, alpha=[(tag(d["config_number"], "a"), 0.9), (tag(d["config_number"], "b"), 0.8)],
+                       draws=[(tag(d["config_number"], "d"), 0.5), (tag(d["config_number"], "e"), 0.4)]), [])
+        for d in trial_dicts])
+    screened, notes = [], []
+
+    def screen(cands):
+        screened.append(sorted(json.loads(c["genotype"])["tag"] for c in cands))
+        return {candidate_id(c): 0.80 if c.get("source") == "random" else 0.75 for c in cands}
+
+    outcomes = loop.run_outer_loop(j, refs=REFS, hooks=loop.LoopHooks(screen=screen, on_note=notes.append))
+    assert screened[0] == ["a0", "d0"]
+    assert screened[1] == (["d1", "e1"] if allocate == "measured" else ["a1", "d1"])
+    assert [o.score for o in outcomes] == [0.80, 0.80]  # Optuna is told the screened student's score either way
+    assert notes == (["round 2: the screen's slots go to uniform draws: screened so far, uniform draws 0.8000 over 1, "
+                      "alpha's candidates 0.7500 over 1 (mean dev score)"] if allocate == "measured" else [])
 
 
 def test_the_outcome_is_the_candidate_with_the_best_short_retrain(tmp_path):
