@@ -114,8 +114,9 @@ def trial_configs(job: JobConfig, *, number: int, round_index: int, params: dict
 
 def _pool_sizes(job: JobConfig) -> dict:
     """What each trial reports: under `allocate: measured` enough of either source to fill a configuration's
-    screen slots with it alone (a uniform draw costs one inherited-score pass over search_valid)."""
-    if job.outer_loop.screen.allocate == "fixed":
+    screen slots with it alone (a uniform draw costs one inherited-score pass over search_valid). Without
+    uniform draws (`search.random_candidates: 0`) there is nothing to measure alpha against."""
+    if job.outer_loop.screen.allocate == "fixed" or not job.search.random_candidates:
         return {}
     slots = job.outer_loop.screen.top + job.search.random_candidates
     return {"report_candidates": max(job.search.report_candidates, slots), "random_candidates": slots}

@@ -209,6 +209,8 @@ def test_trials_report_enough_of_either_source_to_fill_the_slots_under_measured_
     d = trial_configs(fixed, number=0, round_index=0, params={}, refs=REFS)[0]["search"]
     assert (d["random_candidates"], d["report_candidates"]) == (fixed.search.random_candidates,
                                                                 fixed.search.report_candidates)
+    alpha_only = measured.model_copy(update={"search": measured.search.model_copy(update={"random_candidates": 0})})
+    assert trial_configs(alpha_only, number=0, round_index=0, params={}, refs=REFS)[0]["search"]["random_candidates"] == 0
 
 
 @pytest.mark.parametrize("allocate", ["measured", "fixed"])
