@@ -283,17 +283,20 @@ def candidates_to_screen(job: JobConfig, seeds: list[dict | None], *, lead: str 
 
 
 def leading_source(outcomes: list[ConfigOutcome]) -> tuple[str | None, dict[str, list[float]]]:
-    """Which source's screened students scored higher on the mean over `outcomes`' candidates: "alpha" (the
-    search) or "random" (uniform draws); alpha on a tie, None until both have a screened student. With it,
-    the screened scores by source."""
+    """Which source's screened students scored higher on the mean over `outcomes`' candidates, "alpha" (the
+    search) or "random" (uniform draws), when the gap is more than one standard error of the difference; None
+    while either has fewer than 2 screened students or the gap is within that noise (one retrain's dev score
+    moved about 0.9 points across retrain seeds here). With it, the screened scores by source."""
     scores: dict[str, list[float]] = {"alpha": [], "random": []}
     for o in outcomes:
         for c in o.candidates:
             if "short_score" in c:
                 scores[c.get("source", "alpha")].append(c["short_score"])
-    if not all(scores.values()):
+    if min(len(v) for v in scores.values()) < 2:
         return None, scores
-    return ("random" if statistics.fmean(scores["random"]) > statistics.fmean(scores["alpha"]) else "alpha"), scores
+    gap = statistics.fmean(scores["random"]) - statistics.fmean(scores["alpha"])
+    noise = sum(statistics.variance(v) / len(v) for v in scores.values()) ** 0.5
+    return (None if abs(gap) <= noise else "random" if gap > 0 else "alpha"), scores
 
 
 def aggregate(job: JobConfig, *, trial_dicts: list[dict], seeds: list[dict | None], number: int, round_index: int,
@@ -443,10 +446,11 @@ def _lead(job: JobConfig, hooks: LoopHooks, earlier: list[ConfigOutcome], *, rou
     if job.outer_loop.screen.allocate == "fixed":
         return None
     lead, scores = leading_source(earlier)
-    if lead is not None:
+    if all(len(v) > 1 for v in scores.values()):
         means = {k: f"{statistics.fmean(v):.4f} over {len(v)}" for k, v in scores.items()}
-        _say(hooks, f"round {round_index + 1}: the screen's slots go to {_SOURCES[lead]}: screened so far, uniform "
-                    f"draws {means['random']}, alpha's candidates {means['alpha']} (mean dev score)")
+        spend = f"go to {_SOURCES[lead]}" if lead else "keep their mix (the gap is within one standard error)"
+        _say(hooks, f"round {round_index + 1}: the screen's slots {spend}: screened so far, uniform draws "
+                    f"{means['random']}, alpha's candidates {means['alpha']} (mean dev score)")
     return lead
 
 
