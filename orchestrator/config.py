@@ -91,12 +91,13 @@ class ScreenConfig(_Config):
     epochs: int = Field(1, ge=1, description="the short screen's epochs (fidelity: short)")
     max_train_examples: int | None = Field(None, ge=1, description="the short screen's; default: the whole transfer set")
     finalists: int = Field(3, ge=1, description="best screened students that get the full retrain (at full fidelity: already have it)")
-    # Measured on rotten_tomatoes (bench/search_quality.py, 3 seeds): uniform draws retrained 0.55 dev above alpha's
-    # finalists at the same CPU-seconds, at every seed. "measured" lets each job find out which holds for its task.
+    # Random search beat alpha's finalists on rotten_tomatoes (bench/search_quality.py, 3 seeds), so each job
+    # measures which source serves its task; against the fixed mix, 3 seeds there: -0.10 dev, within the noise.
     allocate: Literal["fixed", "measured"] = Field(
         "measured", description="fixed: every round screens `top` of alpha's candidates and the uniform draws per "
         "configuration; measured: from round 2 on, a configuration's screen slots (as many) all go to the source, "
-        "alpha or uniform draws, whose screened students scored higher on the mean in the rounds before")
+        "alpha or uniform draws, whose screened students scored higher on the mean in the rounds before by more "
+        "than one standard error; within it the mix stays")
 
     @property
     def is_full_retrain(self) -> bool:
