@@ -20,6 +20,7 @@ import json
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orchestrator.errors import AdarayError
 from workers.latency import CallAt, hardware_name, pinned_threads, side_by_side_timings, torch_call_at
 from workers.local_files import write_json_atomic
 from workers.student_files import CONFIG_FILE, LATENCY_FILE, METRICS_FILE, ONNX_FILE, is_onnx_student
@@ -61,10 +63,14 @@ def time_models(models: dict[str, Timeable], *, seq_len: int, repeats: int,
     if not todo:
         return figures
     # A spawned process: none of the driver's threads, pools or memory; `load`s are picklable partials.
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        timed = pool.submit(_time_side_by_side, {name: model.load for name, model in todo.items()},
-                            repeats=repeats, threads=threads if threads is not None else torch.get_num_threads(),
-                            shared_pool=any(model.shared_pool for model in todo.values())).result()
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            timed = pool.submit(_time_side_by_side, {name: model.load for name, model in todo.items()},
+                                repeats=repeats, threads=threads if threads is not None else torch.get_num_threads(),
+                                shared_pool=any(model.shared_pool for model in todo.values())).result()
+    except BrokenProcessPool as exc:  # spawn re-imports the caller's script: one that runs a job at import runs it again
+        raise AdarayError("the timing process died: killed, out of memory, or started from a script that runs adaray "
+                          "at import; put that script's calls under `if __name__ == \"__main__\":`") from exc
     for name, model in todo.items():
         figures[name] = {**timed[name], "seq_len": seq_len, "timed_beside": len(todo), "setting": setting}
         write_json_atomic(model.cache, figures[name])

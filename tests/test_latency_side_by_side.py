@@ -78,3 +78,27 @@ def test_time_models_times_the_missing_together_in_a_fresh_process_and_reuses_wh
     assert loads() == [("c", 1)] and again["a"] == first["a"] and again["c"]["timed_beside"] == 1
     time_models({"a": timeable("a")}, seq_len=16, repeats=2, threads=1)  # another setting: timed anew
     assert loads() == [("a", 1)]
+
+
+def test_a_script_that_times_at_import_gets_a_one_line_fix_not_a_broken_pool(tmp_path):
+    """The timing process is spawned, so it re-imports the caller's script; one without a main guard starts
+    the timing again while that process is still starting, and it dies. The caller is told how to fix it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import json\n"
+        "from pathlib import Path\n"
+        "from orchestrator.errors import AdarayError\n"
+        "from orchestrator.measure import Timeable, time_models\n"
+        f"model = Timeable(cache=Path({str(tmp_path / 'latency.json')!r}), load=json.loads)\n"
+        "try:\n"
+        "    time_models({'m': model}, seq_len=8, repeats=2)\n"
+        "except AdarayError as exc:\n"
+        "    print('ERROR', exc)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert "ERROR the timing process died" in out.stdout and 'if __name__ == "__main__":' in out.stdout
+    assert not (tmp_path / "latency.json").exists()  # nothing half-written
