@@ -282,6 +282,9 @@ def candidates_to_screen(job: JobConfig, seeds: list[dict | None], *, lead: str 
     return [best[i] for i in chosen]
 
 
+MIN_SCREENED = 2  # screened students each source needs before its mean can lead (a variance needs 2)
+
+
 def leading_source(outcomes: list[ConfigOutcome]) -> tuple[str | None, dict[str, list[float]]]:
     """Which source's screened students scored higher on the mean over `outcomes`' candidates, "alpha" (the
     search) or "random" (uniform draws), when the gap is more than one standard error of the difference; None
@@ -292,7 +295,7 @@ def leading_source(outcomes: list[ConfigOutcome]) -> tuple[str | None, dict[str,
         for c in o.candidates:
             if "short_score" in c:
                 scores[c.get("source", "alpha")].append(c["short_score"])
-    if min(len(v) for v in scores.values()) < 2:
+    if min(len(v) for v in scores.values()) < MIN_SCREENED:
         return None, scores
     gap = statistics.fmean(scores["random"]) - statistics.fmean(scores["alpha"])
     noise = sum(statistics.variance(v) / len(v) for v in scores.values()) ** 0.5
@@ -446,7 +449,7 @@ def _lead(job: JobConfig, hooks: LoopHooks, earlier: list[ConfigOutcome], *, rou
     if job.outer_loop.screen.allocate == "fixed":
         return None
     lead, scores = leading_source(earlier)
-    if all(len(v) > 1 for v in scores.values()):
+    if min(len(v) for v in scores.values()) >= MIN_SCREENED:  # a decision to report, either way
         means = {k: f"{statistics.fmean(v):.4f} over {len(v)}" for k, v in scores.items()}
         spend = f"go to {_SOURCES[lead]}" if lead else "keep their mix (the gap is within one standard error)"
         _say(hooks, f"round {round_index + 1}: the screen's slots {spend}: screened so far, uniform draws "
