@@ -37,6 +37,7 @@ from workers.cache import open_cache  # noqa: E402
 from workers.dataset import TargetSplit, load_split, teacher_inputs  # noqa: E402
 from workers.losses import gold_ce, kd_loss  # noqa: E402
 from workers.teacher import load_teacher  # noqa: E402
+from workers.training import adamw  # noqa: E402
 
 GENOTYPE = Genotype(depth=2, nodes=(
     (("conv_3", 0), ("max_pool_3", 1)),
@@ -55,7 +56,7 @@ def kd_throughput(split: TargetSplit, targets: Targets, *, vocab_size: int, num_
     torch.manual_seed(0)
     student = Student(GENOTYPE, space=SearchSpaceConfig(embed_dim=128), vocab_size=vocab_size, num_labels=num_labels,
                       pad_id=pad_id)
-    opt = torch.optim.AdamW(student.parameters(), lr=2e-3)
+    opt = adamw(student.parameters(), lr=2e-3)
 
     def step(batch: dict[str, torch.Tensor]) -> None:
         batch = targets(batch)

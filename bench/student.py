@@ -52,7 +52,7 @@ from workers.metrics import METRIC_NAMES  # noqa: E402
 from workers.onnx_export import export_module, export_onnx, onnx_call_at, quantize_int8  # noqa: E402
 from workers.student_files import METRICS_FILE, is_cascade_student, is_onnx_student  # noqa: E402
 
-# Timed calls at batch 1 (batch 128 gets a third, at least 5: workers.latency.timing_plan): the champion's round
+# Timed calls at batch 1 (batch 128 gets a third, 5 to 10: workers.latency.timing_plan): the champion's round
 # as the job times its cascades (orchestrator.pipeline.CASCADE_REPEATS), BERT-base's shorter.
 REPEATS = {"full": CASCADE_REPEATS, "quick": 5}
 BERT_REPEATS = {"full": 30, "quick": 5}

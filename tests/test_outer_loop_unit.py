@@ -260,6 +260,20 @@ def test_the_outcome_is_the_candidate_with_the_best_short_retrain(tmp_path):
                      short_scores={}) is None
 
 
+def test_retrains_start_longest_first_by_the_cost_models_flops(tmp_path):
+    from orchestrator.retrain_stage import StudentSpec, longest_first, transformer_specs
+    from search_space.config import TransformerConfig
+
+    j = job(tmp_path)
+    space = j.space.to_dict()
+    pools = json.dumps({"depth": 1, "nodes": [[["max_pool_3", 0], ["identity", 1]]] * 3})
+    convs = json.dumps({"depth": 3, "nodes": [[["conv_7", 0], ["dil_conv_5", 1]]] * 3})
+    cells = [StudentSpec(name, g, space, j.retrain, tmp_path / name) for name, g in (("pools", pools), ("convs", convs))]
+    (member,) = transformer_specs(j.model_copy(update={"small_transformers": [
+        TransformerConfig(layers=1, hidden=32, heads=2, ffn=64)]}), cache_key="c")
+    assert [s.key for s in longest_first([*cells, member])] == [member.key, "convs", "pools"]
+
+
 @pytest.mark.parametrize("fidelity", ["short", "full"])
 def test_at_full_fidelity_the_screened_students_are_the_finalists(tmp_path, fidelity):
     from orchestrator.retrain_stage import finalist_specs, screen_config, screen_dir, screen_specs

@@ -13,7 +13,7 @@ from search_space import Genotype, genotype_params_flops
 from search_space.student import Student
 from workers.config import RetrainConfig
 from workers.dataset import PreparedMeta
-from workers.latency import example_inputs, hardware_name, latency_metrics, timing_plan
+from workers.latency import B128_MAX_CALLS, example_inputs, hardware_name, latency_metrics, timing_plan
 from workers.retrain import classification_scores, evaluate, retrain
 from workers.student import StudentPredictor, load_student
 
@@ -173,4 +173,5 @@ def test_every_model_is_timed_at_the_same_length():
     assert example_inputs(bert, batch_size=2, seq_len=16, device="cpu")["input_ids"].shape == (2, 16)
     plan = timing_plan(30)
     assert plan[1] == (5, 30) and plan[128][1] >= 5
+    assert timing_plan(150)[1] == (5, 150) and timing_plan(150)[128][1] == B128_MAX_CALLS  # a cascade's plan
     assert "threads" in hardware_name("cpu")

@@ -38,7 +38,7 @@ from workers.search_data import sample_rows
 from workers.splits import NO_LABEL
 from workers.student import save_student
 from workers.student_files import METRICS_FILE
-from workers.training import GRAD_CLIP, to_device
+from workers.training import GRAD_CLIP, adamw, to_device
 
 WARMUP_SHARE = 0.1
 
@@ -127,7 +127,7 @@ def retrain(
     total = epochs * steps_per_epoch
     lr = cfg.lr if cell else arch.learning_rate(cfg.lr)
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(trained, lr=lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
     best_score, best_state, best_epoch, by_epoch = -1.0, None, 0, []
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -48,7 +48,7 @@ from workers.latency import read_latency_table
 from workers.losses import depth_losses
 from workers.search_data import SUBSET_SEED, SearchData, check_search_data, sample_rows
 from workers.search_state import restore, snapshot
-from workers.training import GRAD_CLIP, to_device
+from workers.training import GRAD_CLIP, adamw, to_device
 
 IDENTITY, ZERO = "identity", "zero"
 # Collapse: the derived cell is mostly parameter-free, or alpha's entropy stopped falling.
@@ -103,7 +103,7 @@ def run_search(
     model = Supernet(space, vocab_size=data.vocab_size, num_labels=data.num_labels,
                      embedding_init=data.embedding_init, pad_id=data.pad_id).to(device)
     weight_params = model.weight_parameters()
-    opt_weights = torch.optim.AdamW(weight_params, lr=cfg.lr_weights, weight_decay=cfg.weight_decay)
+    opt_weights = adamw(weight_params, lr=cfg.lr_weights, weight_decay=cfg.weight_decay)
     # Adam with a short memory for alpha, as DARTS: the architecture should follow recent evidence.
     opt_arch = torch.optim.Adam(model.arch_parameters(), lr=cfg.lr_alpha, betas=(0.5, 0.999))
     gumbel = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -47,6 +47,7 @@ from workers.probes import (
     write_probe_scores,
 )
 from workers.progress import say
+from workers.training import adamw
 
 TEACHER_JSON = "teacher.json"
 MODEL_FILE = "model.safetensors"
@@ -351,8 +352,8 @@ def _fine_tune(model: nn.Module, *, train: TargetSplit, dev: TargetSplit, meta: 
     weights = class_weights(train.labels, num_labels=meta.num_labels) if cfg.balance_classes else None  # (C,)
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and LayerNorm weights
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     schedule = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     best, best_state, stale, done, history = -1.0, None, 0, 0, []
     bar = tqdm(total=total, desc="teacher: fine-tune", disable=None if progress else True, file=sys.stderr)
