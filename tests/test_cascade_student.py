@@ -17,6 +17,7 @@ from orchestrator.measure import cascade_timeable, time_models
 from orchestrator.tracking import Tracker, pull_student
 from workers.cascade_student import make_cascade
 from workers.dataset import load_split
+from workers.latency import WARMUP_CALLS
 from workers.metrics import classification_scores
 from workers.student import StudentPredictor, load_student
 from workers.student_files import CONFIG_FILE, METRICS_FILE, is_cascade_student, is_student_folder
@@ -101,6 +102,29 @@ def test_a_cascade_is_timed_on_real_texts_by_the_mean_per_call(tmp_path, pair):
     assert timed["runtime"] == "cascade" and timed["params"] == 2 * 12345 and timed["threads"] == 1
     for b in (1, 128):
         assert 0 < timed[f"latency_b{b}_ms"] <= timed[f"latency_b{b}_p95_ms"] and timed[f"latency_b{b}_mean_ms"] > 0
+
+
+def test_a_cascades_timed_calls_walk_dev_in_order_past_the_warm_up(tmp_path, pair, monkeypatch):
+    """Each block's warm-up calls repeat one batch, so the timed calls alone cover dev: a cascade's cost depends
+    on which texts it sees."""
+    from orchestrator.measure import _load_cascade
+
+    prepared, front, back = pair
+    out = tmp_path / "cascade"
+    make_cascade(front, back, out, defer=0.5, prepared_dir=prepared)
+    calls = []
+    monkeypatch.setattr("workers.cascade_student.load_cascade", lambda folder: lambda ids, mask: calls.append(ids))
+    call_at, _ = _load_cascade(out, prepared, 16, 1)
+    timed = []
+    for _ in range(3):  # blocks of the warm-up, then 2 timed calls
+        fn = call_at(1)
+        for _ in range(WARMUP_CALLS[1] + 2):
+            fn()
+        timed += calls[-2:]
+    dev = load_split(prepared, "dev")
+    for i, ids in enumerate(timed):
+        row = dev.batch(torch.tensor([i]))["ids_a"][0]  # (T,), then padded to 16
+        assert ids.shape == (1, 16) and torch.equal(ids[0, : len(row)], row)
 
 
 def test_a_registered_cascade_is_pulled_whole_and_served(tmp_path, pair, capsys):

@@ -46,6 +46,7 @@ def pinned_threads(threads: int | None) -> Iterator[int]:
 
 
 B128_MAX_CALLS = 10  # 1,280 texts: more than a pass over a small dev split
+WARMUP_CALLS = {1: 5, 128: 2}  # untimed calls at each batch size before each block's timed ones
 
 
 def timing_plan(repeats: int) -> dict[int, tuple[int, int]]:
@@ -55,7 +56,7 @@ def timing_plan(repeats: int) -> dict[int, tuple[int, int]]:
     B128_MAX_CALLS: a call there already averages 128 texts, so a cascade's cost varying from text to text
     asks for many calls at batch 1 only (the cascades' 150 gave batch 128 50, and the teacher timed beside
     them spent 96 s there, of a demo's 6-minute finish on the AMD EPYC)."""
-    return {1: (5, repeats), 128: (2, min(B128_MAX_CALLS, max(5, repeats // 3)))}
+    return {1: (WARMUP_CALLS[1], repeats), 128: (WARMUP_CALLS[128], min(B128_MAX_CALLS, max(5, repeats // 3)))}
 
 
 def _call_times(fn: Callable[[], Any], *, device: torch.device, calls: int, warmup: int) -> list[float]:
