@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +91,12 @@ def test_publish_dir_replace_swaps_and_keeps_the_old_one_on_failure(tmp_path):
 def test_write_text_atomic_leaves_no_temp_file(tmp_path):
     write_text_atomic(tmp_path / "a" / "status.json", "{}")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["status.json"]
+
+
+def test_a_published_folder_is_readable_by_others_even_when_copied_from_a_private_one(tmp_path):
+    # copytree copies the source's mode: a TemporaryDirectory (0o700) made variants private
+    with tempfile.TemporaryDirectory(dir=tmp_path) as private:
+        (Path(private) / "model.onnx").write_text("g")
+        out = publish_dir(tmp_path / "variant", lambda f: shutil.copytree(private, f, dirs_exist_ok=True))
+        delivered = deliver_files(private, tmp_path / "pulled")
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(delivered.stat().st_mode) == 0o755

@@ -53,10 +53,12 @@ def publish_dir(target: str | Path, write: Callable[[Path], None], *, replace: b
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; other users and nodes of a shared workspace read it
     old = None
     try:
         write(tmp)
+        # mkdtemp makes it private, and a writer's copytree copies a private source's mode onto it;
+        # other users and nodes of a shared workspace read it.
+        tmp.chmod(0o755)
         if target.exists():
             if not replace:
                 return target
