@@ -40,7 +40,7 @@ from orchestrator.baselines import tfidf_logreg  # noqa: E402
 from orchestrator.config import load_job  # noqa: E402
 from orchestrator.measure import Timeable, cascade_timeable, student_timeable, teacher_timeable, time_models  # noqa: E402
 from search_space.config import TransformerConfig  # noqa: E402
-from workers.cascade_student import make_cascade  # noqa: E402
+from workers.cascade_student import check_pairable, make_cascade  # noqa: E402
 from workers.latency import hardware_name  # noqa: E402
 from workers.retrain import retrain_from_paths  # noqa: E402
 from workers.student_files import CONFIG_FILE, METRICS_FILE  # noqa: E402
@@ -82,11 +82,11 @@ def main() -> None:
         for folder in (*fronts, back):
             if not (folder / CONFIG_FILE).is_file():
                 raise SystemExit(f"{folder} is not a saved student (no {CONFIG_FILE})")
-        labels = {f: json.loads((f / CONFIG_FILE).read_text()).get("label_names") for f in (*fronts, back)}
-        for folder in fronts:
-            if labels[folder] != labels[back]:
-                raise SystemExit(f"{folder} has labels {labels[folder]}, the back {back} {labels[back]}: a "
-                                 "cascade's students must be of one task")
+        for folder in fronts:  # labels, inputs and tokenizer, as make_cascade checks them
+            try:
+                check_pairable(folder, back)
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
     console = Console(stderr=True)
     started = time.perf_counter()
 
