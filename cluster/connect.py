@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -16,6 +17,21 @@ from cluster.config import ClusterConfig
 LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
 
 _started_here = False  # whether ensure_ray started the local Ray this process uses
+
+# Ray warns at every local start that it turned token authentication on. It is on by Ray's default and
+# the Ray is ours, on loopback: nothing for the user to act on, so a local start does not print it.
+_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def ensure_ray(cfg: ClusterConfig, *, runtime_env: dict | None = None) -> dict:
@@ -32,10 +48,11 @@ def ensure_ray(cfg: ClusterConfig, *, runtime_env: dict | None = None) -> dict:
         address = cfg.address or os.environ.get("RAY_ADDRESS") or None
         if address is None:
             # address="local": never join a cluster some `ray start` on this machine left behind.
-            ray.init(
-                address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False,
-                logging_level=logging.WARNING, runtime_env=runtime_env, _node_ip_address=LOCAL_NODE_IP,
-            )
+            with _quiet(_TOKEN_AUTH_LOGGER):
+                ray.init(
+                    address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False,
+                    logging_level=logging.WARNING, runtime_env=runtime_env, _node_ip_address=LOCAL_NODE_IP,
+                )
             _started_here = True
         else:
             _check_address(address)

@@ -3,6 +3,7 @@ two-node Ray cluster on loopback (started with cluster/local_cluster.sh, reached
 submission API and subprocesses, so it never meets a Ray another test module runs in this process)."""
 
 import copy
+import logging
 import os
 import re
 import secrets
@@ -30,6 +31,18 @@ from orchestrator.tracking import Tracker
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
 UNREACHABLE = "127.0.0.2:1"  # loopback, and nothing listens on port 1
+
+
+@pytest.fixture
+def token_warnings():
+    """What Ray's token-auth module logs during the test (its handlers write to the stderr of Ray's
+    import, which capfd misses)."""
+    log, records = logging.getLogger("ray._private.authentication.authentication_token_setup"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    log.addHandler(handler)
+    yield records
+    log.removeHandler(handler)
 
 
 # --- the cluster configs -----------------------------------------------------------------------
@@ -90,11 +103,13 @@ def test_trial_resources_and_actor_slots(monkeypatch):
         actor_slots(cpus_per_actor=0)
 
 
-def test_ensure_ray_starts_one_local_ray_and_stops_only_its_own(monkeypatch):
+def test_ensure_ray_starts_one_local_ray_and_stops_only_its_own(monkeypatch, token_warnings):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default: token auth on, and a warning saying so
     someone_elses = ray.is_initialized()  # a Ray another test module left running is not ours to stop
     try:
         summary = ensure_ray(ClusterConfig(num_cpus=2))
+        assert token_warnings == []  # a local start is quiet
         again = ensure_ray(ClusterConfig(num_cpus=2))
         assert again == {**summary, "started": False}  # one Ray per process: reused
         assert summary["started"] is not someone_elses  # the pipeline stops only a Ray it started
