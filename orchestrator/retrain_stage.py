@@ -21,6 +21,8 @@ from cluster.connect import ensure_ray
 from orchestrator.config import JobConfig
 from orchestrator.outer_loop import ConfigOutcome, DataRefs, candidate_id
 from search_space.config import SearchSpaceConfig, TransformerConfig
+from search_space.cost import genotype_params_flops
+from search_space.genotype import Genotype
 from workers.config import RetrainConfig
 from workers.student_files import METRICS_FILE
 
@@ -69,9 +71,6 @@ class StudentSpec:
         students); a transformer's count as more than any cell's."""
         if self.transformer is not None:
             return math.inf
-        from search_space.cost import genotype_params_flops
-        from search_space.genotype import Genotype
-
         return genotype_params_flops(Genotype.from_json(self.genotype), space=SearchSpaceConfig.from_dict(self.space),
                                      seq_len=1, vocab_size=1, num_labels=1)[1]
 
@@ -195,7 +194,6 @@ def make_cascades(specs: list[StudentSpec], *, refs: DataRefs,
 
 def _retrain_remote(spec: dict) -> dict:
     """Runs in a Ray task: load data from the cache and prepared folders, train, save, evaluate."""
-    from search_space.genotype import Genotype
     from workers.retrain import retrain_from_paths
 
     t = spec.get("transformer")
