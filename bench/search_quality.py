@@ -26,7 +26,8 @@ torch cells under the job's p95 cap, or 0.4x the teacher's batch-1 p95 where it 
      of the others are built and timed as the job builds and times them; the budget (min_speedup included)
      takes the best of all. Every arm gets the same member, so the rows compare what the arms put beside it.
 
-`--skip 6,7,8` leaves out sections that do not feed the arms' rows (ablation, beta sweep, screen noise).
+`--skip 6,7,8` leaves out sections that do not feed the arms' rows (ablation, beta sweep, screen noise); `--skip 9`
+leaves out the route as the job ships it (about 20 minutes of timing on 2 cores), for a run that wants 6-8 alone.
 Rows 3-5 print mean ± std over the seeds. Compute is CPU-seconds of the processes that trained
 (time.process_time in each search trial and retrain), so the machine's other load does not bend
 the equal-compute comparison. Latency: workers.latency.latency_metrics for every model, same
@@ -319,10 +320,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny slice, one seed: no accuracy claim")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip", type=lambda v: {int(x) for x in v.split(",")}, default=set(),
-                        help="sections to leave out, of 6 (ablation), 7 (beta sweep), 8 (screen noise): e.g. 6,7,8")
+                        help="sections to leave out, of 6 (ablation), 7 (beta sweep), 8 (screen noise), 9 (as shipped): e.g. 6,7,8")
     args = parser.parse_args()
-    if args.skip - {6, 7, 8}:
-        parser.error(f"--skip takes sections 6, 7 and 8, not {sorted(args.skip - {6, 7, 8})}: rows 1-5 and 9 are the arms")
+    if args.skip - {6, 7, 8, 9}:
+        parser.error(f"--skip takes sections 6, 7, 8 and 9, not {sorted(args.skip - {6, 7, 8, 9})}: rows 1-5 are the arms")
     seeds = 1 if args.quick else args.seeds
     console = Console(stderr=True)
     started = time.perf_counter()
@@ -377,7 +378,7 @@ def main() -> None:
 
     arms = {"searched": searched, "random": randoms, "hand": hands}
     ships = {}
-    if full.small_transformers and full.cascade.defer:
+    if full.small_transformers and full.cascade.defer and 9 not in args.skip:
         console.print(f"[bold]9[/] each arm's students as the job ships them: torch and int8 beside "
                       f"{full.small_transformers[0].name}, the budget's front in cascades at {full.cascade.defer}")
         ships = shipped(full, {name: [r.get("pool", [r]) for r in rows] for name, rows in arms.items()}, refs=refs,
