@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -11,6 +10,7 @@ import sys
 import ray
 
 from cluster.config import ClusterConfig
+from workers.quiet import quiet_logger
 
 # Ray turns 127.0.0.1 into the host's network address on Linux; any other loopback address is kept,
 # so a local Ray stays on loopback. Elsewhere Ray keeps 127.0.0.1 as it is.
@@ -20,18 +20,7 @@ _started_here = False  # whether ensure_ray started the local Ray this process u
 
 # Ray warns at every local start that it turned token authentication on. It is on by Ray's default and
 # the Ray is ours, on loopback: nothing for the user to act on, so a local start does not print it.
-_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-@contextlib.contextmanager
-def _quiet(name: str):
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def ensure_ray(cfg: ClusterConfig, *, runtime_env: dict | None = None) -> dict:
@@ -48,7 +37,7 @@ def ensure_ray(cfg: ClusterConfig, *, runtime_env: dict | None = None) -> dict:
         address = cfg.address or os.environ.get("RAY_ADDRESS") or None
         if address is None:
             # address="local": never join a cluster some `ray start` on this machine left behind.
-            with _quiet(_TOKEN_AUTH_LOGGER):
+            with quiet_logger(TOKEN_AUTH_LOGGER):
                 ray.init(
                     address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False,
                     logging_level=logging.WARNING, runtime_env=runtime_env, _node_ip_address=LOCAL_NODE_IP,

@@ -20,7 +20,14 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from tiny_jobs import tiny_job as tiny_job_dict
 
 from cluster.config import ClusterConfig
-from cluster.connect import LOCAL_NODE_IP, actor_slots, ensure_ray, shutdown_if_owned, trial_resources
+from cluster.connect import (
+    LOCAL_NODE_IP,
+    TOKEN_AUTH_LOGGER,
+    actor_slots,
+    ensure_ray,
+    shutdown_if_owned,
+    trial_resources,
+)
 from cluster.submit import SubmitError, submit_job
 from orchestrator.cli import main
 from orchestrator.commands.cluster import project_root
@@ -37,7 +44,7 @@ UNREACHABLE = "127.0.0.2:1"  # loopback, and nothing listens on port 1
 def token_warnings():
     """What Ray's token-auth module logs during the test (its handlers write to the stderr of Ray's
     import, which capfd misses)."""
-    log, records = logging.getLogger("ray._private.authentication.authentication_token_setup"), []
+    log, records = logging.getLogger(TOKEN_AUTH_LOGGER), []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
     log.addHandler(handler)

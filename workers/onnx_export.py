@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ from search_space.layers import ProbedStack, StudentOutput
 from workers.dataset import TargetSplit
 from workers.latency import CallAt, hardware_name, pinned_threads, planned_timings
 from workers.local_files import MANIFEST, check_destination, deliver_files
+from workers.quiet import quiet_logger
 from workers.student import load_student
 from workers.student_files import (
     CONFIG_FILE,
@@ -137,17 +137,12 @@ def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
     dynamic = {name: {0: batch, 1: length} for name in names}
     # The exporter prints its steps and warns about axis names; the user asked for a file, not those.
-    exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" and the like
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=dynamic,
-                              input_names=names, output_names=["logits"], opset_version=OPSET, verbose=False,
-                              external_data=False)  # one file: these models are far below ONNX's 2 GB limit
-    finally:
-        exporter_log.setLevel(level)
+    # torch.onnx's logger: "torchvision is not installed" and the like
+    with quiet_logger("torch.onnx"), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=dynamic,
+                          input_names=names, output_names=["logits"], opset_version=OPSET, verbose=False,
+                          external_data=False)  # one file: these models are far below ONNX's 2 GB limit
 
 
 _SHARED_POOL = False  # set by share_thread_pool: onnxruntime then refuses a session with a pool of its own
@@ -191,17 +186,12 @@ def quantize_int8(fp32: Path, out: Path) -> None:
     # (run by the quantiser) rejects once batch and length are dynamic; onnxruntime needs none of it.
     del model.graph.value_info[:]
     _gemms_as_matmuls(model)
-    quiet = logging.getLogger()  # the quantiser warns through the root logger to run its pre-processing
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with quiet_logger():  # the quantiser warns through the root logger to run its pre-processing
         # reduce_range (7-bit weights): on x86 CPUs without VNNI (AVX2 only) onnxruntime's u8s8 kernels
         # saturate their int16 sums; measured on such a CPU, int8 logits drifted 0.12-0.47 from torch's
         # (under 0.05 with it). A graph may run on another machine than the one that exported it.
         quantize_dynamic(model, str(out), op_types_to_quantize=INT8_OPS, per_channel=True,
                          weight_type=QuantType.QInt8, reduce_range=True)
-    finally:
-        quiet.setLevel(level)
 
 
 def _gemms_as_matmuls(model) -> None:
