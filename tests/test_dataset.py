@@ -79,18 +79,3 @@ def test_grouping_by_length_cuts_padding():
     padded = {g: sum(b["ids_a"].numel() for b in split.batches(batch_size=32, shuffle=True, group_by_length=g))
               for g in (False, True)}
     assert padded[True] < 0.7 * padded[False]
-
-
-@pytest.mark.parametrize("n", [256, 20_000])
-def test_grouped_batches_change_from_epoch_to_epoch(n):
-    """Lengths 1-64, 4 rows each in the small split: a window sorted whole cut the same 8 batches in every epoch. Small
-    splits get windows of a quarter of the split, large ones windows of 50 batches."""
-    lengths = torch.randperm(n, generator=torch.Generator().manual_seed(0)) % 64 + 1
-    split = TargetSplit(example_ids=torch.arange(n), ids_a=torch.ones(n, 64, dtype=torch.int32), len_a=lengths,
-                        labels=torch.zeros(n, dtype=torch.long))
-
-    def epoch(seed):
-        return {frozenset(b["example_ids"].tolist())
-                for b in split.batches(batch_size=32, shuffle=True, seed=seed, group_by_length=True)}
-
-    assert len(epoch(1) & epoch(2)) < len(epoch(1)) // 4

@@ -184,7 +184,7 @@ def test_crash_after_fine_tuning_resumes_without_retraining(tmp_path, tiny, monk
     monkeypatch.undo()
     monkeypatch.setattr(teacher_mod, "_fine_tune", _must_not_run)
     resumed = prepare_teacher(**kwargs)
-    assert resumed.fine_tuned and not resumed.cache_hit and resumed.dev_score >= 0.75  # chance is 0.5
+    assert resumed.fine_tuned and not resumed.cache_hit and resumed.dev_score >= 0.8
     assert "resuming" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "teachers").iterdir()] == [resumed.key]
 
@@ -278,24 +278,3 @@ def test_the_teacher_stops_early_on_the_tasks_metric(tmp_path, tiny, monkeypatch
                               out_root=tmp_path / "teachers", progress=False)
     assert teacher.training == {"steps": 16, "dev_history": [0.9, 0.5], "stopped_early": True}
     assert teacher.metric == "f1_macro" and teacher.dev_score == teacher.dev_scores["f1_macro"]
-
-
-def test_the_fine_tune_pads_batches_of_like_lengths(tmp_path, tiny, monkeypatch):
-    """Training batches come grouped by length: the tokens the model sees (rows x padded length) fall below
-    those of the same epoch cut at random (on rotten_tomatoes, 25.6 against 49.8 a row, 1.6x faster)."""
-    seen = []
-    real = teacher_mod._model_kwargs
-
-    def spy(model, input_ids, attention_mask, token_type_ids):
-        if model.training:
-            seen.append(input_ids.numel())
-        return real(model, input_ids, attention_mask, token_type_ids)
-
-    monkeypatch.setattr(teacher_mod, "_model_kwargs", spy)
-    cfg = TINY_TEACHER.model_copy(update={"epochs": 1, "min_steps": 0, "seed": 5})
-    prepare_teacher(source=str(tiny["backbone"]), cfg=cfg, prepared_dir=tiny["prepared"],
-                    out_root=tmp_path / "teachers", progress=False)
-    train = load_split(tiny["prepared"], "train")
-    at_random = [b["ids_a"].numel() + 2 * len(b["ids_a"])  # the teacher's inputs add [CLS] and [SEP]
-                 for b in train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed)]
-    assert len(seen) == len(at_random) and sum(seen) < sum(at_random)

@@ -181,9 +181,8 @@ class TargetSplit:
         group_by_length: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches in order, or shuffled by `seed`. `group_by_length` (with shuffle) sorts each window
-        of 50 batches (a quarter of a split of fewer than 200) by length before cutting it, then shuffles the
-        batches: far less padding per batch (dynamic padding pads to the batch's longest row) at nearly the
-        same randomness."""
+        of 50 batches by length before cutting it, then shuffles the batches: far less padding per
+        batch (dynamic padding pads to the batch's longest row) at nearly the same randomness."""
         n = len(self)
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
@@ -210,17 +209,9 @@ class TargetSplit:
         return out
 
 
-WINDOWS_AN_EPOCH = 4  # at least: a window that spans the split cuts the same batches every epoch
-
-
 def _length_grouped(order: torch.Tensor, lengths: torch.Tensor, *, batch_size: int,
                     gen: torch.Generator, window_batches: int = 50) -> list[torch.Tensor]:
-    # A window sorted whole makes its batches by length rank, so one that held the whole split gave every epoch
-    # the same batches (only ties moved): a tiny random-init BERT stuck at chance on 3 seeds of 10 that way, and
-    # reached 1.0 on 8 with windows of a quarter of the split (10 of 10 in random batches). Splits of 200
-    # batches or more keep windows of 50.
-    n_batches = -(-len(order) // batch_size)
-    window = batch_size * max(1, min(window_batches, n_batches // WINDOWS_AN_EPOCH))
+    window = batch_size * window_batches
     cuts = []
     for start in range(0, len(order), window):
         chunk = order[start:start + window]
