@@ -66,7 +66,7 @@ from orchestrator.retrain_stage import (  # noqa: E402
     screen_dir,
     student_key,
 )
-from orchestrator.selection import Candidate, pareto_front, pick_champion, speedup  # noqa: E402
+from orchestrator.selection import Candidate, pick_champion, speedup  # noqa: E402
 from search_space.config import TransformerConfig  # noqa: E402
 from search_space.genotype import Genotype, random_genotype  # noqa: E402
 from workers.cache import open_cache  # noqa: E402
@@ -142,7 +142,7 @@ def budget_pick(job: JobConfig, rows: list[dict], *, teacher: dict) -> dict:
                             latency_p95_ms=r["timing"][f"latency_b{batch}_p95_ms"], params=int(r["params"]),
                             speedup=speedup(r["timing"], teacher))
                   for i, r in enumerate(rows)]
-    choice = pick_champion(pareto_front(candidates), budget=job.budget, teacher_score=teacher["dev"])
+    choice = pick_champion(candidates, budget=job.budget, teacher_score=teacher["dev"])
     return {**rows[int(choice.champion.key)], "met_budget": choice.met_budget}
 
 
@@ -300,7 +300,7 @@ def shipped(job: JobConfig, pools: dict[str, list[list[dict]]], *, refs: DataRef
             made, cascades = cascade_candidates(job, own, [candidates[s.key] for s in own], refs=refs,
                                                 teacher_dir=teacher_dir, t_score=teacher_dev, console=quiet,
                                                 metric_name=metric_name)
-            choice = pick_champion(pareto_front([candidates[s.key] for s in own] + cascades), budget=job.budget,
+            choice = pick_champion([candidates[s.key] for s in own] + cascades, budget=job.budget,
                                    teacher_score=teacher_dev)
             c, defer = choice.champion, {s.key: s.defer for s in made}.get(choice.champion.key)
             result[arm].append({"dev": c.score, "test": c.metrics["test_metric"], "params": c.params, "key": c.key,

@@ -37,7 +37,7 @@ from orchestrator.retrain_stage import (
     transformer_specs,
     variant_specs,
 )
-from orchestrator.selection import Candidate, Choice, cascade_pair, pareto_front, pick_champion, speedup
+from orchestrator.selection import Candidate, Choice, cascade_pair, pick_champion, select, speedup
 from orchestrator.stages import cache_stage, prepare_stage, teacher_stage
 from orchestrator.teacher_source import check_transformer_inits, resolve_teacher_source
 from orchestrator.tracking import (
@@ -228,8 +228,7 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
         made, cascades = cascade_candidates(job, specs, candidates, refs=refs, teacher_dir=teacher.dir,
                                             t_score=t_score, console=console, metric_name=metric_name)
         specs, candidates = specs + made, candidates + cascades
-    front = pareto_front(candidates)
-    choice = pick_champion(front, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
+    front, choice = select(candidates, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
     b = job.budget.latency_batch
     plot = pareto_plot(candidates, front, choice.champion, job.run_dir / "pareto.png", teacher_score=t_score,
                        teacher_latency_ms=teacher_lat[f"latency_b{b}_mean_ms"], latency_batch=b,
@@ -274,7 +273,7 @@ def cascade_candidates(job: JobConfig, specs: list[StudentSpec], candidates: lis
                        ) -> tuple[list[StudentSpec], list[Candidate]]:
     """The budget's pick among `candidates` in front of the best of them, at each share of job.cascade.defer:
     built, scored as served and timed beside the teacher on dev's texts."""
-    pick = pick_champion(pareto_front(candidates), budget=job.budget, teacher_score=t_score, metric_name=metric_name)
+    pick = pick_champion(candidates, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
     pair = cascade_pair(candidates, front=pick.champion)
     if pair is None:
         console.print(f"[yellow]no cascade: no student scores above the budget's pick ({pick.champion.key})[/]")

@@ -1,7 +1,7 @@
 import pytest
 
 from orchestrator.config import BudgetConfig
-from orchestrator.selection import Candidate, dominates, pareto_front, pick_champion
+from orchestrator.selection import Candidate, dominates, pareto_front, pick_champion, select
 
 
 def cand(key, acc, lat, params, p95=None):
@@ -63,6 +63,21 @@ def test_min_speedup_takes_the_best_student_fast_enough_at_both_batch_sizes():
     assert (choice.champion.key, choice.met_budget) == ("small", False)  # none fits: the fastest against the teacher
     with pytest.raises(ValueError, match="speed-up"):
         pick_champion(pareto_front(CANDS), budget=BudgetConfig(min_speedup=10), teacher_score=None)
+
+
+def test_the_job_selects_among_every_candidate_not_only_the_front():
+    """The front ranks the mean latency at batch 1; the budget also reads batch 128. "d040" is dominated at
+    batch 1 by "d060", which misses 10x at batch 128: the budget takes d040, not the slower-scoring cell."""
+    from dataclasses import replace
+
+    cands = [replace(cand("cell", 0.7883, 0.83, 2_270_000), speedup=14.2),
+             replace(cand("d060", 0.7998, 1.15, 12_967_000), speedup=9.1),
+             replace(cand("d040", 0.7977, 1.15, 12_967_000), speedup=10.1)]
+    front, choice = select(cands, budget=BudgetConfig(min_speedup=10), teacher_score=None)
+    assert "d040" not in {c.key for c in front}
+    assert (choice.champion.key, choice.met_budget) == ("d040", True)
+    ties = [replace(c, speedup=20.0) for c in (cand("slow", 0.8, 2.0, 10), cand("fast", 0.8, 1.0, 10))]
+    assert pick_champion(ties, budget=BudgetConfig(min_speedup=10), teacher_score=None).champion.key == "fast"
 
 
 def test_pick_champion_needs_candidates():
