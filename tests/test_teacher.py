@@ -278,28 +278,3 @@ def test_the_teacher_stops_early_on_the_tasks_metric(tmp_path, tiny, monkeypatch
                               out_root=tmp_path / "teachers", progress=False)
     assert teacher.training == {"steps": 16, "dev_history": [0.9, 0.5], "stopped_early": True}
     assert teacher.metric == "f1_macro" and teacher.dev_score == teacher.dev_scores["f1_macro"]
-
-
-@pytest.mark.parametrize("window_batches, grouped", [(50, False), (2, True)])
-def test_the_fine_tune_groups_batches_by_length_only_on_a_split_of_four_windows(tmp_path, tiny, monkeypatch,
-                                                                                window_batches, grouped):
-    """8 batches of 16: random batches under windows of 50 (fewer than 4 windows: sorted, they would barely
-    change between epochs), length-grouped ones under windows of 2, which pad fewer tokens."""
-    seen = []
-    real = teacher_mod._model_kwargs
-
-    def spy(model, input_ids, attention_mask, token_type_ids):
-        if model.training:
-            seen.append(input_ids.numel())
-        return real(model, input_ids, attention_mask, token_type_ids)
-
-    monkeypatch.setattr(teacher_mod, "_model_kwargs", spy)
-    monkeypatch.setattr(teacher_mod, "WINDOW_BATCHES", window_batches)
-    cfg = TINY_TEACHER.model_copy(update={"epochs": 1, "min_steps": 0, "seed": 5})
-    prepare_teacher(source=str(tiny["backbone"]), cfg=cfg, prepared_dir=tiny["prepared"],
-                    out_root=tmp_path / "teachers", progress=False)
-    train = load_split(tiny["prepared"], "train")
-    at_random = [b["ids_a"].numel() + 2 * len(b["ids_a"])  # the teacher's inputs add [CLS] and [SEP]
-                 for b in train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed)]
-    assert len(seen) == len(at_random) == 8
-    assert sum(seen) < sum(at_random) if grouped else seen == at_random

@@ -181,8 +181,8 @@ class TargetSplit:
         group_by_length: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches in order, or shuffled by `seed`. `group_by_length` (with shuffle) sorts each window
-        of WINDOW_BATCHES batches by length before cutting it, then shuffles the batches: far less padding
-        per batch (dynamic padding pads to the batch's longest row) at nearly the same randomness."""
+        of 50 batches by length before cutting it, then shuffles the batches: far less padding per
+        batch (dynamic padding pads to the batch's longest row) at nearly the same randomness."""
         n = len(self)
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
@@ -209,12 +209,9 @@ class TargetSplit:
         return out
 
 
-WINDOW_BATCHES = 50  # a split of fewer is one window: its batches are cut by length rank, the same every epoch
-
-
 def _length_grouped(order: torch.Tensor, lengths: torch.Tensor, *, batch_size: int,
-                    gen: torch.Generator) -> list[torch.Tensor]:
-    window = batch_size * WINDOW_BATCHES
+                    gen: torch.Generator, window_batches: int = 50) -> list[torch.Tensor]:
+    window = batch_size * window_batches
     cuts = []
     for start in range(0, len(order), window):
         chunk = order[start:start + window]

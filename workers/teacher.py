@@ -33,15 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from search_space.cost import OpCost
 from workers.config import TeacherConfig
-from workers.dataset import (
-    WINDOW_BATCHES,
-    PreparedMeta,
-    TargetSplit,
-    is_prepared,
-    load_split,
-    read_meta,
-    teacher_inputs,
-)
+from workers.dataset import PreparedMeta, TargetSplit, is_prepared, load_split, read_meta, teacher_inputs
 from workers.local_files import publish_dir
 from workers.metrics import METRIC_NAMES, classification_scores
 from workers.probes import (
@@ -363,18 +355,12 @@ def _fine_tune(model: nn.Module, *, train: TargetSplit, dev: TargetSplit, meta: 
     opt = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     schedule = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    # Length-grouped batches where the split holds 4 windows or more: rotten_tomatoes' rows pad to 25.6 tokens
-    # against 49.8 in random batches, and the demo's epoch took 169-191 s against 291-296 at the same dev (79.32
-    # +- 1.05 against 79.08 +- 0.64 over 3 seeds; AMD EPYC, 2 threads). A smaller split stays random: sorted in
-    # fewer windows its batches barely change between epochs, and a tiny teacher stuck at chance on 3 seeds of 10.
-    grouped = steps_per_epoch >= 4 * WINDOW_BATCHES
     best, best_state, stale, done, history = -1.0, None, 0, 0, []
     bar = tqdm(total=total, desc="teacher: fine-tune", disable=None if progress else True, file=sys.stderr)
     try:
         for epoch in range(epochs):
             model.train()
-            batches = train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
-                                    group_by_length=grouped)
+            batches = train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
             for step, batch in enumerate(batches, 1):
                 inputs = _inputs(batch, meta)
                 logits = model(**_model_kwargs(model, **inputs)).logits  # (B, C)
