@@ -64,9 +64,9 @@ def pick_champion(candidates: list[Candidate], *, budget: BudgetConfig, teacher_
     student meets the budget, the closest one, flagged. `metric_name` names the task's metric in the reason."""
     if not candidates:
         raise ValueError("no retrained students to choose from")
-    front = sorted(candidates, key=lambda c: (-c.score, c.latency_ms, c.params))  # ties: the faster, the smaller
+    ranked = sorted(candidates, key=lambda c: (-c.score, c.latency_ms, c.params))  # ties: the faster, the smaller
     rules = []
-    ok = list(front)
+    ok = list(ranked)
     if budget.max_latency_ms is not None:
         ok = [c for c in ok if c.latency_p95_ms <= budget.max_latency_ms]
         rules.append(f"p95 batch-{budget.latency_batch} latency <= {budget.max_latency_ms} ms")
@@ -74,7 +74,7 @@ def pick_champion(candidates: list[Candidate], *, budget: BudgetConfig, teacher_
         ok = [c for c in ok if c.params <= budget.max_params]
         rules.append(f"params <= {budget.max_params:,}")
     if budget.min_speedup is not None:
-        if any(c.speedup is None for c in front):
+        if any(c.speedup is None for c in ranked):
             raise ValueError("budget.min_speedup needs every candidate's speed-up over the teacher")
         ok = [c for c in ok if c.speedup >= budget.min_speedup]
         rules.append(f"{budget.min_speedup:g}x faster than the teacher at batch 1 and 128")
@@ -89,12 +89,12 @@ def pick_champion(candidates: list[Candidate], *, budget: BudgetConfig, teacher_
         return Choice(pick, f"{goal} with {' and '.join(rules)}" if rules else goal, True)
     # Nothing meets the budget: the fastest student when latency is bounded, else the best.
     if budget.max_latency_ms is not None:
-        pick = min(front, key=lambda c: c.latency_p95_ms)
+        pick = min(ranked, key=lambda c: c.latency_p95_ms)
         return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest", False)
     if budget.min_speedup is not None:
-        pick = max(front, key=lambda c: c.speedup)
+        pick = max(ranked, key=lambda c: c.speedup)
         return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest against the teacher", False)
-    pick = max(front, key=lambda c: c.score)
+    pick = max(ranked, key=lambda c: c.score)
     return Choice(pick, f"no student meets {' and '.join(rules)}; picked the best {metric_name}", False)
 
 

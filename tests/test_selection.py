@@ -67,7 +67,7 @@ def test_min_speedup_takes_the_best_student_fast_enough_at_both_batch_sizes():
 
 def test_the_job_selects_among_every_candidate_not_only_the_front():
     """The front ranks the mean latency at batch 1; the budget also reads batch 128. "d040" is dominated at
-    batch 1 by "d060", which misses 10x at batch 128: the budget takes d040, not the slower-scoring cell."""
+    batch 1 by "d060", which misses 10x at batch 128: the budget takes d040, not the lower-scoring cell."""
     from dataclasses import replace
 
     cands = [replace(cand("cell", 0.7883, 0.83, 2_270_000), speedup=14.2),
