@@ -85,7 +85,7 @@ def pick_champion(candidates: list[Candidate], *, budget: BudgetConfig, teacher_
         rules.append(f"{metric_name} >= teacher - {budget.within_teacher_points} points ({floor:.4f})")
     goal = "smallest" if smallest else f"best {metric_name}"
     if ok:
-        pick = min(ok, key=lambda c: (c.params, -c.score)) if smallest else max(ok, key=lambda c: c.score)
+        pick = min(ok, key=lambda c: (c.params, -c.score)) if smallest else ok[0]  # ok keeps ranked's order
         return Choice(pick, f"{goal} with {' and '.join(rules)}" if rules else goal, True)
     # Nothing meets the budget: the fastest student when latency is bounded, else the best.
     if budget.max_latency_ms is not None:
@@ -94,7 +94,7 @@ def pick_champion(candidates: list[Candidate], *, budget: BudgetConfig, teacher_
     if budget.min_speedup is not None:
         pick = max(ranked, key=lambda c: c.speedup)
         return Choice(pick, f"no student meets {' and '.join(rules)}; picked the fastest against the teacher", False)
-    pick = max(ranked, key=lambda c: c.score)
+    pick = ranked[0]
     return Choice(pick, f"no student meets {' and '.join(rules)}; picked the best {metric_name}", False)
 
 
