@@ -23,7 +23,7 @@ from orchestrator.outer_loop import ConfigOutcome, DataRefs, candidate_id
 from search_space.config import SearchSpaceConfig, TransformerConfig
 from search_space.cost import genotype_params_flops
 from search_space.genotype import Genotype
-from workers.config import RetrainConfig
+from workers.config import RETRAIN_RECIPE, RetrainConfig
 from workers.student_files import METRICS_FILE
 
 
@@ -85,7 +85,8 @@ class StudentSpec:
 def student_key(*, genotype: str, space: dict, cache_key: str, retrain: RetrainConfig,
                 transformer: dict | None = None) -> str:
     arch = {"genotype": json.loads(genotype), "space": space} if transformer is None else {"transformer": transformer}
-    blob = json.dumps({**arch, "cache": cache_key, "retrain": retrain.model_dump(mode="json")}, sort_keys=True)
+    blob = json.dumps({**arch, "cache": cache_key, "retrain": retrain.model_dump(mode="json"), "recipe": RETRAIN_RECIPE},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -359,3 +359,15 @@ def test_relative_workspace_reaches_trials_as_an_absolute_path(tmp_path, monkeyp
     j = parse_job({"name": "rel", "workspace": ".adaray", "task": {"builtin": "rotten_tomatoes"}})
     assert j.workspace_path == tmp_path.resolve() / ".adaray"
     assert j.run_dir.is_absolute()
+
+
+def test_a_students_key_depends_on_its_retrain_and_how_students_are_made(monkeypatch):
+    from orchestrator.retrain_stage import student_key
+    from workers.config import RetrainConfig
+
+    base = {"genotype": json.dumps({"cells": []}), "space": {}, "cache_key": "c", "retrain": RetrainConfig()}
+    key = student_key(**base)
+    assert key == student_key(**base)
+    assert student_key(**{**base, "retrain": RetrainConfig(epochs=RetrainConfig().epochs + 1)}) != key
+    monkeypatch.setattr("orchestrator.retrain_stage.RETRAIN_RECIPE", "a new recipe")
+    assert student_key(**base) != key  # a workspace's student trained the old way is not reused

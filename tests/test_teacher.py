@@ -168,6 +168,13 @@ def test_key_depends_on_weights_data_and_hyperparameters():
         assert teacher_key(**{**base, **change}) != key
 
 
+def test_key_depends_on_how_the_teacher_is_made(monkeypatch):
+    base = {"source": "x", "weights_sha256": "w", "data_fingerprint": "d", "cfg": TeacherConfig()}
+    key = teacher_key(**base)
+    monkeypatch.setattr("workers.teacher.TEACHER_RECIPE", "a new recipe")
+    assert teacher_key(**base) != key  # a workspace's teacher made the old way is not reused
+
+
 def test_crash_after_fine_tuning_resumes_without_retraining(tmp_path, tiny, monkeypatch, capsys):
     kwargs = {"source": str(tiny["backbone"]), "cfg": TINY_TEACHER.model_copy(update={"seed": 7}),
               "prepared_dir": tiny["prepared"], "out_root": tmp_path / "teachers", "progress": False}

@@ -103,6 +103,11 @@ class SearchConfig(_Config):
     seed: int = 0
 
 
+# Part of every student's key beside its RetrainConfig: bump it when how workers/retrain.py trains or keeps a
+# student changes, so no workspace reuses a student made the old way (as TEACHER_RECIPE does for teachers).
+RETRAIN_RECIPE = "adaray-retrain-1"
+
+
 class RetrainConfig(_Config):
     """Training the derived student from scratch with KD from the cache."""
 

@@ -2,7 +2,7 @@
 
 `prepare_teacher` fine-tunes the backbone when it has no head for the task, trains one linear
 probe per layer, and saves everything under `<out_root>/<key>`, keyed by the backbone's weights,
-the prepared data and the hyperparameters, so a re-run is a cache hit. `load_teacher` gives the
+the prepared data, the hyperparameters and the recipe (TEACHER_RECIPE), so a re-run is a cache hit. `load_teacher` gives the
 frozen teacher the cache builder runs: logits, per-layer probe logits and pooled states at once.
 """
 
@@ -50,6 +50,9 @@ from workers.progress import say
 from workers.training import adamw
 
 TEACHER_JSON = "teacher.json"
+# Part of every teacher key, as CACHE_FORMAT is of the cache's: bump it when how a teacher is made changes (its
+# batches, schedule, the checkpoint kept, the probes), so no workspace reuses a teacher made the old way.
+TEACHER_RECIPE = "adaray-teacher-1"
 MODEL_FILE = "model.safetensors"
 _FINE_TUNED = "fine_tuned.json"  # marks a complete fine-tuning checkpoint: only the probes are left to do
 _TOKENIZER_PREFIXES = ("tokenizer", "vocab", "special_tokens", "merges", "added_tokens", "spiece", "sentencepiece")
@@ -193,6 +196,7 @@ def resolve_backbone(source: str) -> Path:
 
 def teacher_key(*, source: str, weights_sha256: str, data_fingerprint: str, cfg: TeacherConfig) -> str:
     payload = {
+        "recipe": TEACHER_RECIPE,
         "backbone": {"source": source, "weights": weights_sha256},
         "data": data_fingerprint,
         "hparams": cfg.model_dump(mode="json", exclude={"model"}),
