@@ -86,6 +86,15 @@ def test_the_back_is_the_best_other_student_at_its_fastest_runtime():
     assert cascade_pair([front], front=front) is None
 
 
+def test_the_front_is_the_budgets_pick_at_its_fastest_runtime():
+    pick = _candidate("cell", 0.7904, 1.70, speedup=10.9)  # the budget's pick: its int8 graph scored one text less
+    graph = _candidate("cell-int8", 0.7894, 0.67, origin="cell", speedup=19.9)
+    back = _candidate("l3-int8", 0.8019, 2.69, origin="l3", speedup=4.8)
+    assert cascade_pair([pick, graph, back], front=pick) == (graph, back)
+    l2 = _candidate("l2", 0.79, 2.0, speedup=5)  # below the pick, above the front that runs: a back worth having
+    assert cascade_pair([pick, graph, l2], front=pick) == (graph, l2)
+
+
 @pytest.mark.parametrize(("defer", "error"), [([0.0], "between 0 and 1"), ([1.0], "between 0 and 1"),
                                               ([0.1, 0.1], "twice")])
 def test_a_share_the_job_cannot_defer_is_refused_in_one_line(defer, error):
