@@ -271,8 +271,8 @@ def _run_stages(job: JobConfig, prepared: PreparedData, *, console: Console, tun
 def cascade_candidates(job: JobConfig, specs: list[StudentSpec], candidates: list[Candidate], *, refs: DataRefs,
                        teacher_dir: Path, t_score: float, console: Console, metric_name: str
                        ) -> tuple[list[StudentSpec], list[Candidate]]:
-    """The budget's pick among `candidates` in front of the best of them, at each share of job.cascade.defer:
-    built, scored as served and timed beside the teacher on dev's texts."""
+    """The budget's pick among `candidates` in front of the best of them, each at its fastest runtime, at each
+    share of job.cascade.defer: built, scored as served and timed beside the teacher on dev's texts."""
     pick = pick_champion(candidates, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
     pair = cascade_pair(candidates, front=pick.champion)
     if pair is None:
