@@ -276,7 +276,8 @@ def cascade_candidates(job: JobConfig, specs: list[StudentSpec], candidates: lis
     pick = pick_champion(candidates, budget=job.budget, teacher_score=t_score, metric_name=metric_name)
     pair = cascade_pair(candidates, front=pick.champion)
     if pair is None:
-        console.print(f"[yellow]no cascade: no student scores above the budget's pick ({pick.champion.key})[/]")
+        console.print(f"[yellow]no cascade: no other student scores above the budget's pick ({pick.champion.key}) "
+                      "at its fastest runtime[/]")
         return [], []
     by_key = {s.key: s for s in specs}
     made = cascade_specs(job, by_key[pair[0].key], by_key[pair[1].key])
