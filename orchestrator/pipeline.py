@@ -346,7 +346,10 @@ def _log_parent(tracker: Tracker, run_id: str, *, job, prepared, teacher, cache)
     tracker.log_params(run_id, {"job": job.model_dump(mode="json")})
     tracker.set_tags(run_id, {"adaray.teacher": str(teacher.dir), "adaray.teacher_key": teacher.key,
                               "adaray.cache_key": cache.key, "adaray.cache_uri": cache.uri,
-                              "adaray.data_fingerprint": prepared.meta.fingerprint, "adaray.task": prepared.meta.task})
+                              "adaray.data_fingerprint": prepared.meta.fingerprint, "adaray.task": prepared.meta.task,
+                              # Two runs of one job differ where these do (the CPU's ISA moves the teacher and timings).
+                              "adaray.hardware": hardware_name("cpu"),
+                              "adaray.teacher_hardware": (teacher.training or {}).get("hardware", "not recorded")})
     # Named by the teacher's metric: the task's, or accuracy for a teacher saved before it was kept.
     tracker.log_metrics(run_id, {f"teacher_dev_{teacher.metric}": teacher.dev_score,
                                  **{f"probe_{teacher.metric}_layer_{i}": s for i, s in enumerate(teacher.probe_scores)}})

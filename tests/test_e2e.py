@@ -28,6 +28,7 @@ from orchestrator.outer_loop import open_study
 from orchestrator.pipeline import run_pipeline
 from orchestrator.tracking import Tracker
 from workers.dataset import tokenize_ids
+from workers.latency import hardware_name
 
 # The small-transformer route: one member from scratch, one from the fine-tuned teacher's bottom layer.
 FAMILY = [{"layers": 1, "hidden": 32, "heads": 2, "ffn": 64},
@@ -119,7 +120,11 @@ def test_registry_has_a_champion_that_predicts(finished_job):
         assert mv.tags.get(tag), f"lineage tag {tag} missing"
     assert mv.tags["metric"] == "accuracy" and float(mv.tags["dev_score"]) == pytest.approx(result.champion.score)
     # the baseline every job is measured against, on the parent run and in the result
-    parent = tracker.client.get_run(result.parent_run_id).data.metrics
+    parent_run = tracker.client.get_run(result.parent_run_id).data
+    parent = parent_run.metrics
+    # where the timings ran and where the teacher trained: the CPU's ISA moves both
+    assert parent_run.tags["adaray.hardware"] == hardware_name("cpu")
+    assert parent_run.tags["adaray.teacher_hardware"] == hardware_name("cpu")  # it fine-tuned in this process
     assert parent["tfidf_dev_accuracy"] == pytest.approx(result.baseline.dev) and 0 < result.baseline.dev < 1
     model = mlflow.pyfunc.load_model(f"models:/{result.model_name}@champion")
     predictions = model.predict(["a warm and funny film", "dull and lifeless"])

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 import workers.teacher as teacher_mod
 from workers.config import TeacherConfig
 from workers.dataset import SPLITS, PreparedMeta, load_split, split_table, teacher_inputs, write_prepared
+from workers.latency import hardware_name
 from workers.probes import PROBES_FILE, PROBES_JSON, LayerProbes, probe_scores
 from workers.splits import NO_LABEL, UNLABELLED
 from workers.teacher import (
@@ -283,5 +284,6 @@ def test_the_teacher_stops_early_on_the_tasks_metric(tmp_path, tiny, monkeypatch
     cfg = TINY_TEACHER.model_copy(update={"epochs": 3, "patience": 0, "evals_per_epoch": 1})
     teacher = prepare_teacher(source=str(tiny["backbone"]), cfg=cfg, prepared_dir=prepared,
                               out_root=tmp_path / "teachers", progress=False)
-    assert teacher.training == {"steps": 16, "dev_history": [0.9, 0.5], "stopped_early": True}
+    assert teacher.training == {"steps": 16, "dev_history": [0.9, 0.5], "stopped_early": True,
+                                "hardware": hardware_name("cpu")}
     assert teacher.metric == "f1_macro" and teacher.dev_score == teacher.dev_scores["f1_macro"]

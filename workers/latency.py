@@ -109,21 +109,26 @@ def example_inputs(model: nn.Module, *, batch_size: int, seq_len: int, device: t
 
 
 def hardware_name(device: torch.device | str = "cpu") -> str:
-    """The CPU model and torch's thread count, or the accelerator's name."""
+    """The CPU model (with its family and model numbers where /proc/cpuinfo has them), torch's kernel ISA
+    and its thread count (`AMD EPYC 25/1, AVX2 (2 threads)`), or the accelerator's name. Each part moves
+    the figures: torch picks kernels by the ISA and BLAS by the CPU itself, so one job on two EPYCs trains
+    teachers that differ in their last bits (and the search amplifies them) and times other latencies."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type != "cpu":
         return device.type
-    name = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:  # not Linux
         pass
-    return f"{name} ({torch.get_num_threads()} threads)"
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:  # "AMD EPYC" alone names Milan and Genoa alike
+        name += f" {fields['cpu family']}/{fields['model']}"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)"
 
 
 def write_latency_table(

@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 from search_space.cost import OpCost
 from workers.config import TeacherConfig
 from workers.dataset import PreparedMeta, TargetSplit, is_prepared, load_split, read_meta, teacher_inputs
+from workers.latency import hardware_name
 from workers.local_files import publish_dir
 from workers.metrics import METRIC_NAMES, classification_scores
 from workers.probes import (
@@ -72,7 +73,8 @@ class TeacherArtifacts:
     num_labels: int
     dev_scores: dict[str, float] | None = None  # accuracy and f1_macro on dev (None: saved before they were kept)
 
-    # Fine-tuning's log: {"steps", "dev_history": the task's metric at each evaluation, "stopped_early"};
+    # Fine-tuning's log: {"steps", "dev_history": the task's metric at each evaluation, "stopped_early",
+    # "hardware": workers.latency.hardware_name where it ran (absent in teachers saved before it was kept)};
     # None when the teacher kept a trained head (or was saved before the log was kept).
     training: dict | None = None
 
@@ -262,7 +264,9 @@ def prepare_teacher(
         training = None
         if fine_tuned:
             say(f"teacher: fine-tuning {source} on {len(train)} examples ({meta.task})")
-            training = _fine_tune(model, train=train, dev=dev, meta=meta, cfg=cfg, progress=progress)
+            # Where it fine-tuned: another CPU ISA trains other last bits, and the search amplifies them.
+            training = {**_fine_tune(model, train=train, dev=dev, meta=meta, cfg=cfg, progress=progress),
+                        "hardware": hardware_name("cpu")}
         model.config.id2label = dict(enumerate(meta.label_names))
         model.config.label2id = {name: i for i, name in enumerate(meta.label_names)}
         publish_dir(checkpoint, lambda folder: _save_model(model, tokenizer, folder, fine_tuned=fine_tuned,
