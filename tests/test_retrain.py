@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,6 @@ def test_every_model_is_timed_at_the_same_length():
     assert timing_plan(150)[1] == (5, 150) and timing_plan(150)[128][1] == B128_MAX_CALLS  # a cascade's plan
     # the ISA torch's kernels run (it moves the figures), then the threads
     assert f"{torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)" in hardware_name("cpu")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "cpu family" in cpuinfo.read_text():  # x86 Linux: family/model tell EPYCs apart
+        assert re.search(r" \d+/\d+, ", hardware_name("cpu")), hardware_name("cpu")

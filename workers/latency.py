@@ -111,8 +111,8 @@ def example_inputs(model: nn.Module, *, batch_size: int, seq_len: int, device: t
 def hardware_name(device: torch.device | str = "cpu") -> str:
     """The CPU model (with its family and model numbers where /proc/cpuinfo has them), torch's kernel ISA
     and its thread count (`AMD EPYC 25/1, AVX2 (2 threads)`), or the accelerator's name. Each part moves
-    the figures: torch picks kernels by the ISA and BLAS by the CPU itself, so one job on two EPYCs trains
-    teachers that differ in their last bits (and the search amplifies them) and times other latencies."""
+    the figures: one job on two EPYCs ("AMD EPYC" both) trains teachers that differ in their last bits, the
+    search amplifies them, and the timings differ (docs/experiments.md, "A slower EPYC")."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
