@@ -347,7 +347,7 @@ def _log_parent(tracker: Tracker, run_id: str, *, job, prepared, teacher, cache)
     tracker.set_tags(run_id, {"adaray.teacher": str(teacher.dir), "adaray.teacher_key": teacher.key,
                               "adaray.cache_key": cache.key, "adaray.cache_uri": cache.uri,
                               "adaray.data_fingerprint": prepared.meta.fingerprint, "adaray.task": prepared.meta.task,
-                              # Two runs of one job differ where these do (the CPU's ISA moves the teacher and timings).
+                              # Two runs of one job differ where these do (the CPU and its ISA move the teacher and timings).
                               "adaray.hardware": hardware_name("cpu"),
                               "adaray.teacher_hardware": (teacher.training or {}).get("hardware", "not recorded")})
     # Named by the teacher's metric: the task's, or accuracy for a teacher saved before it was kept.

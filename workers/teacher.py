@@ -264,7 +264,7 @@ def prepare_teacher(
         training = None
         if fine_tuned:
             say(f"teacher: fine-tuning {source} on {len(train)} examples ({meta.task})")
-            # Where it fine-tuned: another CPU ISA trains other last bits, and the search amplifies them.
+            # Where it fine-tuned: another CPU trains other last bits, and the search amplifies them.
             training = {**_fine_tune(model, train=train, dev=dev, meta=meta, cfg=cfg, progress=progress),
                         "hardware": hardware_name("cpu")}
         model.config.id2label = dict(enumerate(meta.label_names))
