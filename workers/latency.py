@@ -111,7 +111,7 @@ def example_inputs(model: nn.Module, *, batch_size: int, seq_len: int, device: t
 def hardware_name(device: torch.device | str = "cpu") -> str:
     """The CPU model (with its family and model numbers where /proc/cpuinfo has them), torch's kernel ISA
     and its thread count (`AMD EPYC 25/1, AVX2 (2 threads)`), or the accelerator's name. Each part moves
-    the figures: one job on two EPYCs ("AMD EPYC" both) trains teachers that differ in their last bits, the
+    the figures: one job on two EPYCs ("AMD EPYC" both) can train teachers that differ in their last bits, the
     search amplifies them, and the timings differ (docs/experiments.md, "A slower EPYC")."""
     device = torch.device(device)
     if device.type == "cuda":
